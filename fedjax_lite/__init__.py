@@ -1,0 +1,64 @@
+"""fedjax_lite: vectorized federated learning simulation in JAX.
+
+Public API (everything here is a pure function or a NamedTuple of them):
+
+* data: :class:`FederatedData`, :func:`from_clients`, :func:`from_arrays`,
+  :func:`take`, :func:`example_mask`
+* clients: :func:`build_client_update`, :class:`ClientOutput`,
+  :func:`shuffle_order`
+* aggregation: :class:`Aggregator`, :func:`mean_aggregator`,
+  :func:`weighted_mean`, :func:`uniform_mean`, :func:`weighted_sum`
+* server optimizers: :mod:`fedjax_lite.server` (``fedavg``, ``fedavgm``,
+  ``fedadam``, ``fedyogi``, ``fedadagrad``)
+* the round: :class:`FederatedAlgorithm`, :class:`ServerState`,
+  :func:`build_federated_algorithm`, :func:`sample_clients`,
+  :func:`run_rounds`
+"""
+
+from fedjax_lite import datasets, models, server
+from fedjax_lite.aggregation import (
+    Aggregator,
+    mean_aggregator,
+    uniform_mean,
+    weighted_mean,
+    weighted_sum,
+)
+from fedjax_lite.algorithm import (
+    FederatedAlgorithm,
+    ServerState,
+    build_federated_algorithm,
+    raise_if_nonfinite,
+)
+from fedjax_lite.client import ClientOutput, build_client_update, per_example_losses, shuffle_order
+from fedjax_lite.data import FederatedData, example_mask, from_arrays, from_clients, take
+from fedjax_lite.sampling import sample_clients
+from fedjax_lite.training import round_keys, run_rounds
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Aggregator",
+    "ClientOutput",
+    "FederatedAlgorithm",
+    "FederatedData",
+    "ServerState",
+    "build_client_update",
+    "build_federated_algorithm",
+    "datasets",
+    "example_mask",
+    "from_arrays",
+    "from_clients",
+    "mean_aggregator",
+    "models",
+    "per_example_losses",
+    "raise_if_nonfinite",
+    "round_keys",
+    "run_rounds",
+    "sample_clients",
+    "server",
+    "shuffle_order",
+    "take",
+    "uniform_mean",
+    "weighted_mean",
+    "weighted_sum",
+]

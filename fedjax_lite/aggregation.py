@@ -1,0 +1,128 @@
+"""Aggregators: how client deltas become one server pseudo-update.
+
+An :class:`Aggregator` is a triple of pure functions over explicit state, in
+the optax style, designed so that the round can *stream* over chunks of
+clients (memory bounded by a chunk, not by the cohort):
+
+* ``init(params) -> state``
+* ``per_client(delta, weight, state) -> (delta, weight, stats)``: applied to
+  each client on its own (under ``vmap``) before summation. It may transform
+  the delta (e.g. clip it) and choose its weight (examples, uniform, capped).
+  ``stats`` is a pytree of per-client scalars that the round sums over
+  clients, alongside ``sum_i weight_i * delta_i`` and ``sum_i weight_i``.
+* ``finalize(weighted_sum, total_weight, stats_sum, state, key) ->
+  (aggregate, state, metrics)``: turns the sums into the aggregate delta
+  (e.g. divide, or add noise and divide by a fixed denominator).
+
+Wrapping aggregators (differential privacy, compression) compose by
+transforming these three functions, as TensorFlow Federated's aggregation
+factories do.
+
+The stacked helpers :func:`weighted_sum` and :func:`weighted_mean` are the
+same reductions for deltas that are all in memory at once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+Params = Any
+
+
+class Aggregator(NamedTuple):
+  """A streaming aggregator (see the module docstring)."""
+
+  init: Callable[[Params], Any]
+  per_client: Callable[[Params, Any, Any], tuple[Params, Any, Any]]
+  finalize: Callable[[Params, Any, Any, Any, Any], tuple[Params, Any, dict[str, Any]]]
+
+
+def weighted_sum(stacked: Params, weights: Any) -> Params:
+  """``sum_i weights[i] * stacked[i]`` for every leaf.
+
+  Args:
+    stacked: pytree whose leaves have a leading client axis ``[K, ...]``.
+    weights: ``float[K]``.
+
+  Returns:
+    Pytree like one client's slice of ``stacked``.
+  """
+  return jax.tree.map(lambda x: jnp.tensordot(weights.astype(x.dtype), x, axes=1), stacked)
+
+
+def weighted_mean(stacked: Params, weights: Any) -> Params:
+  """The ``weights``-weighted mean over the leading client axis.
+
+  Args:
+    stacked: pytree with leaves ``[K, ...]``.
+    weights: non-negative ``float[K]`` (e.g. example counts; 0 excludes a
+      client).
+
+  Returns:
+    ``sum_i w_i x_i / sum_i w_i``, or zeros if every weight is 0.
+  """
+  total = jnp.sum(weights)
+  return jax.tree.map(lambda s: s / jnp.maximum(total, _tiny(s.dtype)).astype(s.dtype),
+                      weighted_sum(stacked, weights))
+
+
+def uniform_mean(stacked: Params, present: Any) -> Params:
+  """The unweighted mean over the clients where ``present`` is true.
+
+  Args:
+    stacked: pytree with leaves ``[K, ...]``.
+    present: ``bool[K]`` (e.g. ``num_examples > 0``).
+
+  Returns:
+    Mean over present clients, or zeros if none is present.
+  """
+  return weighted_mean(stacked, jnp.asarray(present, jnp.float32))
+
+
+WEIGHTINGS = ("num_examples", "uniform")
+
+
+def mean_aggregator(weighting: str = "num_examples") -> Aggregator:
+  """The plain (FedAvg) mean of client deltas.
+
+  Args:
+    weighting: ``"num_examples"`` (each client weighted by its example count,
+      McMahan et al. 2017) or ``"uniform"`` (each client with at least one
+      example weighs 1). Clients with zero examples weigh 0 either way.
+
+  Returns:
+    An :class:`Aggregator` with empty state. ``finalize`` returns
+    ``weighted_sum / total_weight`` (zeros if the total weight is 0) and
+    reports ``total_weight`` in its metrics.
+
+  Raises:
+    ValueError: for an unknown ``weighting``.
+  """
+  if weighting not in WEIGHTINGS:
+    raise ValueError(f"`weighting` must be one of {WEIGHTINGS}; got {weighting!r}.")
+
+  def init(params):
+    del params
+    return ()
+
+  def per_client(delta, weight, state):
+    del state
+    if weighting == "uniform":
+      weight = (weight > 0).astype(jnp.float32)
+    return delta, weight, ()
+
+  def finalize(total, total_weight, stats, state, key):
+    del stats, key
+    mean = jax.tree.map(
+        lambda s: s / jnp.maximum(total_weight, _tiny(s.dtype)).astype(s.dtype), total)
+    return mean, state, {"total_weight": total_weight}
+
+  return Aggregator(init, per_client, finalize)
+
+
+def _tiny(dtype):
+  return jnp.finfo(dtype).tiny

@@ -1,0 +1,264 @@
+"""The federated round: vmapped client updates, streamed aggregation, server step.
+
+A :class:`FederatedAlgorithm` is a pair of pure functions over an explicit
+:class:`ServerState`, in the optax style::
+
+    algo = fl.build_federated_algorithm(client_update, fl.server.fedavg())
+    state = algo.init(params)
+    state, metrics = algo.round(state, cohort, key)
+
+``round`` is one ``jax.jit``-compiled program: the cohort (a
+:class:`~fedjax_lite.data.FederatedData` with leading client axis ``K``) is
+padded with empty clients to a multiple of ``chunk_size`` and processed chunk
+by chunk inside ``lax.scan``; each chunk runs the client update under
+``jax.vmap`` and adds its clients' weighted deltas to a running sum, so peak
+memory holds one chunk of model copies, not ``K``. The aggregator then
+finalizes the sums and the server optimizer takes a step with the negated
+aggregate as pseudo-gradient.
+
+Per-client randomness comes from ``fold_in(client_key, client_id)`` and the
+reduction is a sum, so results do not depend on the chunk size or on the
+order of clients in the cohort (up to float summation order).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from fedjax_lite.aggregation import Aggregator, mean_aggregator, weighted_sum
+from fedjax_lite.client import ClientUpdate
+from fedjax_lite.data import FederatedData, _check_int
+
+Params = Any
+PRNGKey = Any
+
+
+class ServerState(NamedTuple):
+  """Everything the server carries between rounds.
+
+  Attributes:
+    params: the global model parameters.
+    opt_state: the server optimizer's state.
+    aggregator_state: the aggregator's state (empty for the plain mean).
+    round: ``int32`` scalar, the number of rounds applied so far.
+  """
+
+  params: Params
+  opt_state: Any
+  aggregator_state: Any
+  round: Any
+
+
+class FederatedAlgorithm(NamedTuple):
+  """A federated algorithm as two pure functions.
+
+  Attributes:
+    init: ``init(params) -> ServerState``.
+    round: ``round(state, cohort, key) -> (state, metrics)``; see
+      :func:`build_federated_algorithm` for the metrics.
+  """
+
+  init: Callable[[Params], ServerState]
+  round: Callable[[ServerState, FederatedData, PRNGKey], tuple[ServerState, dict[str, Any]]]
+
+
+NONFINITE_POLICIES = ("raise", "drop")
+
+
+def build_federated_algorithm(
+    client_update: ClientUpdate,
+    server_optimizer: optax.GradientTransformation,
+    *,
+    aggregator: Aggregator | None = None,
+    chunk_size: int | None = None,
+    nonfinite: str = "raise",
+    jit: bool = True,
+) -> FederatedAlgorithm:
+  """Composes a client update, an aggregator and a server optimizer.
+
+  Args:
+    client_update: ``client_update(server_params, client_data, key) ->
+      ClientOutput``, e.g. from :func:`fedjax_lite.build_client_update`. It is
+      called with ``key`` = the round's client key and must fold in
+      ``client_data.client_ids`` itself for per-client randomness.
+    server_optimizer: any ``optax.GradientTransformation``; it receives
+      ``-aggregate`` as the gradient (see :mod:`fedjax_lite.server` presets).
+    aggregator: defaults to :func:`fedjax_lite.mean_aggregator` (weighted by
+      example counts).
+    chunk_size: clients per vmapped chunk (>= 1). ``None`` processes the whole
+      cohort in one chunk. Memory grows with the chunk, not the cohort.
+    nonfinite: what to do with a client whose delta or weight holds NaN/Inf.
+      In both modes the client gets weight 0 and a zero delta, so it can never
+      be averaged into the model, and it is counted in
+      ``metrics["num_nonfinite_clients"]``. ``"raise"`` additionally leaves the
+      whole server state unchanged for that round, and
+      :func:`fedjax_lite.run_rounds` (or :func:`raise_if_nonfinite`) raises a
+      ``ValueError`` naming the clients; ``"drop"`` applies the round without
+      them.
+    jit: wrap ``round`` in ``jax.jit`` (the default). Set False to compose the
+      pure function into your own jitted program.
+
+  Returns:
+    A :class:`FederatedAlgorithm`. ``round`` returns metrics with float32
+    scalars ``train_loss`` (example-weighted mean over finite clients),
+    ``num_clients`` (finite clients with at least one example),
+    ``num_examples``, ``num_nonfinite_clients``, ``applied`` (1.0 if the server
+    step was applied), the aggregator's metrics under ``aggregator/...``,
+    and ``clients``: a dict of per-client arrays ``[K]`` in cohort order (each
+    client metric, plus ``nonfinite``).
+
+  Raises:
+    ValueError, TypeError: for a bad ``chunk_size``, ``nonfinite`` policy or
+      ``server_optimizer``.
+  """
+  if chunk_size is not None:
+    _check_int("chunk_size", chunk_size, minimum=1)
+  if nonfinite not in NONFINITE_POLICIES:
+    raise ValueError(f"`nonfinite` must be one of {NONFINITE_POLICIES}; got {nonfinite!r}.")
+  if not (hasattr(server_optimizer, "init") and hasattr(server_optimizer, "update")):
+    raise TypeError(
+        "`server_optimizer` must be an optax.GradientTransformation (e.g. "
+        f"fedjax_lite.server.fedavg()); got {server_optimizer!r}.")
+  if aggregator is None:
+    aggregator = mean_aggregator()
+
+  def init(params) -> ServerState:
+    params = jax.tree.map(jnp.asarray, params)
+    return ServerState(params, server_optimizer.init(params), aggregator.init(params),
+                       jnp.zeros((), jnp.int32))
+
+  def round_fn(state: ServerState, cohort: FederatedData, key) -> tuple[ServerState, dict]:
+    _check_cohort(cohort)
+    k = cohort.num_clients
+    chunk = k if chunk_size is None else min(chunk_size, k)
+    num_chunks = math.ceil(k / chunk)
+    chunked = jax.tree.map(lambda x: _pad_and_chunk(x, num_chunks, chunk), cohort)
+    client_key, server_key = jax.random.split(key)
+    params, agg_state = state.params, state.aggregator_state
+
+    def run_chunk(carry, chunk_data):
+      out = jax.vmap(client_update, in_axes=(None, 0, None))(params, chunk_data, client_key)
+      finite = jax.vmap(_all_finite)((out.delta, out.weight))
+      delta = jax.tree.map(lambda d: jnp.where(_bcast(finite, d), d, 0).astype(d.dtype), out.delta)
+      weight = jnp.where(finite, out.weight, 0.0)
+      delta, weight, stats = jax.vmap(aggregator.per_client, in_axes=(0, 0, None))(
+          delta, weight, agg_state)
+      total, total_weight, stats_sum = carry
+      total = jax.tree.map(jnp.add, total, weighted_sum(delta, weight))
+      stats_sum = jax.tree.map(lambda s, x: s + jnp.sum(x, axis=0), stats_sum, stats)
+      client_metrics = dict(out.metrics)
+      client_metrics["nonfinite"] = ~finite
+      return (total, total_weight + jnp.sum(weight), stats_sum), client_metrics
+
+    stats_shape = jax.eval_shape(
+        lambda d: aggregator.per_client(d, jnp.zeros((), jnp.float32), agg_state)[2], params)
+    carry0 = (jax.tree.map(jnp.zeros_like, params), jnp.zeros((), jnp.float32),
+              jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), stats_shape))
+    (total, total_weight, stats_sum), per_client = jax.lax.scan(run_chunk, carry0, chunked)
+    per_client = jax.tree.map(lambda x: x.reshape((-1,) + x.shape[2:])[:k], per_client)
+
+    aggregate, new_agg_state, agg_metrics = aggregator.finalize(
+        total, total_weight, stats_sum, agg_state, server_key)
+    pseudo_grad = jax.tree.map(jnp.negative, aggregate)
+    updates, new_opt_state = server_optimizer.update(pseudo_grad, state.opt_state, params)
+    new_state = ServerState(optax.apply_updates(params, updates), new_opt_state, new_agg_state,
+                            state.round + 1)
+
+    bad = per_client["nonfinite"]
+    num_bad = jnp.sum(bad)
+    applied = num_bad == 0 if nonfinite == "raise" else jnp.bool_(True)
+    new_state = jax.tree.map(lambda new, old: jnp.where(applied, new, old), new_state, state)
+    metrics = _summarize(per_client)
+    metrics.update({
+        "num_nonfinite_clients": num_bad.astype(jnp.float32),
+        "applied": applied.astype(jnp.float32),
+        "clients": per_client,
+    })
+    metrics.update({f"aggregator/{name}": v for name, v in agg_metrics.items()})
+    return new_state, metrics
+
+  return FederatedAlgorithm(init, jax.jit(round_fn) if jit else round_fn)
+
+
+def raise_if_nonfinite(metrics: dict[str, Any], cohort_client_ids: Any = None,
+                       round_index: int | None = None) -> None:
+  """Raises ``ValueError`` if a round's metrics report non-finite client deltas.
+
+  Args:
+    metrics: the metrics returned by ``algo.round``.
+    cohort_client_ids: optional ids of the cohort's clients, to name them.
+    round_index: optional round number for the message.
+
+  Raises:
+    ValueError: naming the offending clients and the ``nonfinite`` option.
+  """
+  bad = jax.device_get(metrics["clients"]["nonfinite"])
+  if not bad.any():
+    return
+  where = [i for i, b in enumerate(bad) if b]
+  if cohort_client_ids is not None:
+    ids = jax.device_get(cohort_client_ids)
+    where = [int(ids[i]) for i in where]
+  when = "" if round_index is None else f" in round {round_index}"
+  raise ValueError(
+      f"client delta is NaN/Inf for {len(where)} client(s){when} (client ids {where[:20]}); the "
+      "server state was left unchanged. Lower the client learning rate or check the data, or "
+      "build the algorithm with nonfinite='drop' to exclude such clients (weight 0) and continue.")
+
+
+def _summarize(per_client: dict[str, Any]) -> dict[str, Any]:
+  """Round-level metrics: counts (``num_*``) are summed, others example-weighted."""
+  ok = ~per_client["nonfinite"]
+  n = jnp.where(ok, per_client["num_examples"], 0.0)
+  out = {"num_clients": jnp.sum((n > 0).astype(jnp.float32))}
+  for name, v in per_client.items():
+    if name == "nonfinite":
+      continue
+    v = jnp.where(ok, v, 0.0).astype(jnp.float32)
+    if name.startswith("num_"):
+      out[name] = jnp.sum(v)
+    else:
+      out[name] = jnp.sum(n * v) / jnp.maximum(jnp.sum(n), 1.0)
+  return out
+
+
+def _check_cohort(cohort: FederatedData) -> None:
+  if not isinstance(cohort, FederatedData):
+    raise TypeError(
+        f"`cohort` must be a FederatedData (see fedjax_lite.from_clients); got {type(cohort).__name__}.")
+  k = cohort.num_examples.shape
+  if len(k) != 1:
+    raise ValueError(f"`cohort.num_examples` must be [num_clients]; got shape {k}.")
+  if tuple(cohort.client_ids.shape) != k:
+    raise ValueError(f"`cohort.client_ids` has shape {cohort.client_ids.shape}; expected {k}.")
+  lengths = set()
+  for name, x in cohort.arrays.items():
+    if x.ndim < 2 or x.shape[0] != k[0]:
+      raise ValueError(
+          f"`cohort.arrays['{name}']` has shape {x.shape}; its leading axis must be the "
+          f"{k[0]} clients of `num_examples`, then the example axis.")
+    lengths.add(x.shape[1])
+  if len(lengths) != 1:
+    raise ValueError(f"`cohort.arrays` disagree on the padded example axis: {sorted(lengths)}.")
+
+
+def _pad_and_chunk(x, num_chunks: int, chunk: int):
+  pad = num_chunks * chunk - x.shape[0]
+  if pad:
+    x = jnp.concatenate([x, jnp.zeros((pad,) + x.shape[1:], x.dtype)], axis=0)
+  return x.reshape((num_chunks, chunk) + x.shape[1:])
+
+
+def _all_finite(tree) -> Any:
+  leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]
+  return jnp.all(jnp.stack(leaves)) if leaves else jnp.bool_(True)
+
+
+def _bcast(flag, x):
+  return flag.reshape(flag.shape + (1,) * (x.ndim - flag.ndim))

@@ -1,0 +1,212 @@
+"""Client updates as pure functions over one (padded) client's data.
+
+:func:`build_client_update` turns a per-batch loss and an optax optimizer into
+``client_update(server_params, client_data, key) -> (delta, weight, metrics)``,
+a pure function of one client that ``jax.vmap`` maps over a stacked cohort.
+
+Randomness is defined per client and per example so that it never depends on
+padding, chunking or cohort order:
+
+* client key: ``fold_in(key, client_id)``
+* epoch key: ``fold_in(client_key, epoch)``
+* the epoch's order of the client's ``n`` real examples: ascending by the
+  32-bit word ``random.bits(fold_in(epoch_key, j))`` of each example ``j``
+  (ties keep index order), see :func:`shuffle_order`.
+
+Each epoch then walks that order in batches of ``batch_size`` (the last batch
+of an epoch may be partial), taking one optimizer step per batch: exactly
+``ceil(n / batch_size)`` steps per epoch. Padded batch rows and padded steps
+change nothing.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from fedjax_lite.data import FederatedData, _check_int
+
+Params = Any
+PRNGKey = Any
+Batch = dict[str, Any]
+LossFn = Callable[[Params, Batch], Any]
+
+
+class ClientOutput(NamedTuple):
+  """What one client sends back.
+
+  Attributes:
+    delta: pytree like the params: ``local_params - server_params``.
+    weight: float32 scalar: the client's number of examples (0 for an empty
+      client). Aggregators may replace it (uniform, capped, ...).
+    metrics: dict of float32 scalars: ``train_loss`` (mean loss over every
+      example visited in local training, 0 for an empty client),
+      ``num_examples`` and ``num_steps`` (optimizer steps taken).
+  """
+
+  delta: Params
+  weight: Any
+  metrics: dict[str, Any]
+
+
+ClientUpdate = Callable[[Params, FederatedData, PRNGKey], ClientOutput]
+
+
+def shuffle_order(key: PRNGKey, num_examples: Any, max_examples: int) -> Any:
+  """One epoch's order of a padded client's examples; pure and jit-safe.
+
+  Real example ``j`` gets the sort key ``random.bits(fold_in(key, j))``;
+  padded rows sort after all real ones. The result depends only on ``key``
+  and ``num_examples``, never on ``max_examples``: the first ``num_examples``
+  entries equal the order computed for the same client unpadded.
+
+  Args:
+    key: the epoch's PRNG key.
+    num_examples: int scalar, the client's number of real examples.
+    max_examples: static padded length.
+
+  Returns:
+    ``int32[max_examples]``, a permutation of ``0..max_examples-1`` whose
+    first ``num_examples`` entries index the real rows.
+  """
+  idx = jnp.arange(max_examples, dtype=jnp.int32)
+  bits = jax.vmap(lambda j: jax.random.bits(jax.random.fold_in(key, j)))(idx)
+  bits = jnp.where(idx < num_examples, bits, jnp.array(0xFFFFFFFF, jnp.uint32))
+  # Padded rows share the max key; real rows equal to the max still precede
+  # them because argsort is stable and real rows come first.
+  return jnp.argsort(bits, stable=True).astype(jnp.int32)
+
+
+def per_example_losses(loss_fn: LossFn, params: Params, batch: Batch) -> Any:
+  """Evaluates a batch loss on each example alone.
+
+  ``loss_fn`` is called on batches of one example (``x[j:j+1]``) under
+  ``jax.vmap``, so for any loss that is a mean over its batch this returns the
+  per-example losses, which lets padding be masked exactly.
+
+  Args:
+    loss_fn: ``loss(params, batch) -> scalar``.
+    params: model parameters.
+    batch: dict of arrays ``[B, ...]``.
+
+  Returns:
+    ``float[B]`` per-example losses.
+  """
+  one = jax.tree.map(lambda x: x[:, None], batch)
+  return jax.vmap(loss_fn, in_axes=(None, 0))(params, one)
+
+
+def check_loss_fn(loss_fn: LossFn, params: Params, batch: Batch) -> None:
+  """Raises a clear error if ``loss_fn`` does not return a real scalar."""
+  one = jax.tree.map(lambda x: jax.ShapeDtypeStruct((1,) + x.shape[1:], x.dtype), batch)
+  out = jax.eval_shape(loss_fn, params, one)
+  if not hasattr(out, "shape") or out.shape != () or not jnp.issubdtype(out.dtype, jnp.floating):
+    raise ValueError(
+        "`loss_fn` must return a floating scalar (the mean loss over its batch); it returned "
+        f"{out}. Reduce per-example losses with .mean().")
+
+
+def build_client_update(
+    loss_fn: LossFn,
+    optimizer: optax.GradientTransformation,
+    *,
+    num_epochs: int = 1,
+    batch_size: int,
+) -> ClientUpdate:
+  """Builds a pure local-training function for one client.
+
+  The client starts from the server parameters with a fresh optimizer state,
+  runs ``num_epochs`` epochs of minibatch training over its real examples in
+  a per-epoch shuffled order (see the module docstring for how keys are
+  derived), and returns the difference to the server parameters.
+
+  Padding is exact: the gradient of a batch is that of the mean loss over
+  its real rows only, steps whose batch has no real row leave parameters and
+  optimizer state untouched, and an empty client returns a zero delta with
+  weight 0.
+
+  Args:
+    loss_fn: ``loss(params, batch) -> scalar``: the mean loss of a batch, a
+      dict of arrays ``[B, ...]`` named like the client's arrays. It is
+      evaluated one example at a time (see :func:`per_example_losses`), so it
+      must not mix examples (no batch norm).
+    optimizer: an optax client optimizer, e.g. ``optax.sgd(0.1)``.
+    num_epochs: local epochs (>= 1).
+    batch_size: examples per local step (>= 1).
+
+  Returns:
+    ``client_update(server_params, client_data, key) -> ClientOutput`` where
+    ``client_data`` is one client's slice of a :class:`FederatedData` (arrays
+    ``[max_examples, ...]``, scalar ``num_examples`` and ``client_ids``) and
+    ``key`` is the round's PRNG key (the client folds in its own id). Pure and
+    safe under ``jax.jit`` and ``jax.vmap``.
+
+  Raises:
+    TypeError, ValueError: for a non-int or non-positive ``num_epochs`` or
+      ``batch_size``, or an ``optimizer`` that is not an optax transformation.
+  """
+  _check_int("batch_size", batch_size, minimum=1)
+  _check_int("num_epochs", num_epochs, minimum=1)
+  if not callable(loss_fn):
+    raise TypeError(f"`loss_fn` must be callable loss(params, batch); got {loss_fn!r}.")
+  if not (hasattr(optimizer, "init") and hasattr(optimizer, "update")):
+    raise TypeError(
+        f"`optimizer` must be an optax.GradientTransformation (e.g. optax.sgd(0.1)); got {optimizer!r}.")
+
+  def client_update(server_params, client_data: FederatedData, key) -> ClientOutput:
+    arrays = client_data.arrays
+    n = client_data.num_examples
+    max_n = next(iter(arrays.values())).shape[0]
+    check_loss_fn(loss_fn, server_params, arrays)
+    steps_per_epoch = math.ceil(max_n / batch_size)
+    padded_len = steps_per_epoch * batch_size
+    client_key = jax.random.fold_in(key, client_data.client_ids)
+
+    def masked_loss(params, batch, mask):
+      losses = per_example_losses(loss_fn, params, batch)
+      losses = jnp.where(mask, losses, 0.0)
+      total = jnp.sum(losses)
+      return total / jnp.maximum(jnp.sum(mask), 1), total
+
+    grad_fn = jax.grad(masked_loss, has_aux=True)
+
+    def epoch(carry, epoch_index):
+      order = shuffle_order(jax.random.fold_in(client_key, epoch_index), n, max_n)
+      order = jnp.pad(order, (0, padded_len - max_n))
+
+      def step(carry, s):
+        params, opt_state, loss_sum = carry
+        pos = s * batch_size + jnp.arange(batch_size)
+        mask = pos < n
+        idx = jax.lax.dynamic_slice(order, (s * batch_size,), (batch_size,))
+        batch = jax.tree.map(lambda x: jnp.take(x, idx, axis=0), arrays)
+        grads, total = grad_fn(params, batch, mask)
+        updates, new_opt_state = optimizer.update(grads, opt_state, params)
+        new_params = optax.apply_updates(params, updates)
+        active = s * batch_size < n
+        keep = lambda new, old: jnp.where(active, new, old)
+        params = jax.tree.map(keep, new_params, params)
+        opt_state = jax.tree.map(keep, new_opt_state, opt_state)
+        return (params, opt_state, loss_sum + total), None
+
+      carry, _ = jax.lax.scan(step, carry, jnp.arange(steps_per_epoch))
+      return carry, None
+
+    init = (server_params, optimizer.init(server_params), jnp.zeros((), jnp.float32))
+    (params, _, loss_sum), _ = jax.lax.scan(epoch, init, jnp.arange(num_epochs))
+    delta = jax.tree.map(jnp.subtract, params, server_params)
+    n_f = n.astype(jnp.float32)
+    steps = num_epochs * ((n + batch_size - 1) // batch_size)
+    metrics = {
+        "train_loss": loss_sum / jnp.maximum(n_f * num_epochs, 1.0),
+        "num_examples": n_f,
+        "num_steps": steps.astype(jnp.float32),
+    }
+    return ClientOutput(delta, n_f, metrics)
+
+  return client_update
