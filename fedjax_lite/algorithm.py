@@ -231,7 +231,8 @@ def _summarize(per_client: dict[str, Any]) -> dict[str, Any]:
 def _check_cohort(cohort: FederatedData) -> None:
   if not isinstance(cohort, FederatedData):
     raise TypeError(
-        f"`cohort` must be a FederatedData (see fedjax_lite.from_clients); got {type(cohort).__name__}.")
+        "`cohort` must be a FederatedData (see fedjax_lite.from_clients); got "
+        f"{type(cohort).__name__}.")
   k = cohort.num_examples.shape
   if len(k) != 1:
     raise ValueError(f"`cohort.num_examples` must be [num_clients]; got shape {k}.")

@@ -156,7 +156,8 @@ def build_client_update(
     raise TypeError(f"`loss_fn` must be callable loss(params, batch); got {loss_fn!r}.")
   if not (hasattr(optimizer, "init") and hasattr(optimizer, "update")):
     raise TypeError(
-        f"`optimizer` must be an optax.GradientTransformation (e.g. optax.sgd(0.1)); got {optimizer!r}.")
+        "`optimizer` must be an optax.GradientTransformation (e.g. optax.sgd(0.1)); got "
+        f"{optimizer!r}.")
 
   def client_update(server_params, client_data: FederatedData, key) -> ClientOutput:
     arrays = client_data.arrays

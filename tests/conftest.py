@@ -1,0 +1,49 @@
+"""Shared fixtures: small ragged populations and models."""
+
+from __future__ import annotations
+
+import os
+
+# Several CPU devices for sharding tests; must be set before jax is imported.
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=4")
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+from fedjax_lite import models  # noqa: E402
+
+RAGGED_SIZES = (5, 0, 13, 1, 8, 21, 3)
+
+
+def make_clients(sizes, num_features=6, num_classes=3, seed=0):
+  """Unpadded per-client arrays: a list of {'x': [n, F], 'y': [n]}."""
+  rng = np.random.default_rng(seed)
+  w = rng.standard_normal((num_features, num_classes))
+  clients = []
+  for n in sizes:
+    x = rng.standard_normal((n, num_features)).astype(np.float32)
+    y = np.argmax(x @ w + 0.5 * rng.standard_normal((n, num_classes)), -1).astype(np.int32)
+    clients.append({"x": x, "y": y})
+  return clients
+
+
+@pytest.fixture
+def ragged_clients():
+  return make_clients(RAGGED_SIZES)
+
+
+def linear_model(num_features=6, num_classes=3, seed=0):
+  model = models.LogisticRegression(num_classes)
+  params = model.init(jax.random.key(seed), jnp.zeros((1, num_features)))
+  return params, models.classification_loss(model.apply)
+
+
+def mlp_model(num_features=6, num_classes=3, hidden=(8,), seed=0):
+  model = models.MLP(hidden, num_classes)
+  params = model.init(jax.random.key(seed), jnp.zeros((1, num_features)))
+  return params, models.classification_loss(model.apply)
+
+
+MODELS = {"linear": linear_model, "mlp": mlp_model}
