@@ -14,7 +14,8 @@ from tests.conftest import MODELS, make_clients
 from tests.reference import reference_client, reference_order
 
 
-@pytest.mark.parametrize("n, max_n", [(0, 1), (1, 1), (5, 5), (5, 12), (30, 64)])
+@pytest.mark.parametrize("n, max_n", [(0, 1), (1, 1), (5, 5), (5, 12), (30, 64), (100, 128),
+                                      (100, 129), (200, 300)])
 def test_shuffle_order_is_padding_independent_permutation(n, max_n):
   key = jax.random.key(11)
   order = np.asarray(jax.jit(fl.shuffle_order, static_argnums=2)(key, n, max_n))

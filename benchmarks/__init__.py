@@ -1,0 +1,1 @@
+"""Benchmarks of fedjax_lite: each prints one JSON line per configuration."""

@@ -1,0 +1,78 @@
+"""Timing, FLOP and memory helpers shared by the benchmarks."""
+
+from __future__ import annotations
+
+import json
+import resource
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+
+def matmul_peak_gflops(n: int = 2048, repeats: int = 5) -> float:
+  """Best float32 ``n x n`` matmul throughput of this machine, measured now."""
+  a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
+  f = jax.jit(jnp.dot)
+  f(a, a).block_until_ready()
+  best = float("inf")
+  for _ in range(repeats):
+    t = time.perf_counter()
+    f(a, a).block_until_ready()
+    best = min(best, time.perf_counter() - t)
+  return 2 * n**3 / best / 1e9
+
+
+def time_rounds(run_round: Callable[[int], Any], *, warmup: int, rounds: int) -> dict[str, Any]:
+  """Times ``run_round(r)`` (which must block until done) after warm-up rounds.
+
+  Returns:
+    ``compile_sec`` (the first warm-up round, which includes compilation),
+    ``sec_per_round_median/min/max`` and ``rounds_timed``.
+  """
+  t = time.perf_counter()
+  run_round(0)
+  compile_sec = time.perf_counter() - t
+  for r in range(1, warmup):
+    run_round(r)
+  times = []
+  for r in range(warmup, warmup + rounds):
+    t = time.perf_counter()
+    run_round(r)
+    times.append(time.perf_counter() - t)
+  return {
+      "compile_sec": compile_sec,
+      "sec_per_round_median": statistics.median(times),
+      "sec_per_round_min": min(times),
+      "sec_per_round_max": max(times),
+      "rounds_timed": rounds,
+  }
+
+
+def flops_per_example_step(loss_fn, params, example_batch) -> float:
+  """XLA's FLOP count of one gradient of ``loss_fn`` per example in the batch.
+
+  Counted on a single unrolled gradient (XLA's cost analysis does not
+  multiply loop bodies by their trip count, so a whole round cannot be
+  counted directly).
+  """
+  batch = next(iter(example_batch.values())).shape[0]
+  compiled = jax.jit(jax.grad(loss_fn)).lower(params, example_batch).compile()
+  cost = compiled.cost_analysis()
+  if isinstance(cost, list):
+    cost = cost[0]
+  return float(cost["flops"]) / batch
+
+
+def peak_rss_mib() -> float:
+  """This process's resident-memory high-water mark so far, in MiB."""
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def emit(row: dict[str, Any]) -> None:
+  print(json.dumps(row, sort_keys=False), flush=True)
+  sys.stdout.flush()

@@ -1,0 +1,181 @@
+"""W2-shaped workload: many small clients, dispatch-bound (see shared/WORKLOADS.md).
+
+Compares, in one run and on the same cohorts and keys:
+
+* ``loop``: a Python loop over clients, each calling a jitted per-client update
+  on that client's host-resident arrays (the design of earlier JAX FL
+  toolkits), then a jitted weighted sum and server step. This is the baseline.
+* ``loop_device``: the same loop with every client's arrays placed on the
+  device beforehand (a stronger baseline: no per-call transfer).
+* ``vmap_all``: the vectorized round with the whole cohort in one vmap.
+* ``vmap_chunked``: the vectorized round in chunks (``--chunk-size``).
+
+After timing, a results check runs the same rounds through every
+implementation and asserts the parameters agree (1e-5).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+import fedjax_lite as fl
+from benchmarks import common
+
+
+def build(args) -> dict[str, Any]:
+  population = fl.datasets.synthetic_classification(
+      args.population, args.examples, num_features=60, num_classes=10, seed=0)
+  model = fl.models.LogisticRegression(10)
+  params = model.init(jax.random.key(0), jnp.zeros((1, 60)))
+  loss = fl.models.classification_loss(model.apply)
+  update = fl.build_client_update(loss, optax.sgd(args.lr), num_epochs=args.epochs,
+                                  batch_size=args.batch_size)
+  return dict(population=population, params=params, loss=loss, update=update)
+
+
+def vectorized_impl(setup, args, chunk_size):
+  algo = fl.build_federated_algorithm(setup["update"], fl.server.fedavg(), chunk_size=chunk_size)
+  population = jax.device_put(setup["population"])
+  n = population.num_clients
+
+  @jax.jit
+  def step(state, population, r):
+    sample_key, round_key = fl.round_keys(jax.random.key(args.seed), r)
+    cohort = fl.take(population, fl.sample_clients(sample_key, n, args.clients_per_round))
+    return algo.round(state, cohort, round_key)[0]
+
+  return lambda state, r: step(state, population, np.int32(r)), algo.init
+
+
+def loop_impl(setup, args, on_device):
+  """Baseline: one jitted call per client, accumulated on device.
+
+  With ``on_device=False`` each client's arrays are host NumPy arrays handed
+  to the jitted update every round, as in toolkits that keep per-client
+  datasets in host memory; with ``on_device=True`` they were placed on the
+  device once beforehand (a stronger baseline).
+  """
+  population = setup["population"]
+  n = population.num_clients
+  update = jax.jit(setup["update"])
+  server = fl.server.fedavg()
+  clients = [jax.tree.map(lambda x, i=i: np.array(x[i]), population)
+             for i in range(n)]
+  if on_device:
+    clients = [jax.device_put(c) for c in clients]
+
+  @jax.jit
+  def accumulate(total, total_weight, delta, weight):
+    return jax.tree.map(lambda t, d: t + weight * d, total, delta), total_weight + weight
+
+  @jax.jit
+  def server_step(state, total, total_weight):
+    params, opt_state = state
+    mean = jax.tree.map(lambda t: t / jnp.maximum(total_weight, 1e-30), total)
+    updates, opt_state = server.update(jax.tree.map(jnp.negative, mean), opt_state, params)
+    return optax.apply_updates(params, updates), opt_state
+
+  sample = jax.jit(lambda r: fl.sample_clients(
+      fl.round_keys(jax.random.key(args.seed), r)[0], n, args.clients_per_round))
+
+  def step(state, r):
+    _, round_key = fl.round_keys(jax.random.key(args.seed), r)
+    client_key, _ = jax.random.split(round_key)
+    params = state[0]
+    total = jax.tree.map(jnp.zeros_like, params)
+    total_weight = jnp.zeros((), jnp.float32)
+    for i in np.asarray(sample(np.int32(r))):
+      out = update(params, clients[i], client_key)
+      total, total_weight = accumulate(total, total_weight, out.delta, out.weight)
+    return server_step(state, total, total_weight)
+
+  return step, lambda params: (params, server.init(params))
+
+
+def params_of(state):
+  return state.params if hasattr(state, "params") else state[0]
+
+
+def main(argv=None) -> int:
+  p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+  p.add_argument("--population", type=int, default=10_000)
+  p.add_argument("--clients-per-round", type=int, default=1000)
+  p.add_argument("--examples", type=int, default=32)
+  p.add_argument("--epochs", type=int, default=5)
+  p.add_argument("--batch-size", type=int, default=8)
+  p.add_argument("--lr", type=float, default=0.05)
+  p.add_argument("--chunk-size", type=int, default=250)
+  p.add_argument("--rounds", type=int, default=10, help="timed rounds per implementation")
+  p.add_argument("--warmup", type=int, default=2)
+  p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--quick", action="store_true", help="small sizes for a smoke run")
+  args = p.parse_args(argv)
+  if args.quick:
+    args.population, args.clients_per_round, args.rounds, args.warmup = 500, 100, 3, 1
+    args.chunk_size = min(args.chunk_size, 50)
+
+  setup = build(args)
+  impls = {
+      "loop": loop_impl(setup, args, on_device=False),
+      "loop_device": loop_impl(setup, args, on_device=True),
+      "vmap_all": vectorized_impl(setup, args, None),
+      "vmap_chunked": vectorized_impl(setup, args, args.chunk_size),
+  }
+
+  batch = jax.tree.map(lambda x: x[0, : args.batch_size], setup["population"].arrays)
+  per_example_loss = lambda p, b: setup["loss"](p, b) * next(iter(b.values())).shape[0]
+  flops_example = common.flops_per_example_step(per_example_loss, setup["params"], batch)
+  steps_per_epoch = math.ceil(args.examples / args.batch_size)
+  flops_round = (flops_example * args.batch_size * steps_per_epoch * args.epochs
+                 * args.clients_per_round)
+  peak = common.matmul_peak_gflops()
+
+  rows = {}
+  for name, (step, init) in impls.items():
+    holder = {"state": init(setup["params"])}
+
+    def run_round(r, step=step, holder=holder):
+      holder["state"] = step(holder["state"], r)
+      jax.block_until_ready(holder["state"])
+
+    stats = common.time_rounds(run_round, warmup=args.warmup, rounds=args.rounds)
+    rows[name] = row = {
+        "workload": "w2", "impl": name, "clients_per_round": args.clients_per_round,
+        "chunk_size": args.chunk_size if name == "vmap_chunked" else None,
+        **stats,
+        "achieved_gflops": flops_round / stats["sec_per_round_median"] / 1e9,
+        "peak_gflops": peak,
+        "peak_rss_mib": common.peak_rss_mib(),
+    }
+    row["speedup_vs_baseline"] = (rows["loop"]["sec_per_round_median"]
+                                  / stats["sec_per_round_median"])
+    if "loop_device" in rows:
+      row["speedup_vs_loop_device"] = (rows["loop_device"]["sec_per_round_median"]
+                                       / stats["sec_per_round_median"])
+    common.emit(row)
+
+  # Results check: two rounds through every implementation give the same params.
+  finals = {}
+  for name, (step, init) in impls.items():
+    state = init(setup["params"])
+    for r in range(2):
+      state = step(state, r)
+    finals[name] = jax.device_get(params_of(state))
+  for name, final in finals.items():
+    for a, b in zip(jax.tree.leaves(final), jax.tree.leaves(finals["loop"]), strict=True):
+      np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5, err_msg=f"{name} != loop")
+  common.emit({"workload": "w2", "check": "params_match_loop", "impls": sorted(finals),
+               "rounds": 2, "atol": 1e-5, "ok": True})
+
+  return 0
+
+
+if __name__ == "__main__":
+  raise SystemExit(main())
