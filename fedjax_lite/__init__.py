@@ -5,7 +5,7 @@ Public API (everything here is a pure function or a NamedTuple of them):
 * data: :class:`FederatedData`, :func:`from_clients`, :func:`from_arrays`,
   :func:`take`, :func:`example_mask`
 * clients: :func:`build_client_update`, :class:`ClientOutput`,
-  :func:`shuffle_order`
+  :func:`masked_mean_grad`, :func:`shuffle_order`
 * aggregation: :class:`Aggregator`, :func:`mean_aggregator`,
   :func:`weighted_mean`, :func:`uniform_mean`, :func:`weighted_sum`
 * server optimizers: :mod:`fedjax_lite.server` (``fedavg``, ``fedavgm``,
@@ -15,7 +15,7 @@ Public API (everything here is a pure function or a NamedTuple of them):
   :func:`run_rounds`
 """
 
-from fedjax_lite import datasets, models, server
+from fedjax_lite import client, datasets, models, server
 from fedjax_lite.aggregation import (
     Aggregator,
     mean_aggregator,
@@ -29,7 +29,13 @@ from fedjax_lite.algorithm import (
     build_federated_algorithm,
     raise_if_nonfinite,
 )
-from fedjax_lite.client import ClientOutput, build_client_update, per_example_losses, shuffle_order
+from fedjax_lite.client import (
+    ClientOutput,
+    build_client_update,
+    masked_mean_grad,
+    per_example_losses,
+    shuffle_order,
+)
 from fedjax_lite.data import FederatedData, example_mask, from_arrays, from_clients, take
 from fedjax_lite.sampling import sample_clients
 from fedjax_lite.training import round_keys, run_rounds
@@ -44,10 +50,12 @@ __all__ = [
     "ServerState",
     "build_client_update",
     "build_federated_algorithm",
+    "client",
     "datasets",
     "example_mask",
     "from_arrays",
     "from_clients",
+    "masked_mean_grad",
     "mean_aggregator",
     "models",
     "per_example_losses",

@@ -10,8 +10,8 @@ padding, chunking or cohort order:
 * client key: ``fold_in(key, client_id)``
 * epoch key: ``fold_in(client_key, epoch)``
 * the epoch's order of the client's ``n`` real examples: ascending by the
-  32-bit word ``random.bits(fold_in(epoch_key, j))`` of each example ``j``
-  (ties keep index order), see :func:`shuffle_order`.
+  32-bit word ``random.bits(epoch_key, (n,))[j]`` of each example ``j`` (ties
+  keep index order), see :func:`shuffle_order`.
 
 Each epoch then walks that order in batches of ``batch_size`` (the last batch
 of an epoch may be partial), taking one optimizer step per batch: exactly
@@ -60,8 +60,11 @@ ClientUpdate = Callable[[Params, FederatedData, PRNGKey], ClientOutput]
 def shuffle_order(key: PRNGKey, num_examples: Any, max_examples: int) -> Any:
   """One epoch's order of a padded client's examples; pure and jit-safe.
 
-  Real example ``j`` gets the sort key ``random.bits(fold_in(key, j))``;
-  padded rows sort after all real ones; ties keep index order. The result
+  Real example ``j`` gets the sort key ``random.bits(key, (n,))[j]`` (with
+  ``jax_threefry_partitionable``, JAX's default, whose draws of different
+  lengths agree on their common prefix; under the legacy setting it is
+  ``random.bits(fold_in(key, j))``); padded rows sort after all real ones;
+  ties keep index order. The result
   depends only on ``key`` and ``num_examples``, never on ``max_examples``:
   the first ``num_examples`` entries equal the order computed for the same
   client unpadded.
@@ -76,7 +79,12 @@ def shuffle_order(key: PRNGKey, num_examples: Any, max_examples: int) -> Any:
     first ``num_examples`` entries index the real rows.
   """
   idx = jnp.arange(max_examples, dtype=jnp.int32)
-  bits = jax.vmap(lambda j: jax.random.bits(jax.random.fold_in(key, j)))(idx)
+  if jax.config.jax_threefry_partitionable:
+    # Element j of a partitionable threefry draw depends only on (key, j), so
+    # this equals random.bits(key, (num_examples,)) on the real rows.
+    bits = jax.random.bits(key, (max_examples,))
+  else:  # legacy threefry: draws of different lengths share no prefix
+    bits = jax.vmap(lambda j: jax.random.bits(jax.random.fold_in(key, j)))(idx)
   bits = jnp.where(idx < num_examples, bits, jnp.array(0xFFFFFFFF, jnp.uint32))
   if max_examples > _PAIRWISE_SORT_MAX:
     return jnp.argsort(bits, stable=True).astype(jnp.int32)
@@ -114,6 +122,75 @@ def per_example_losses(loss_fn: LossFn, params: Params, batch: Batch) -> Any:
   return jax.vmap(loss_fn, in_axes=(None, 0))(params, one)
 
 
+GRAD_MODES = ("auto", "batch", "per_example")
+
+# grad_mode="auto" picks "per_example" when no parameter leaf is larger than
+# this many elements. Measured on a 2-core x86 CPU: logistic regression 60->10
+# (600-element kernel, batch 8) ran 2x faster per example; the 784-200-200-10
+# MLP (batch 16) ran 3x slower.
+_PER_EXAMPLE_MAX_LEAF = 4096
+
+
+def masked_mean_grad(loss_fn: LossFn, params: Params, batch: Batch, mask: Any,
+                     mode: str = "batch") -> tuple[Params, Any]:
+  """Gradient of the mean loss over the rows of ``batch`` where ``mask`` is true.
+
+  Both modes compute the same quantity (up to float summation order):
+
+  * ``"batch"``: ``grad(sum_j mask_j * loss_j / max(sum_j mask_j, 1))``, one
+    backward pass through the batch (weight gradients are matrix products).
+  * ``"per_example"``: ``sum_j mask_j * grad(loss_j) / max(sum_j mask_j, 1)``,
+    per-example gradients (``vmap`` of ``grad``) reduced with the mask. For
+    small models this avoids XLA's batched tiny matrix products and is much
+    faster on CPU; for large layers it is slower.
+
+  Args:
+    loss_fn: ``loss(params, batch) -> scalar`` (mean over its batch).
+    params: model parameters.
+    batch: dict of arrays ``[B, ...]``.
+    mask: ``bool[B]``, true on real rows.
+    mode: ``"batch"`` or ``"per_example"``.
+
+  Returns:
+    ``(grads, loss_sum)``: grads like ``params`` and the sum of the losses of
+    the real rows.
+  """
+  count = jnp.maximum(jnp.sum(mask), 1).astype(jnp.float32)
+  if mode == "batch":
+    def masked_loss(p):
+      losses = jnp.where(mask, per_example_losses(loss_fn, p, batch), 0.0)
+      total = jnp.sum(losses)
+      return total / count, total
+
+    return jax.grad(masked_loss, has_aux=True)(params)
+  if mode != "per_example":
+    raise ValueError(f"`mode` must be 'batch' or 'per_example'; got {mode!r}.")
+  # Each example's loss is scaled by its mask weight before differentiation,
+  # so padded rows get an exactly-zero cotangent (as in "batch" mode) and the
+  # reduction over examples is a plain sum XLA fuses with the outer products.
+  weights = mask.astype(jnp.float32) / count
+  one = jax.tree.map(lambda x: x[:, None], batch)
+
+  def weighted(p, example, w):
+    loss = loss_fn(p, example)
+    return w * loss, loss
+
+  grads, losses = jax.vmap(jax.grad(weighted, has_aux=True), in_axes=(None, 0, 0))(
+      params, one, weights)
+  grads = jax.tree.map(lambda g: jnp.sum(g, axis=0), grads)
+  return grads, jnp.sum(jnp.where(mask, losses, 0.0))
+
+
+def resolve_grad_mode(grad_mode: str, params: Params) -> str:
+  """Returns the concrete mode ``"auto"`` stands for, given the params."""
+  if grad_mode not in GRAD_MODES:
+    raise ValueError(f"`grad_mode` must be one of {GRAD_MODES}; got {grad_mode!r}.")
+  if grad_mode != "auto":
+    return grad_mode
+  largest = max((x.size for x in jax.tree.leaves(params)), default=0)
+  return "per_example" if largest <= _PER_EXAMPLE_MAX_LEAF else "batch"
+
+
 def check_loss_fn(loss_fn: LossFn, params: Params, batch: Batch) -> None:
   """Raises a clear error if ``loss_fn`` does not return a real scalar."""
   one = jax.tree.map(lambda x: jax.ShapeDtypeStruct((1,) + x.shape[1:], x.dtype), batch)
@@ -130,6 +207,7 @@ def build_client_update(
     *,
     num_epochs: int = 1,
     batch_size: int,
+    grad_mode: str = "auto",
 ) -> ClientUpdate:
   """Builds a pure local-training function for one client.
 
@@ -151,6 +229,10 @@ def build_client_update(
     optimizer: an optax client optimizer, e.g. ``optax.sgd(0.1)``.
     num_epochs: local epochs (>= 1).
     batch_size: examples per local step (>= 1).
+    grad_mode: how a step's masked mean gradient is computed, see
+      :func:`masked_mean_grad`: ``"batch"``, ``"per_example"``, or ``"auto"``
+      (``"per_example"`` when no parameter leaf has more than 4096 elements,
+      else ``"batch"``). All give the same update up to float rounding.
 
   Returns:
     ``client_update(server_params, client_data, key) -> ClientOutput`` where
@@ -161,10 +243,13 @@ def build_client_update(
 
   Raises:
     TypeError, ValueError: for a non-int or non-positive ``num_epochs`` or
-      ``batch_size``, or an ``optimizer`` that is not an optax transformation.
+      ``batch_size``, an ``optimizer`` that is not an optax transformation,
+      or an unknown ``grad_mode``.
   """
   _check_int("batch_size", batch_size, minimum=1)
   _check_int("num_epochs", num_epochs, minimum=1)
+  if grad_mode not in GRAD_MODES:
+    raise ValueError(f"`grad_mode` must be one of {GRAD_MODES}; got {grad_mode!r}.")
   if not callable(loss_fn):
     raise TypeError(f"`loss_fn` must be callable loss(params, batch); got {loss_fn!r}.")
   if not (hasattr(optimizer, "init") and hasattr(optimizer, "update")):
@@ -180,14 +265,7 @@ def build_client_update(
     steps_per_epoch = math.ceil(max_n / batch_size)
     padded_len = steps_per_epoch * batch_size
     client_key = jax.random.fold_in(key, client_data.client_ids)
-
-    def masked_loss(params, batch, mask):
-      losses = per_example_losses(loss_fn, params, batch)
-      losses = jnp.where(mask, losses, 0.0)
-      total = jnp.sum(losses)
-      return total / jnp.maximum(jnp.sum(mask), 1), total
-
-    grad_fn = jax.grad(masked_loss, has_aux=True)
+    mode = resolve_grad_mode(grad_mode, server_params)
 
     def epoch(carry, epoch_index):
       order = shuffle_order(jax.random.fold_in(client_key, epoch_index), n, max_n)
@@ -200,7 +278,7 @@ def build_client_update(
         mask = pos < n
         idx = jax.lax.dynamic_slice(order, (s * batch_size,), (batch_size,))
         batch = jax.tree.map(lambda x: jnp.take(x, idx, axis=0), arrays)
-        grads, total = grad_fn(params, batch, mask)
+        grads, total = masked_mean_grad(loss_fn, params, batch, mask, mode)
         updates, new_opt_state = optimizer.update(grads, opt_state, params)
         new_params = optax.apply_updates(params, updates)
         active = s * batch_size < n

@@ -8,7 +8,8 @@ documented randomness convention with the library:
 
 * round key ``key`` -> ``client_key, _ = jax.random.split(key)``
 * client ``c`` -> ``fold_in(client_key, c)`` -> epoch ``e`` -> ``fold_in(., e)``
-* the epoch's order sorts example ``j`` by ``random.bits(fold_in(epoch_key, j))``.
+* the epoch's order sorts example ``j`` by ``random.bits(epoch_key, (n,))[j]``
+  (``random.bits(fold_in(epoch_key, j))`` under legacy, non-partitionable threefry).
 """
 
 from __future__ import annotations
@@ -21,8 +22,12 @@ import numpy as np
 
 
 def reference_order(epoch_key, n: int) -> np.ndarray:
-  words = [int(jax.random.bits(jax.random.fold_in(epoch_key, j))) for j in range(n)]
-  return np.argsort(np.asarray(words, dtype=np.uint64), kind="stable")
+  if jax.config.jax_threefry_partitionable:
+    words = np.asarray(jax.random.bits(epoch_key, (n,)), dtype=np.uint64)
+  else:
+    words = np.asarray([int(jax.random.bits(jax.random.fold_in(epoch_key, j)))
+                        for j in range(n)], dtype=np.uint64)
+  return np.argsort(words, kind="stable")
 
 
 @functools.cache

@@ -147,3 +147,53 @@ def test_bad_hyperparameters(kwargs, exc, match):
 def test_bad_optimizer():
   with pytest.raises(TypeError, match="`optimizer`"):
     fl.build_client_update(lambda p, b: 0.0, 0.1, batch_size=2)
+
+
+def test_shuffle_order_padding_independent_under_legacy_threefry():
+  before = jax.config.jax_threefry_partitionable
+  jax.config.update("jax_threefry_partitionable", False)
+  try:
+    key = jax.random.key(4)
+    for n, max_n in [(7, 7), (7, 20), (40, 200)]:
+      order = np.asarray(fl.shuffle_order(key, n, max_n))
+      np.testing.assert_array_equal(order[:n], reference_order(key, n))
+  finally:
+    jax.config.update("jax_threefry_partitionable", before)
+
+
+@pytest.mark.parametrize("model", ["linear", "mlp"])
+def test_grad_modes_agree_with_each_other_and_with_autodiff(model):
+  params, loss = MODELS[model]()
+  client = make_clients((7,), seed=3)[0]
+  batch = {k: np.concatenate([v, np.zeros_like(v[:3])]) for k, v in client.items()}  # 3 padded
+  mask = jnp.arange(10) < 7
+  g_batch, l_batch = fl.masked_mean_grad(loss, params, batch, mask, "batch")
+  g_pe, l_pe = fl.masked_mean_grad(loss, params, batch, mask, "per_example")
+  g_ref = jax.grad(loss)(params, client)  # plain mean over the real rows
+  for a, b, c in zip(jax.tree.leaves(g_batch), jax.tree.leaves(g_pe), jax.tree.leaves(g_ref),
+                     strict=True):
+    np.testing.assert_allclose(a, c, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(b, c, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(l_batch, 7 * loss(params, client), rtol=1e-5)
+  np.testing.assert_allclose(l_pe, l_batch, rtol=1e-6)
+
+
+@pytest.mark.parametrize("grad_mode", ["batch", "per_example"])
+def test_client_update_grad_modes_match_reference(grad_mode):
+  clients = make_clients((9,), seed=5)
+  params, loss = MODELS["mlp"]()
+  update = fl.build_client_update(loss, optax.sgd(0.2), num_epochs=2, batch_size=4,
+                                  grad_mode=grad_mode)
+  one = jax.tree.map(lambda x: x[0], fl.from_clients(clients, max_examples=12, client_ids=[3]))
+  out = jax.jit(update)(params, one, jax.random.key(1))
+  ref, _ = reference_client(loss, params, clients[0], 3, jax.random.key(1), lr=0.2, num_epochs=2,
+                            batch_size=4)
+  for a, b in zip(jax.tree.leaves(out.delta), jax.tree.leaves(ref), strict=True):
+    np.testing.assert_allclose(a, b, atol=1e-6, rtol=1e-5)
+
+
+def test_auto_grad_mode_picks_by_largest_leaf():
+  assert fl.client.resolve_grad_mode("auto", {"w": jnp.zeros((60, 10))}) == "per_example"
+  assert fl.client.resolve_grad_mode("auto", {"w": jnp.zeros((784, 200))}) == "batch"
+  with pytest.raises(ValueError, match="`grad_mode` must be one of"):
+    fl.build_client_update(lambda p, b: 0.0, optax.sgd(0.1), batch_size=2, grad_mode="fast")
