@@ -111,7 +111,7 @@ def main(argv=None) -> int:
   p.add_argument("--epochs", type=int, default=5)
   p.add_argument("--batch-size", type=int, default=8)
   p.add_argument("--lr", type=float, default=0.05)
-  p.add_argument("--chunk-size", type=int, default=250)
+  p.add_argument("--chunk-size", type=int, default=500)
   p.add_argument("--rounds", type=int, default=10, help="timed rounds per implementation")
   p.add_argument("--warmup", type=int, default=2)
   p.add_argument("--seed", type=int, default=0)

@@ -76,7 +76,7 @@ def build_federated_algorithm(
     server_optimizer: optax.GradientTransformation,
     *,
     aggregator: Aggregator | None = None,
-    chunk_size: int | None = None,
+    chunk_size: int | None = 256,
     nonfinite: str = "raise",
     jit: bool = True,
 ) -> FederatedAlgorithm:
@@ -91,8 +91,9 @@ def build_federated_algorithm(
       ``-aggregate`` as the gradient (see :mod:`fedjax_lite.server` presets).
     aggregator: defaults to :func:`fedjax_lite.mean_aggregator` (weighted by
       example counts).
-    chunk_size: clients per vmapped chunk (>= 1). ``None`` processes the whole
-      cohort in one chunk. Memory grows with the chunk, not the cohort.
+    chunk_size: clients per vmapped chunk (>= 1; default 256, or the cohort
+      if smaller). ``None`` processes the whole cohort in one chunk. Memory
+      holds one chunk of model copies and optimizer states, not the cohort's.
     nonfinite: what to do with a client whose delta or weight holds NaN/Inf.
       In both modes the client gets weight 0 and a zero delta, so it can never
       be averaged into the model, and it is counted in

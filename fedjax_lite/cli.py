@@ -36,7 +36,7 @@ def _run_parser(sub) -> argparse.ArgumentParser:
   p.add_argument("--client-lr", type=float, default=0.05)
   p.add_argument("--epochs", type=int, default=2, help="local epochs")
   p.add_argument("--batch-size", type=int, default=8)
-  p.add_argument("--chunk-size", type=int, default=None, help="clients per vmapped chunk")
+  p.add_argument("--chunk-size", type=int, default=256, help="clients per vmapped chunk")
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--output", type=Path, default=None,
                  help="directory for history.json and summary.json")

@@ -267,31 +267,33 @@ def build_client_update(
     client_key = jax.random.fold_in(key, client_data.client_ids)
     mode = resolve_grad_mode(grad_mode, server_params)
 
-    def epoch(carry, epoch_index):
-      order = shuffle_order(jax.random.fold_in(client_key, epoch_index), n, max_n)
-      # Positions past the client's count are padding, masked below.
-      order = jnp.pad(order, (0, padded_len - max_n))
+    # Every epoch's order up front (one batched draw instead of one per epoch),
+    # cut into [num_epochs * steps_per_epoch, batch_size] batch indices.
+    # Positions past the client's count are padding, masked in each step.
+    orders = jax.vmap(
+        lambda e: shuffle_order(jax.random.fold_in(client_key, e), n, max_n))(
+            jnp.arange(num_epochs))
+    orders = jnp.pad(orders, ((0, 0), (0, padded_len - max_n)))
+    batch_indices = orders.reshape(num_epochs * steps_per_epoch, batch_size)
+    positions = jnp.tile(jnp.arange(padded_len).reshape(steps_per_epoch, batch_size),
+                         (num_epochs, 1))
 
-      def step(carry, s):
-        params, opt_state, loss_sum = carry
-        pos = s * batch_size + jnp.arange(batch_size)
-        mask = pos < n
-        idx = jax.lax.dynamic_slice(order, (s * batch_size,), (batch_size,))
-        batch = jax.tree.map(lambda x: jnp.take(x, idx, axis=0), arrays)
-        grads, total = masked_mean_grad(loss_fn, params, batch, mask, mode)
-        updates, new_opt_state = optimizer.update(grads, opt_state, params)
-        new_params = optax.apply_updates(params, updates)
-        active = s * batch_size < n
-        keep = lambda new, old: jnp.where(active, new, old)
-        params = jax.tree.map(keep, new_params, params)
-        opt_state = jax.tree.map(keep, new_opt_state, opt_state)
-        return (params, opt_state, loss_sum + total), None
-
-      carry, _ = jax.lax.scan(step, carry, jnp.arange(steps_per_epoch))
-      return carry, None
+    def step(carry, xs):
+      params, opt_state, loss_sum = carry
+      idx, pos = xs
+      mask = pos < n
+      batch = jax.tree.map(lambda x: jnp.take(x, idx, axis=0), arrays)
+      grads, total = masked_mean_grad(loss_fn, params, batch, mask, mode)
+      updates, new_opt_state = optimizer.update(grads, opt_state, params)
+      new_params = optax.apply_updates(params, updates)
+      active = pos[0] < n  # the batch holds at least one real example
+      keep = lambda new, old: jnp.where(active, new, old)
+      params = jax.tree.map(keep, new_params, params)
+      opt_state = jax.tree.map(keep, new_opt_state, opt_state)
+      return (params, opt_state, loss_sum + total), None
 
     init = (server_params, optimizer.init(server_params), jnp.zeros((), jnp.float32))
-    (params, _, loss_sum), _ = jax.lax.scan(epoch, init, jnp.arange(num_epochs))
+    (params, _, loss_sum), _ = jax.lax.scan(step, init, (batch_indices, positions))
     delta = jax.tree.map(jnp.subtract, params, server_params)
     n_f = n.astype(jnp.float32)
     steps = num_epochs * ((n + batch_size - 1) // batch_size)
