@@ -13,6 +13,9 @@ Public API (everything here is a pure function or a NamedTuple of them):
 * the round: :class:`FederatedAlgorithm`, :class:`ServerState`,
   :func:`build_federated_algorithm`, :func:`sample_clients`,
   :func:`run_rounds`
+* data sets, models, evaluation, checkpoints: :mod:`fedjax_lite.datasets`,
+  :mod:`fedjax_lite.models`, :mod:`fedjax_lite.evaluation`,
+  :mod:`fedjax_lite.checkpoint`
 """
 
 from fedjax_lite import client, datasets, models, server
@@ -50,8 +53,10 @@ __all__ = [
     "ServerState",
     "build_client_update",
     "build_federated_algorithm",
+    "checkpoint",
     "client",
     "datasets",
+    "evaluation",
     "example_mask",
     "from_arrays",
     "from_clients",

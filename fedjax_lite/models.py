@@ -1,7 +1,16 @@
-"""Small flax models and the loss helper used by the examples and tests.
+"""Flax models and loss/metric helpers for the standard FL benchmarks.
 
 The core of fedjax_lite is model-agnostic: any ``loss(params, batch)`` works.
-These are conveniences for the common case of a classifier.
+These are conveniences for the models FL papers use:
+
+* :class:`LogisticRegression` (multinomial),
+* :class:`MLP` (``MLP((200, 200), 10)`` is McMahan et al.'s "2NN"),
+* :class:`CNN` (McMahan et al. 2017's CNN for 28x28 images),
+* :class:`CharLSTM` (LEAF / TFF's Shakespeare next-character model).
+
+Loss builders return ``loss(params, batch) -> scalar``; metric builders return
+``metrics(params, batch) -> (loss_sum[B], correct[B], count[B])`` per example,
+which :mod:`fedjax_lite.evaluation` reduces over examples and clients.
 """
 
 from __future__ import annotations
@@ -38,6 +47,70 @@ class MLP(nn.Module):
     return nn.Dense(self.num_classes)(x)
 
 
+class CNN(nn.Module):
+  """The CNN of McMahan et al. (2017) for 28x28 images.
+
+  Two 5x5 convolutions (32 then 64 channels, "same" padding, ReLU) each
+  followed by 2x2 max pooling, a 512-unit ReLU dense layer, and a dense
+  output layer (logits).
+
+  References:
+    McMahan, Moore, Ramage, Hampson, Aguera y Arcas. "Communication-Efficient
+    Learning of Deep Networks from Decentralized Data", AISTATS 2017.
+    https://arxiv.org/abs/1602.05629
+
+  Attributes:
+    num_classes: number of output classes.
+    features: channels of the two convolutions.
+    dense: width of the hidden dense layer.
+  """
+
+  num_classes: int
+  features: Sequence[int] = (32, 64)
+  dense: int = 512
+
+  @nn.compact
+  def __call__(self, x):
+    if x.ndim == 3:
+      x = x[..., None]
+    for f in self.features:
+      x = nn.relu(nn.Conv(f, (5, 5), padding="SAME")(x))
+      x = nn.max_pool(x, (2, 2), strides=(2, 2))
+    x = x.reshape((x.shape[0], -1))
+    x = nn.relu(nn.Dense(self.dense)(x))
+    return nn.Dense(self.num_classes)(x)
+
+
+class CharLSTM(nn.Module):
+  """Next-character model: embedding, stacked LSTMs, dense logits per position.
+
+  The LEAF / TFF Shakespeare model is ``CharLSTM(vocab_size, embed=8,
+  hidden=256, layers=2)``.
+
+  References:
+    Caldas et al. "LEAF: A Benchmark for Federated Settings", 2018.
+    https://arxiv.org/abs/1812.01097
+
+  Attributes:
+    vocab_size: number of tokens (logits per position).
+    embed: embedding width.
+    hidden: LSTM width.
+    layers: number of stacked LSTM layers.
+  """
+
+  vocab_size: int
+  embed: int = 8
+  hidden: int = 256
+  layers: int = 2
+
+  @nn.compact
+  def __call__(self, tokens):
+    x = nn.Embed(self.vocab_size, self.embed)(tokens)
+    for _ in range(self.layers):
+      x = nn.RNN(nn.OptimizedLSTMCell(self.hidden))(x)
+    return nn.Dense(self.vocab_size)(x)
+
+
 def classification_loss(apply_fn: Callable[[Any, Any], Any], x: str = "x",
                         y: str = "y") -> Callable[[Any, dict[str, Any]], Any]:
   """Mean softmax cross-entropy of ``apply_fn(params, batch[x])`` against integer ``batch[y]``.
@@ -66,3 +139,76 @@ def accuracy(apply_fn: Callable[[Any, Any], Any], params: Any, inputs: Any, labe
   if mask is None:
     return correct.mean()
   return jnp.sum(jnp.where(mask, correct, 0.0)) / jnp.maximum(jnp.sum(mask), 1)
+
+
+def classification_metrics(apply_fn: Callable[[Any, Any], Any], x: str = "x", y: str = "y"):
+  """Per-example ``(loss, correct, count=1)`` for a classifier.
+
+  Args:
+    apply_fn: ``apply_fn(params, inputs[B, ...]) -> logits[B, C]``.
+    x: name of the input array.
+    y: name of the integer label array.
+
+  Returns:
+    ``metrics(params, batch) -> (loss[B], correct[B], ones[B])`` (float32).
+  """
+
+  def metrics(params, batch):
+    logits = apply_fn(params, batch[x])
+    loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch[y])
+    correct = (jnp.argmax(logits, -1) == batch[y]).astype(jnp.float32)
+    return loss.astype(jnp.float32), correct, jnp.ones_like(correct)
+
+  return metrics
+
+
+def sequence_loss(apply_fn: Callable[[Any, Any], Any], pad_id: int = 0, x: str = "x",
+                  y: str = "y") -> Callable[[Any, dict[str, Any]], Any]:
+  """Mean over the batch of each sequence's mean token cross-entropy.
+
+  Positions whose target is ``pad_id`` are excluded (a sequence of only
+  padding contributes 0).
+
+  Args:
+    apply_fn: ``apply_fn(params, tokens[B, T]) -> logits[B, T, V]``.
+    pad_id: the padding token id.
+    x: name of the input token array.
+    y: name of the target token array.
+
+  Returns:
+    ``loss(params, batch) -> scalar``.
+  """
+
+  def loss(params, batch):
+    token_loss, _, count = _sequence_terms(apply_fn, params, batch, pad_id, x, y)
+    return jnp.mean(jnp.sum(token_loss, -1) / jnp.maximum(count, 1.0))
+
+  return loss
+
+
+def sequence_metrics(apply_fn: Callable[[Any, Any], Any], pad_id: int = 0, x: str = "x",
+                     y: str = "y"):
+  """Per-sequence ``(summed token loss, correct tokens, real tokens)``.
+
+  Evaluation reduces these to token-weighted loss and accuracy (padding
+  positions excluded), as LEAF and TFF report for Shakespeare.
+
+  Returns:
+    ``metrics(params, batch) -> (loss_sum[B], correct[B], count[B])``.
+  """
+
+  def metrics(params, batch):
+    token_loss, correct, count = _sequence_terms(apply_fn, params, batch, pad_id, x, y)
+    return jnp.sum(token_loss, -1), jnp.sum(correct, -1), count
+
+  return metrics
+
+
+def _sequence_terms(apply_fn, params, batch, pad_id, x, y):
+  logits = apply_fn(params, batch[x])
+  targets = batch[y]
+  real = targets != pad_id
+  token_loss = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
+  token_loss = jnp.where(real, token_loss, 0.0).astype(jnp.float32)
+  correct = ((jnp.argmax(logits, -1) == targets) & real).astype(jnp.float32)
+  return token_loss, correct, jnp.sum(real, -1).astype(jnp.float32)

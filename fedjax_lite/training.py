@@ -30,7 +30,7 @@ def run_rounds(
     cohort_size: int,
     key: Any,
     progress: bool | None = None,
-    callback: Callable[[int, ServerState, dict[str, float]], None] | None = None,
+    callback: Callable[[int, ServerState, dict[str, float]], dict[str, Any] | None] | None = None,
 ) -> tuple[ServerState, list[dict[str, float]]]:
   """Runs ``num_rounds`` rounds of sampling and training.
 
@@ -53,7 +53,8 @@ def run_rounds(
     progress: show a progress bar; ``None`` shows one only when stderr is a
       terminal or in a notebook.
     callback: optional ``callback(round_index, state, metrics)`` after each
-      round (e.g. for evaluation or checkpointing).
+      round (e.g. for evaluation or checkpointing). If it returns a dict, its
+      items are shown in the progress bar (e.g. ``{"acc": 0.91}``).
 
   Returns:
     ``(final_state, history)`` where ``history[r]`` is a dict of Python floats:
@@ -95,10 +96,13 @@ def run_rounds(
       row.update({k: float(v) for k, v in metrics.items() if k != "clients"})
       row["seconds"] = seconds
       history.append(row)
-      bar.update(1)
-      bar.set_postfix(loss=f"{row['train_loss']:.4f}", clients=int(row["num_clients"]))
+      postfix = {"loss": f"{row['train_loss']:.4f}", "clients": int(row["num_clients"])}
       if callback is not None:
-        callback(r, state, row)
+        extra = callback(r, state, row)
+        if isinstance(extra, dict):
+          postfix.update(extra)
+      bar.set_postfix(postfix)
+      bar.update(1)
   finally:
     bar.close()
   return state, history

@@ -1,0 +1,168 @@
+"""The main job: configuration, outputs, resume, and its errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from fedjax_lite import experiment
+from fedjax_lite.checkpoint import CheckpointError, load_checkpoint
+
+SMALL = {"dataset": "digits", "model": "logreg", "num_clients": 12, "clients_per_round": 4,
+         "rounds": 6, "local_epochs": 1, "batch_size": 8, "eval_every": 2,
+         "checkpoint_every": 2, "progress": False}
+
+
+def _config(tmp_path, name="run", **kw):
+  return experiment.resolve_config(None, {**SMALL, "out": str(tmp_path / name), **kw})
+
+
+def _params(out, config):
+  task = experiment.build_task(config)
+  import fedjax_lite as fl
+  algo = fl.build_federated_algorithm(
+      fl.build_client_update(task.loss, experiment._client_optimizer(config), batch_size=8),
+      fl.server.fedavg())
+  state, _ = load_checkpoint(out / "checkpoint.ckpt", algo.init(task.params))
+  return state
+
+
+def test_run_writes_every_output(tmp_path):
+  summary = experiment.run_experiment(_config(tmp_path), log=lambda s: None)
+  out = tmp_path / "run"
+  saved = json.loads((out / "config.json").read_text())
+  assert saved["config"]["rounds"] == 6 and saved["seed"] == 0
+  assert {"jax", "flax", "optax", "fedjax_lite"} <= set(saved["versions"])
+  rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+  assert [r["round"] for r in rows] == list(range(6))
+  for r in rows:
+    assert {"round", "train_loss", "clients", "examples", "seconds"} <= set(r)
+    assert r["clients"] == 4 and r["examples"] > 0
+  evals = [r for r in rows if "eval_accuracy" in r]
+  assert [r["round"] for r in evals] == [1, 3, 5]
+  for key in ("eval_loss", "eval_accuracy_p10", "eval_accuracy_p50", "eval_accuracy_p90",
+              "eval_accuracy_worst", "central_accuracy"):
+    assert key in evals[-1]
+  assert evals[-1]["eval_accuracy_worst"] <= evals[-1]["eval_accuracy_p50"]
+  assert json.loads((out / "summary.json").read_text()) == summary
+  assert summary["finished"] and summary["rounds_completed"] == 6
+  assert summary["eval_accuracy"] > 2 * summary["chance_accuracy"]  # digits learns fast
+  assert (out / "curves.png").read_bytes()[:4] == b"\x89PNG"
+  assert (out / "checkpoint.ckpt").exists()
+
+
+def test_resume_after_interruption_equals_uninterrupted(tmp_path):
+  full_cfg = _config(tmp_path, "full")
+  experiment.run_experiment(full_cfg, log=lambda s: None)
+  part_cfg = _config(tmp_path, "part")
+  experiment.run_experiment(part_cfg, stop_after=3, log=lambda s: None)  # checkpoint at 2
+  # The "killed" run wrote round 2's metrics past its last checkpoint.
+  resumed = experiment.resolve_config(None, {**SMALL, "out": str(tmp_path / "part"),
+                                             "resume": True})
+  experiment.run_experiment(resumed, log=lambda s: None)
+  a, b = _params(tmp_path / "full", full_cfg), _params(tmp_path / "part", resumed)
+  assert int(a.round) == int(b.round) == 6
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+    assert np.array_equal(np.asarray(x), np.asarray(y))
+  rows = [json.loads(x) for x in (tmp_path / "part" / "metrics.jsonl").read_text().splitlines()]
+  assert [r["round"] for r in rows] == list(range(6))
+  full_rows = [json.loads(x) for x in (tmp_path / "full" / "metrics.jsonl").read_text()
+               .splitlines()]
+  assert [r["train_loss"] for r in rows] == [r["train_loss"] for r in full_rows]
+
+
+@pytest.mark.slow
+def test_killed_process_resumes_to_the_same_parameters(tmp_path):
+  """SIGKILL a real `fedjax-lite run` after a checkpoint, then --resume it."""
+  args = ["--dataset", "digits", "--model", "logreg", "--num-clients", "12",
+          "--clients-per-round", "4", "--local-epochs", "1", "--batch-size", "8",
+          "--eval-every", "0", "--checkpoint-every", "1", "--rounds", "400", "--no-progress"]
+  cmd = [sys.executable, "-m", "fedjax_lite.cli", "run", *args]
+  proc = subprocess.Popen([*cmd, "--out", str(tmp_path / "killed")], stderr=subprocess.PIPE,
+                          stdout=subprocess.DEVNULL)
+  ckpt = tmp_path / "killed" / "checkpoint.ckpt"
+  deadline = time.time() + 120
+  try:
+    while time.time() < deadline:
+      if ckpt.exists() and proc.poll() is None:
+        time.sleep(0.3)  # let it run a few more rounds past some checkpoint
+        break
+      time.sleep(0.02)
+    assert proc.poll() is None, "run finished before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+  finally:
+    proc.wait(timeout=30)
+  killed_at = json.loads(ckpt.read_bytes().partition(b"\n")[0])["metadata"]["round"]
+  assert 0 < killed_at < 400
+  subprocess.run([*cmd, "--out", str(tmp_path / "killed"), "--resume"], check=True,
+                 timeout=600, capture_output=True)
+  subprocess.run([*cmd, "--out", str(tmp_path / "whole")], check=True, timeout=600,
+                 capture_output=True)
+  a = (tmp_path / "killed" / "checkpoint.ckpt").read_bytes().partition(b"\n")[2]
+  b = (tmp_path / "whole" / "checkpoint.ckpt").read_bytes().partition(b"\n")[2]
+  assert a == b  # identical serialized final state, bit for bit
+
+
+def test_config_file_and_flag_precedence(tmp_path):
+  cfg = tmp_path / "c.toml"
+  cfg.write_text('dataset = "digits"\nclients-per-round = 7\nclient_lr = 0.2\n')
+  c = experiment.resolve_config(cfg, {"client_lr": 0.3, "rounds": None})
+  assert c["clients_per_round"] == 7 and c["client_lr"] == 0.3
+  assert c["rounds"] == experiment.DEFAULTS["rounds"]
+  cfg.write_text("clients_per_rnd = 3\n")
+  with pytest.raises(experiment.ConfigError, match="unknown key 'clients_per_rnd'"):
+    experiment.resolve_config(cfg, {})
+  cfg.write_text("rounds = [\n")
+  with pytest.raises(experiment.ConfigError, match="not valid TOML"):
+    experiment.resolve_config(cfg, {})
+
+
+@pytest.mark.parametrize("key, value, match", [
+    ("dataset", "cifar", "unknown dataset 'cifar'; choose one of: digits, fashion_mnist"),
+    ("model", "resnet", "unknown model 'resnet'; choose one of: logreg"),
+    ("algorithm", "fedsgd9", "unknown algorithm 'fedsgd9'; choose one of: fedavg"),
+    ("partition", "zipf", "unknown partition 'zipf'"),
+    ("rounds", 0, "rounds must be a positive integer"),
+    ("client_lr", -1.0, "client_lr must be > 0"),
+    ("model", "char_lstm", "needs dataset 'shakespeare'"),
+])
+def test_invalid_values_are_named(key, value, match):
+  with pytest.raises(experiment.ConfigError, match=match):
+    experiment.resolve_config(None, {key: value})
+
+
+def test_output_directory_errors_come_before_training(tmp_path):
+  (tmp_path / "busy").mkdir()
+  (tmp_path / "busy" / "x").write_text("data")
+  with pytest.raises(experiment.ConfigError, match="not empty; pass --resume .* --overwrite"):
+    experiment.run_experiment(_config(tmp_path, "busy"), log=lambda s: None)
+  (tmp_path / "afile").write_text("x")
+  with pytest.raises(experiment.ConfigError, match="not a directory|not writable"):
+    experiment.run_experiment(_config(tmp_path, "afile/sub"), log=lambda s: None)
+  with pytest.raises(experiment.ConfigError, match="no run to resume"):
+    experiment.run_experiment(_config(tmp_path, "fresh", resume=True), log=lambda s: None)
+  # --overwrite replaces the old outputs.
+  summary = experiment.run_experiment(_config(tmp_path, "busy", overwrite=True, rounds=2),
+                                      log=lambda s: None)
+  assert summary["rounds_completed"] == 2
+
+
+def test_resume_refuses_changed_configuration_and_corrupted_checkpoint(tmp_path):
+  experiment.run_experiment(_config(tmp_path, rounds=2), log=lambda s: None)
+  changed = r"differs from the saved run in \['client_lr'\]"
+  with pytest.raises(experiment.ConfigError, match=changed):
+    experiment.run_experiment(_config(tmp_path, resume=True, client_lr=0.5), log=lambda s: None)
+  ckpt = tmp_path / "run" / "checkpoint.ckpt"
+  data = bytearray(ckpt.read_bytes())
+  data[-3] ^= 0x55
+  ckpt.write_bytes(bytes(data))
+  with pytest.raises(CheckpointError, match="corrupted"):
+    experiment.run_experiment(_config(tmp_path, resume=True, rounds=4), log=lambda s: None)
