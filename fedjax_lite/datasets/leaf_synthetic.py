@@ -37,6 +37,7 @@ from typing import Any
 
 import numpy as np
 
+from fedjax_lite.data import _check_int
 from fedjax_lite.datasets.base import FederatedDataset
 from fedjax_lite.datasets.partition import partition, split_indices
 
@@ -44,14 +45,6 @@ SIZE_LOGNORMAL_MEAN = 4.0
 SIZE_LOGNORMAL_SIGMA = 2.0
 SIZE_FLOOR = 50
 COVARIANCE_EXPONENT = -1.2
-
-
-def _check_int(name: str, value: Any, minimum: int) -> int:
-  if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-    raise TypeError(f"`{name}` must be an int; got {type(value).__name__} {value!r}.")
-  if value < minimum:
-    raise ValueError(f"`{name}` must be >= {minimum}; got {value}.")
-  return int(value)
 
 
 def _check_variance(name: str, value: Any) -> float:

@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from fedjax_lite.data import FederatedData, from_clients
+from fedjax_lite.data import FederatedData, _check_int, from_clients
 from fedjax_lite.datasets.base import FederatedDataset
 
 METHODS = ("iid", "dirichlet", "shards", "natural")
@@ -39,14 +39,6 @@ METHODS = ("iid", "dirichlet", "shards", "natural")
 
 # ----------------------------------------------------------------------------------------------
 # Argument checks.
-
-
-def _check_int(name: str, value: Any, minimum: int) -> int:
-  if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-    raise TypeError(f"`{name}` must be an int; got {type(value).__name__} {value!r}.")
-  if value < minimum:
-    raise ValueError(f"`{name}` must be >= {minimum}; got {value}.")
-  return int(value)
 
 
 def _check_seed(seed: Any) -> int:
