@@ -38,7 +38,8 @@ _OPTIONS = [
     ("--synthetic-alpha", float, "LEAF Synthetic(alpha, beta): alpha"),
     ("--synthetic-beta", float, "LEAF Synthetic(alpha, beta): beta"),
     ("--data-dir", str, "directory of Fashion-MNIST IDX files"),
-    ("--max-examples-per-client", int, "truncate clients to this many examples"),
+    ("--max-examples-per-client", int,
+     "truncate clients to this many examples (Shakespeare: 64 snippets if unset)"),
     ("--hidden", int, "hidden width of mlp/2nn/char_lstm"),
     ("--chunk-size", int, "clients per vmapped chunk"),
 ]
@@ -79,7 +80,8 @@ def main(argv=None) -> int:
   try:
     config = experiment.resolve_config(args.config, overrides)
     experiment.run_experiment(config)
-  except (experiment.ConfigError, CheckpointError, FileNotFoundError, ImportError) as e:
+  except (experiment.ConfigError, CheckpointError, FileNotFoundError, ImportError, ValueError,
+          TypeError) as e:
     print(f"fedjax-lite run: error: {e}", file=sys.stderr)
     return 2
   return 0

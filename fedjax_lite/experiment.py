@@ -61,6 +61,9 @@ DEFAULTS: dict[str, Any] = {
     "progress": None,
 }
 
+# Snippets per Shakespeare client when max_examples_per_client is not set.
+SHAKESPEARE_DEFAULT_CAP = 64
+
 # Keys that may change between a run and its --resume (they do not change the
 # trajectory of the parameters).
 RESUMABLE_CHANGES = ("rounds", "eval_every", "checkpoint_every", "out", "resume", "overwrite",
@@ -231,8 +234,11 @@ def load_dataset(c: dict[str, Any]):
     kwargs = {} if c["data_dir"] is None else {"path": c["data_dir"]}
     return images.load_fashion_mnist(**kwargs, **part)
   if c["dataset"] == "shakespeare":
+    # Stacked clients are padded to the largest one (HAMLET: 605 snippets), so
+    # an uncapped cohort pays for HAMLET on every client: cap by default.
+    cap = c["max_examples_per_client"] or SHAKESPEARE_DEFAULT_CAP
     return shakespeare.load_shakespeare(test_fraction=c["test_fraction"],
-                                        max_snippets_per_client=c["max_examples_per_client"])
+                                        max_snippets_per_client=cap)
   return leaf_synthetic.leaf_synthetic(
       c["num_clients"], c["synthetic_alpha"], c["synthetic_beta"],
       test_fraction=c["test_fraction"], seed=c["seed"],
