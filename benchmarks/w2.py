@@ -40,8 +40,9 @@ def build(args) -> dict[str, Any]:
   return dict(population=population, params=params, loss=loss, update=update)
 
 
-def vectorized_impl(setup, args, chunk_size):
-  algo = fl.build_federated_algorithm(setup["update"], fl.server.fedavg(), chunk_size=chunk_size)
+def vectorized_impl(setup, args, chunk_size, aggregator=None):
+  algo = fl.build_federated_algorithm(setup["update"], fl.server.fedavg(), chunk_size=chunk_size,
+                                      aggregator=aggregator)
   population = jax.device_put(setup["population"])
   n = population.num_clients
 

@@ -18,7 +18,7 @@ Public API (everything here is a pure function or a NamedTuple of them):
   :mod:`fedjax_lite.checkpoint`
 """
 
-from fedjax_lite import client, datasets, models, server
+from fedjax_lite import checkpoint, client, datasets, evaluation, models, privacy, server
 from fedjax_lite.aggregation import (
     Aggregator,
     mean_aggregator,
@@ -40,7 +40,12 @@ from fedjax_lite.client import (
     shuffle_order,
 )
 from fedjax_lite.data import FederatedData, example_mask, from_arrays, from_clients, take
-from fedjax_lite.sampling import sample_clients
+from fedjax_lite.sampling import (
+    Sampler,
+    fixed_size_sampler,
+    poisson_sampler,
+    sample_clients,
+)
 from fedjax_lite.training import round_keys, run_rounds
 
 __version__ = "0.1.0"
@@ -67,6 +72,10 @@ __all__ = [
     "raise_if_nonfinite",
     "round_keys",
     "run_rounds",
+    "Sampler",
+    "fixed_size_sampler",
+    "poisson_sampler",
+    "privacy",
     "sample_clients",
     "server",
     "shuffle_order",

@@ -5,9 +5,11 @@ the optax style, designed so that the round can *stream* over chunks of
 clients (memory bounded by a chunk, not by the cohort):
 
 * ``init(params) -> state``
-* ``per_client(delta, weight, state) -> (delta, weight, stats)``: applied to
-  each client on its own (under ``vmap``) before summation. It may transform
-  the delta (e.g. clip it) and choose its weight (examples, uniform, capped).
+* ``per_client(delta, weight, state, key) -> (delta, weight, stats)``:
+  applied to each client on its own (under ``vmap``) before summation, with
+  a per-client PRNG key (for local noise). It may transform the delta (e.g.
+  clip it) and choose its weight (examples, uniform, capped). The round gives
+  clients that must not count (padding, non-finite deltas) weight 0.
   ``stats`` is a pytree of per-client scalars that the round sums over
   clients, alongside ``sum_i weight_i * delta_i`` and ``sum_i weight_i``.
 * ``finalize(weighted_sum, total_weight, stats_sum, state, key) ->
@@ -37,7 +39,7 @@ class Aggregator(NamedTuple):
   """A streaming aggregator (see the module docstring)."""
 
   init: Callable[[Params], Any]
-  per_client: Callable[[Params, Any, Any], tuple[Params, Any, Any]]
+  per_client: Callable[[Params, Any, Any, Any], tuple[Params, Any, Any]]
   finalize: Callable[[Params, Any, Any, Any, Any], tuple[Params, Any, dict[str, Any]]]
 
 
@@ -109,8 +111,8 @@ def mean_aggregator(weighting: str = "num_examples") -> Aggregator:
     del params
     return ()
 
-  def per_client(delta, weight, state):
-    del state
+  def per_client(delta, weight, state, key):
+    del state, key
     if weighting == "uniform":
       weight = (weight > 0).astype(jnp.float32)
     return delta, weight, ()

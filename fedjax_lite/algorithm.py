@@ -141,6 +141,7 @@ def build_federated_algorithm(
     num_chunks = math.ceil(k / chunk)
     chunked = jax.tree.map(lambda x: _pad_and_chunk(x, num_chunks, chunk), cohort)
     client_key, server_key = jax.random.split(key)
+    agg_client_key, agg_key = jax.random.split(server_key)
     params, agg_state = state.params, state.aggregator_state
 
     def run_chunk(carry, chunk_data):
@@ -148,8 +149,9 @@ def build_federated_algorithm(
       finite = jax.vmap(_all_finite)((out.delta, out.weight))
       delta = jax.tree.map(lambda d: jnp.where(_bcast(finite, d), d, 0).astype(d.dtype), out.delta)
       weight = jnp.where(finite, out.weight, 0.0)
-      delta, weight, stats = jax.vmap(aggregator.per_client, in_axes=(0, 0, None))(
-          delta, weight, agg_state)
+      keys = jax.vmap(lambda i: jax.random.fold_in(agg_client_key, i))(chunk_data.client_ids)
+      delta, weight, stats = jax.vmap(aggregator.per_client, in_axes=(0, 0, None, 0))(
+          delta, weight, agg_state, keys)
       total, total_weight, stats_sum = carry
       total = jax.tree.map(jnp.add, total, weighted_sum(delta, weight))
       stats_sum = jax.tree.map(lambda s, x: s + jnp.sum(x, axis=0), stats_sum, stats)
@@ -158,14 +160,28 @@ def build_federated_algorithm(
       return (total, total_weight + jnp.sum(weight), stats_sum), client_metrics
 
     stats_shape = jax.eval_shape(
-        lambda d: aggregator.per_client(d, jnp.zeros((), jnp.float32), agg_state)[2], params)
+        lambda d: aggregator.per_client(d, jnp.zeros((), jnp.float32), agg_state,
+                                        jax.random.key(0))[2], params)
     carry0 = (jax.tree.map(jnp.zeros_like, params), jnp.zeros((), jnp.float32),
               jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), stats_shape))
-    (total, total_weight, stats_sum), per_client = jax.lax.scan(run_chunk, carry0, chunked)
+    metrics_shape = jax.eval_shape(
+        lambda c: run_chunk(carry0, c)[1], jax.tree.map(lambda x: x[0], chunked))
+
+    def skip_chunk(carry, chunk_data):
+      del chunk_data
+      return carry, jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), metrics_shape)
+
+    def chunk_step(carry, chunk_data):
+      # Chunks with no client data (cohort padding, e.g. the unused slots of a
+      # Poisson-sampled cohort) are skipped outright.
+      has_data = jnp.any(chunk_data.num_examples > 0)
+      return jax.lax.cond(has_data, run_chunk, skip_chunk, carry, chunk_data)
+
+    (total, total_weight, stats_sum), per_client = jax.lax.scan(chunk_step, carry0, chunked)
     per_client = jax.tree.map(lambda x: x.reshape((-1,) + x.shape[2:])[:k], per_client)
 
     aggregate, new_agg_state, agg_metrics = aggregator.finalize(
-        total, total_weight, stats_sum, agg_state, server_key)
+        total, total_weight, stats_sum, agg_state, agg_key)
     pseudo_grad = jax.tree.map(jnp.negative, aggregate)
     updates, new_opt_state = server_optimizer.update(pseudo_grad, state.opt_state, params)
     new_state = ServerState(optax.apply_updates(params, updates), new_opt_state, new_agg_state,
@@ -258,8 +274,13 @@ def _pad_and_chunk(x, num_chunks: int, chunk: int):
 
 
 def _all_finite(tree) -> Any:
-  leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]
-  return jnp.all(jnp.stack(leaves)) if leaves else jnp.bool_(True)
+  # 0 * x is exactly 0 for every finite x and NaN for NaN/Inf, so one float
+  # sum flags any non-finite entry; XLA:CPU reduces it about 3x faster than a
+  # boolean all(isfinite(x)).
+  leaves = jax.tree.leaves(tree)
+  if not leaves:
+    return jnp.bool_(True)
+  return jnp.isfinite(sum(jnp.sum(jnp.asarray(x, jnp.float32) * 0.0) for x in leaves))
 
 
 def _bcast(flag, x):

@@ -2,6 +2,7 @@
 
 ``fedjax-lite run`` trains a federated model on real data with evaluation,
 checkpoints and plots (see :mod:`fedjax_lite.experiment`);
+``fedjax-lite privacy epsilon|noise`` answers privacy-accounting questions;
 ``fedjax-lite bench`` runs the benchmarks in ``benchmarks/``.
 """
 
@@ -42,6 +43,14 @@ _OPTIONS = [
      "truncate clients to this many examples (Shakespeare: 64 snippets if unset)"),
     ("--hidden", int, "hidden width of mlp/2nn/char_lstm"),
     ("--chunk-size", int, "clients per vmapped chunk"),
+    ("--dp", str, "differential privacy: none, gaussian or laplace"),
+    ("--clip", float, "clip norm C (L2 for gaussian, L1 for laplace; initial C if adaptive)"),
+    ("--noise-multiplier", float, "noise std (gaussian) or scale (laplace) over sensitivity"),
+    ("--target-epsilon", float, "calibrate the noise multiplier to reach this epsilon"),
+    ("--delta", float, "delta of the (epsilon, delta) guarantee"),
+    ("--sampling", str, "client sampling: fixed (size) or poisson (rate K/N)"),
+    ("--accountant", str, "privacy accountant: rdp or pld"),
+    ("--target-quantile", float, "adaptive clipping's target quantile"),
 ]
 
 
@@ -59,9 +68,55 @@ def _run_parser(sub) -> argparse.ArgumentParser:
                  help="continue the run in --out from its checkpoint")
   p.add_argument("--overwrite", action="store_const", const=True, default=None,
                  help="replace the outputs in a non-empty --out")
+  p.add_argument("--adaptive-clip", action="store_const", const=True, default=None,
+                 help="adaptive clipping (Andrew et al. 2021), gaussian only")
+  p.add_argument("--local-dp", action="store_const", const=True, default=None,
+                 help="noise each client's update (local DP) instead of the sum")
   p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                  help="progress bar (default: only when stderr is a terminal)")
   return p
+
+
+def _privacy_parser(sub) -> None:
+  p = sub.add_parser("privacy", help="epsilon for a noise multiplier, or the reverse")
+  what = p.add_subparsers(dest="privacy_command", required=True)
+  for name, help_ in (("epsilon", "epsilon spent by a DP run"),
+                      ("noise", "noise multiplier needed for a target epsilon")):
+    q = what.add_parser(name, help=help_)
+    if name == "epsilon":
+      q.add_argument("--noise-multiplier", type=float, required=True)
+    else:
+      q.add_argument("--target-epsilon", type=float, required=True)
+    q.add_argument("--sampling-rate", type=float, required=True,
+                   help="q: expected fraction of clients per round")
+    q.add_argument("--rounds", type=int, required=True)
+    q.add_argument("--delta", type=float, required=True)
+    q.add_argument("--mechanism", choices=("gaussian", "laplace"), default="gaussian")
+    q.add_argument("--sampling", choices=("poisson", "fixed"), default="poisson")
+    q.add_argument("--accountant", choices=("rdp", "pld"), default="rdp")
+    q.add_argument("--num-clients", type=int, default=None,
+                   help="population size (needed for --sampling fixed)")
+
+
+def cmd_privacy(args) -> int:
+  import json
+
+  from fedjax_lite import privacy
+
+  if args.sampling == "fixed" and args.num_clients is None:
+    raise ValueError("--sampling fixed needs --num-clients (the event names the population "
+                     "and the cohort size).")
+  n = args.num_clients or 1_000_000
+  spec = privacy.DPSpec(args.mechanism, getattr(args, "noise_multiplier", None) or 1.0,
+                        args.sampling, n, args.sampling_rate * n)
+  inputs = {k: v for k, v in vars(args).items() if k not in ("command", "privacy_command")}
+  if args.privacy_command == "epsilon":
+    result = {"epsilon": privacy.epsilon(spec, args.rounds, args.delta, args.accountant)}
+  else:
+    result = {"noise_multiplier": privacy.calibrate_noise(spec, args.rounds, args.target_epsilon,
+                                                          args.delta, args.accountant)}
+  print(json.dumps({**result, **inputs}))
+  return 0
 
 
 def main(argv=None) -> int:
@@ -69,6 +124,7 @@ def main(argv=None) -> int:
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   sub = parser.add_subparsers(dest="command", required=True)
   _run_parser(sub)
+  _privacy_parser(sub)
   sub.add_parser("bench", help="run benchmarks (see `fedjax-lite bench --help`)", add_help=False)
   args, rest = parser.parse_known_args(argv)
   if args.command == "bench":
@@ -76,6 +132,12 @@ def main(argv=None) -> int:
     return bench_main(rest)
   if rest:
     parser.error(f"unrecognized arguments: {' '.join(rest)}")
+  if args.command == "privacy":
+    try:
+      return cmd_privacy(args)
+    except ValueError as e:
+      print(f"fedjax-lite privacy: error: {e}", file=sys.stderr)
+      return 2
   overrides = {k: v for k, v in vars(args).items() if k not in ("command", "config")}
   try:
     config = experiment.resolve_config(args.config, overrides)

@@ -59,6 +59,17 @@ DEFAULTS: dict[str, Any] = {
     "hidden": None,
     "chunk_size": 256,
     "progress": None,
+    # Differential privacy (fedjax_lite.privacy).
+    "dp": "none",
+    "clip": 1.0,
+    "noise_multiplier": None,
+    "target_epsilon": None,
+    "delta": 1e-5,
+    "sampling": "fixed",
+    "accountant": "rdp",
+    "adaptive_clip": False,
+    "target_quantile": 0.5,
+    "local_dp": False,
 }
 
 # Snippets per Shakespeare client when max_examples_per_client is not set.
@@ -73,6 +84,7 @@ DATASETS = ("digits", "fashion_mnist", "shakespeare", "synthetic")
 MODELS = ("logreg", "mlp", "2nn", "cnn", "char_lstm")
 ALGORITHMS = ("fedavg", "fedavgm", "fedadam", "fedyogi", "fedadagrad")
 PARTITIONS = ("iid", "dirichlet", "shards")
+DP_MECHANISMS = ("none", "gaussian", "laplace")
 
 
 class ConfigError(ValueError):
@@ -135,6 +147,29 @@ def _validate(c: dict[str, Any]) -> None:
       raise ConfigError(f"{key} must be > 0; got {c[key]!r}.")
   if c["server_lr"] is not None and not c["server_lr"] > 0:
     raise ConfigError(f"server_lr must be > 0; got {c['server_lr']!r}.")
+  for key, valid in (("dp", DP_MECHANISMS), ("sampling", ("fixed", "poisson")),
+                     ("accountant", ("rdp", "pld"))):
+    if c[key] not in valid:
+      raise ConfigError(f"unknown {key} {c[key]!r}; choose one of: {', '.join(valid)}.")
+  if c["dp"] == "none":
+    if c["noise_multiplier"] is not None or c["target_epsilon"] is not None:
+      raise ConfigError("noise_multiplier/target_epsilon need --dp gaussian or --dp laplace.")
+  else:
+    if (c["noise_multiplier"] is None) == (c["target_epsilon"] is None):
+      raise ConfigError(f"--dp {c['dp']} needs exactly one of --noise-multiplier and "
+                        "--target-epsilon.")
+    if c["noise_multiplier"] is not None and not c["noise_multiplier"] > 0:
+      raise ConfigError(f"noise_multiplier must be > 0; got {c['noise_multiplier']!r}.")
+    if c["target_epsilon"] is not None and not c["target_epsilon"] > 0:
+      raise ConfigError(f"target_epsilon must be > 0; got {c['target_epsilon']!r}.")
+    if not isinstance(c["clip"], (int, float)) or not c["clip"] > 0:
+      raise ConfigError(f"clip must be > 0; got {c['clip']!r}.")
+    if not isinstance(c["delta"], (int, float)) or not 0 < c["delta"] < 1:
+      raise ConfigError(f"delta must be in (0, 1); got {c['delta']!r}.")
+    if c["adaptive_clip"] and c["dp"] != "gaussian":
+      raise ConfigError("--adaptive-clip needs --dp gaussian (Andrew et al.'s method).")
+    if not 0 < c["target_quantile"] < 1:
+      raise ConfigError(f"target_quantile must be in (0, 1); got {c['target_quantile']!r}.")
   if c["model"] == "char_lstm" and c["dataset"] != "shakespeare":
     raise ConfigError("model 'char_lstm' needs dataset 'shakespeare'.")
   if c["dataset"] == "shakespeare" and c["model"] != "char_lstm":
@@ -298,9 +333,14 @@ def run_experiment(config: dict[str, Any], *, stop_after: int | None = None,
                                   num_epochs=config["local_epochs"],
                                   batch_size=config["batch_size"])
   server_kwargs = {} if config["server_lr"] is None else {"learning_rate": config["server_lr"]}
+  if config["clients_per_round"] > ds.train.num_clients:
+    raise ConfigError(
+        f"clients_per_round={config['clients_per_round']} exceeds the dataset's "
+        f"{ds.train.num_clients} clients.")
+  dp = build_dp(config, ds.train.num_clients)
   algo = fl.build_federated_algorithm(
       update, fl.server.server_optimizer(config["algorithm"], **server_kwargs),
-      chunk_size=config["chunk_size"])
+      aggregator=dp.aggregator if dp else None, chunk_size=config["chunk_size"])
   state = algo.init(task.params)
   ckpt_path = out / "checkpoint.ckpt"
   metrics_path = out / "metrics.jsonl"
@@ -310,14 +350,11 @@ def run_experiment(config: dict[str, Any], *, stop_after: int | None = None,
     _truncate_metrics(metrics_path, int(state.round))
   (out / "config.json").write_text(json.dumps(
       {"config": config, "versions": versions(), "seed": config["seed"],
-       "dataset_info": ds.info, "num_clients": ds.train.num_clients}, indent=1, default=str))
+       "dataset_info": ds.info, "num_clients": ds.train.num_clients,
+       "privacy": dp.describe() if dp else None}, indent=1, default=str))
 
   evaluate = evaluation.build_evaluator(task.metrics)
   central = None if ds.central_test is None else evaluation.as_single_client(ds.central_test)
-  if config["clients_per_round"] > ds.train.num_clients:
-    raise ConfigError(
-        f"clients_per_round={config['clients_per_round']} exceeds the dataset's "
-        f"{ds.train.num_clients} clients.")
 
   def eval_row(params) -> dict[str, float]:
     row = {}
@@ -345,6 +382,9 @@ def run_experiment(config: dict[str, Any], *, stop_after: int | None = None,
     nonlocal last_eval
     row = {"round": r, "train_loss": m["train_loss"], "clients": int(m["num_clients"]),
            "examples": int(m["num_examples"]), "seconds": m["seconds"]}
+    if dp:
+      row["epsilon"] = dp.epsilon(r + 1)
+      row.update({k.split("/", 1)[1]: v for k, v in m.items() if k.startswith("aggregator/")})
     final = r + 1 == config["rounds"]
     if final or (config["eval_every"] and (r + 1) % config["eval_every"] == 0):
       last_eval = eval_row(state.params)
@@ -357,7 +397,8 @@ def run_experiment(config: dict[str, Any], *, stop_after: int | None = None,
 
   if remaining > 0:
     state, _ = fl.run_rounds(algo, state, ds.train, num_rounds=remaining,
-                             cohort_size=config["clients_per_round"],
+                             sampler=dp.sampler if dp else None,
+                             cohort_size=None if dp else config["clients_per_round"],
                              key=jax.random.key(config["seed"]), progress=config["progress"],
                              callback=on_round)
   wall = time.perf_counter() - started
@@ -376,6 +417,8 @@ def run_experiment(config: dict[str, Any], *, stop_after: int | None = None,
          if evals else {}),
       "best_eval_accuracy": max((r["eval_accuracy"] for r in evals), default=None),
       "chance_accuracy": 1.0 / ds.num_classes,
+      **({"epsilon": dp.epsilon(int(state.round)), "delta": config["delta"],
+          "privacy": dp.describe()} if dp else {}),
       "out": str(out),
   }
   (out / "summary.json").write_text(json.dumps(summary, indent=1))
@@ -384,6 +427,71 @@ def run_experiment(config: dict[str, Any], *, stop_after: int | None = None,
                 f"{config['algorithm']}")
   log(json.dumps({"summary": summary}))
   return summary
+
+
+@dataclasses.dataclass
+class DPSetup:
+  """The privacy side of a run: aggregator, sampler and accounting."""
+
+  spec: Any
+  aggregator: Any
+  sampler: Any
+  delta: float
+  accountant: str
+  _cache: dict = dataclasses.field(default_factory=dict)
+
+  def epsilon(self, rounds: int) -> float:
+    if rounds not in self._cache:
+      from fedjax_lite import privacy
+      self._cache[rounds] = privacy.epsilon(self.spec, rounds, self.delta, self.accountant)
+    return self._cache[rounds]
+
+  def describe(self) -> dict[str, Any]:
+    return {**dataclasses.asdict(self.spec), "delta": self.delta, "accountant": self.accountant,
+            "padded_cohort": self.sampler.cohort_size, "sampling_rate": self.spec.rate}
+
+
+def build_dp(config: dict[str, Any], num_clients: int) -> DPSetup | None:
+  """The DP aggregator, sampler and accounting a configuration asks for.
+
+  The noise multiplier is calibrated here for ``target_epsilon`` (over all
+  ``rounds``); the accounting event matches the sampler (Poisson at rate
+  ``clients_per_round / N``, or fixed-size).
+
+  Raises:
+    ConfigError: for a combination the accountant cannot account or an
+      unreachable target epsilon.
+  """
+  import fedjax_lite as fl
+  from fedjax_lite import privacy
+
+  if config["dp"] == "none":
+    return None
+  k = config["clients_per_round"]
+  if config["sampling"] == "poisson":
+    sampler = fl.poisson_sampler(num_clients, k / num_clients)
+  else:
+    sampler = fl.fixed_size_sampler(num_clients, k)
+  adaptive = privacy.AdaptiveClipping(target_quantile=config["target_quantile"],
+                                      initial_clip=config["clip"]) \
+      if config["adaptive_clip"] else None
+  sigma_b = (k / 20.0) if adaptive else None
+  try:
+    spec = privacy.DPSpec(config["dp"], config["noise_multiplier"] or 1.0, config["sampling"],
+                          num_clients, k, count_noise_std=sigma_b, local=config["local_dp"])
+    privacy.make_accountant(spec, config["accountant"])  # refuses unsupported combinations
+    if config["target_epsilon"] is not None:
+      z = privacy.calibrate_noise(spec, config["rounds"], config["target_epsilon"],
+                                  config["delta"], config["accountant"])
+      spec = dataclasses.replace(spec, noise_multiplier=z)
+    make = privacy.gaussian_aggregator if config["dp"] == "gaussian" \
+        else privacy.laplace_aggregator
+    kwargs = {"adaptive": adaptive} if config["dp"] == "gaussian" else {}
+    aggregator = make(config["clip"], spec.noise_multiplier, float(k), local=config["local_dp"],
+                      **kwargs)
+  except ValueError as e:
+    raise ConfigError(str(e)) from e
+  return DPSetup(spec, aggregator, sampler, config["delta"], config["accountant"])
 
 
 def _client_optimizer(config):

@@ -1,8 +1,16 @@
-"""Client sampling as pure functions of a PRNG key."""
+"""Client sampling as pure functions of a PRNG key.
+
+A :class:`Sampler` draws a cohort of fixed (padded) shape inside ``jit``:
+``sample(key) -> (indices[K], mask[K], overflow)``. Fixed-size sampling fills
+all ``K`` slots; Poisson sampling marks the drawn clients in ``mask`` and pads
+the rest. The DP accountant must be told which one ran
+(:mod:`fedjax_lite.privacy`).
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -34,3 +42,98 @@ def sample_clients(key: Any, num_clients: int, cohort_size: int) -> Any:
         f"`cohort_size`={cohort_size} is larger than the population ({num_clients} clients); "
         "sampling is without replacement, so use at most num_clients.")
   return jax.random.choice(key, num_clients, (cohort_size,), replace=False).astype(jnp.int32)
+
+
+class Sampler(NamedTuple):
+  """A cohort sampler with a fixed output shape.
+
+  Attributes:
+    sample: ``sample(key) -> (indices int32[K], mask bool[K], overflow bool)``.
+    cohort_size: ``K``, the (padded) number of cohort slots.
+    kind: ``"fixed"`` or ``"poisson"``.
+    num_clients: the population size it samples from.
+    rate: expected fraction of the population per round.
+  """
+
+  sample: Callable[[Any], tuple[Any, Any, Any]]
+  cohort_size: int
+  kind: str
+  num_clients: int
+  rate: float
+
+
+def fixed_size_sampler(num_clients: int, cohort_size: int) -> Sampler:
+  """Uniform sampling of exactly ``cohort_size`` clients without replacement."""
+  sample_clients(jax.random.key(0), num_clients, cohort_size)  # validates the sizes
+
+  def sample(key):
+    idx = sample_clients(key, num_clients, cohort_size)
+    return idx, jnp.ones((cohort_size,), bool), jnp.bool_(False)
+
+  return Sampler(sample, cohort_size, "fixed", num_clients, cohort_size / num_clients)
+
+
+def poisson_sampler(num_clients: int, rate: float, overflow_probability: float = 1e-9
+                    ) -> Sampler:
+  """Poisson sampling: each client takes part independently with probability ``rate``.
+
+  The cohort is padded to :func:`poisson_cohort_bound` slots, so a round
+  overflows with probability at most ``overflow_probability``; an overflowing
+  round is flagged, never truncated (:func:`fedjax_lite.run_rounds` refuses
+  it).
+  """
+  bound = poisson_cohort_bound(num_clients, rate, overflow_probability)
+  return Sampler(lambda key: poisson_sample(key, num_clients, rate, bound), bound, "poisson",
+                 num_clients, float(rate))
+
+
+def poisson_cohort_bound(num_clients: int, rate: float,
+                         overflow_probability: float = 1e-9) -> int:
+  """The padded cohort size for Poisson sampling.
+
+  Returns the smallest ``m`` with ``P(Binomial(num_clients, rate) > m) <=
+  overflow_probability``. A round whose sample is larger is never truncated:
+  :func:`poisson_sample` flags it and :func:`fedjax_lite.run_rounds` refuses it.
+  """
+  from scipy import stats
+
+  _check_int("num_clients", num_clients, minimum=1)
+  _check_rate(rate)
+  if not 0.0 < overflow_probability < 1.0:
+    raise ValueError(f"`overflow_probability` must be in (0, 1); got {overflow_probability}.")
+  if rate == 1.0:
+    return num_clients
+  m = int(stats.binom.isf(overflow_probability, num_clients, rate))
+  while stats.binom.sf(m, num_clients, rate) > overflow_probability:
+    m += 1
+  return max(1, min(m, num_clients))
+
+
+def poisson_sample(key: Any, num_clients: int, rate: float, max_cohort: int
+                   ) -> tuple[Any, Any, Any]:
+  """Poisson sampling: every client takes part independently with probability ``rate``.
+
+  Pure and jit-safe with a fixed output shape: the sampled clients come first
+  (in index order), padded to ``max_cohort`` slots.
+
+  Args:
+    key: PRNG key.
+    num_clients: population size ``N``.
+    rate: inclusion probability ``q`` in (0, 1].
+    max_cohort: padded cohort size (see :func:`poisson_cohort_bound`).
+
+  Returns:
+    ``(indices int32[max_cohort], mask bool[max_cohort], overflow bool)``:
+    ``mask`` marks the sampled slots; ``overflow`` is true when more than
+    ``max_cohort`` clients were drawn (the round must then not be used).
+  """
+  included = jax.random.uniform(key, (num_clients,)) < rate
+  count = jnp.sum(included)
+  (indices,) = jnp.nonzero(included, size=max_cohort, fill_value=0)
+  mask = jnp.arange(max_cohort) < count
+  return indices.astype(jnp.int32), mask, count > max_cohort
+
+
+def _check_rate(rate):
+  if isinstance(rate, bool) or not (isinstance(rate, (int, float)) and 0.0 < rate <= 1.0):
+    raise ValueError(f"sampling rate `q` must be in (0, 1]; got {rate!r}.")

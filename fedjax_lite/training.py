@@ -13,7 +13,7 @@ from tqdm.auto import tqdm
 
 from fedjax_lite.algorithm import FederatedAlgorithm, ServerState, raise_if_nonfinite
 from fedjax_lite.data import FederatedData, _check_int, take
-from fedjax_lite.sampling import sample_clients
+from fedjax_lite.sampling import Sampler, fixed_size_sampler
 
 
 def round_keys(key: Any, round_index: int) -> tuple[Any, Any]:
@@ -27,17 +27,19 @@ def run_rounds(
     population: FederatedData,
     *,
     num_rounds: int,
-    cohort_size: int,
     key: Any,
+    cohort_size: int | None = None,
+    sampler: Sampler | None = None,
     progress: bool | None = None,
     callback: Callable[[int, ServerState, dict[str, float]], dict[str, Any] | None] | None = None,
 ) -> tuple[ServerState, list[dict[str, float]]]:
   """Runs ``num_rounds`` rounds of sampling and training.
 
   Round ``r`` (counted from ``state.round``, so a resumed run continues the
-  same sequence) samples ``cohort_size`` clients uniformly without
-  replacement with the first key of :func:`round_keys`, gathers them from the
-  device-resident population inside the compiled step, and calls
+  same sequence) samples a cohort with the first key of :func:`round_keys`
+  (``cohort_size`` clients uniformly without replacement, or the given
+  ``sampler``), gathers it from the device-resident population inside the
+  compiled step (unused Poisson slots become empty clients), and calls
   ``algorithm.round`` with the second key. The step is compiled once and the
   previous state's buffers are donated to the next.
 
@@ -48,8 +50,12 @@ def run_rounds(
       are donated from round to round.
     population: all clients; moved to the default device once.
     num_rounds: rounds to run (>= 0).
-    cohort_size: clients per round, ``1 <= cohort_size <= population size``.
     key: the run's PRNG key; the same key reproduces the run bit for bit.
+    cohort_size: clients per round for fixed-size uniform sampling,
+      ``1 <= cohort_size <= population size``.
+    sampler: instead of ``cohort_size``, a :class:`~fedjax_lite.Sampler`
+      (e.g. :func:`~fedjax_lite.poisson_sampler`). A round whose Poisson draw
+      overflows the padded cohort is not applied and raises ``ValueError``.
     progress: show a progress bar; ``None`` shows one only when stderr is a
       terminal or in a notebook.
     callback: optional ``callback(round_index, state, metrics)`` after each
@@ -63,21 +69,33 @@ def run_rounds(
     compilation in the first one) and any other scalar round metric.
 
   Raises:
-    ValueError: for a bad ``num_rounds`` or ``cohort_size``, or (with
-      ``nonfinite="raise"``) when a client delta is NaN/Inf.
+    ValueError: for a bad ``num_rounds`` or ``cohort_size``, neither or both of
+      ``cohort_size`` and ``sampler``, a sampler for another population, a
+      Poisson overflow, or (with ``nonfinite="raise"``) a NaN/Inf client delta.
   """
   _check_int("num_rounds", num_rounds, minimum=0)
   num_clients = population.num_clients
-  sample_clients(jax.random.key(0), num_clients, cohort_size)  # validates cohort_size early
+  if (cohort_size is None) == (sampler is None):
+    raise ValueError("give exactly one of `cohort_size` (fixed-size sampling) and `sampler`.")
+  if sampler is None:
+    sampler = fixed_size_sampler(num_clients, cohort_size)
+  elif sampler.num_clients != num_clients:
+    raise ValueError(f"`sampler` draws from {sampler.num_clients} clients but the population "
+                     f"has {num_clients}.")
   population = jax.device_put(population)
   state = jax.tree.map(jnp.copy, state)  # the caller's buffers are never donated
 
   def step(state, population, round_index):
     sample_key, round_key = round_keys(key, round_index)
-    indices = sample_clients(sample_key, num_clients, cohort_size)
+    indices, mask, overflow = sampler.sample(sample_key)
     cohort = take(population, indices)
-    state, metrics = algorithm.round(state, cohort, round_key)
-    return state, metrics, cohort.client_ids
+    cohort = cohort._replace(num_examples=jnp.where(mask, cohort.num_examples, 0))
+    new_state, metrics = algorithm.round(state, cohort, round_key)
+    # An overflowing Poisson draw is not a valid sample: keep the old state.
+    new_state = jax.tree.map(lambda n, o: jnp.where(overflow, o, n), new_state, state)
+    metrics = dict(metrics, sampled_clients=jnp.sum(mask).astype(jnp.float32),
+                   sampling_overflow=overflow.astype(jnp.float32))
+    return new_state, metrics, cohort.client_ids
 
   step = jax.jit(step, donate_argnums=0)
   first = int(jax.device_get(state.round))
@@ -90,6 +108,11 @@ def run_rounds(
       state, metrics, ids = step(state, population, np.int32(r))
       jax.block_until_ready(state)
       seconds = time.perf_counter() - start
+      if bool(metrics["sampling_overflow"]):
+        raise ValueError(
+            f"round {r}: the Poisson sample overflowed the padded cohort of "
+            f"{sampler.cohort_size} slots (probability below the bound it was built with); the "
+            "round was not applied. Build the sampler with a smaller overflow_probability.")
       if not bool(metrics["applied"]):
         raise_if_nonfinite(metrics, ids, r)
       row = {"round": float(r)}

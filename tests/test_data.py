@@ -99,3 +99,10 @@ def test_from_clients_type_error_names_argument():
 def test_from_arrays_errors(arrays, counts, match):
   with pytest.raises(ValueError, match=match):
     fl.from_arrays(arrays, counts)
+
+
+def test_public_api_names_all_exist():
+  missing = [name for name in fl.__all__ if not hasattr(fl, name)]
+  assert not missing
+  for module in (fl.privacy, fl.evaluation, fl.checkpoint, fl.datasets, fl.server, fl.models):
+    assert module.__doc__

@@ -166,3 +166,53 @@ def test_resume_refuses_changed_configuration_and_corrupted_checkpoint(tmp_path)
   ckpt.write_bytes(bytes(data))
   with pytest.raises(CheckpointError, match="corrupted"):
     experiment.run_experiment(_config(tmp_path, resume=True, rounds=4), log=lambda s: None)
+
+
+@pytest.mark.parametrize("dp_args", [
+    {"dp": "gaussian", "noise_multiplier": 0.8, "clip": 0.5, "sampling": "poisson"},
+    {"dp": "gaussian", "target_epsilon": 20.0, "clip": 0.5, "adaptive_clip": True,
+     "num_clients": 100, "clients_per_round": 40},
+    {"dp": "laplace", "noise_multiplier": 2.0, "clip": 1.0, "sampling": "poisson",
+     "accountant": "pld"},
+])
+def test_dp_run_reports_epsilon_every_round(tmp_path, dp_args):
+  from fedjax_lite import privacy
+  config = _config(tmp_path, rounds=4, eval_every=0, **dp_args)
+  summary = experiment.run_experiment(config, log=lambda s: None)
+  rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+  eps = [r["epsilon"] for r in rows]
+  assert all(0 < a < b for a, b in zip(eps, eps[1:], strict=False))
+  assert all("clip" in r and "noise_std" in r for r in rows)
+  spec = privacy.DPSpec(**{k: v for k, v in summary["privacy"].items()
+                           if k in ("mechanism", "noise_multiplier", "sampling", "num_clients",
+                                    "num_sampled", "count_noise_std", "local")})
+  expected = privacy.epsilon(spec, 4, 1e-5, summary["privacy"]["accountant"])
+  np.testing.assert_allclose(summary["epsilon"], expected, rtol=1e-9)
+  np.testing.assert_allclose(eps[-1], expected, rtol=1e-9)
+  if "target_epsilon" in dp_args:
+    # Calibrated over all rounds of the run.
+    assert abs(summary["epsilon"] - 20.0) / 20.0 < 0.01
+  if dp_args.get("adaptive_clip"):
+    assert rows[-1]["clip"] != rows[0]["clip"] and "unclipped_fraction" in rows[0]
+
+
+@pytest.mark.parametrize("overrides, match", [
+    ({"dp": "gaussian"}, "exactly one of --noise-multiplier and --target-epsilon"),
+    ({"noise_multiplier": 1.0}, "need --dp gaussian or --dp laplace"),
+    ({"dp": "laplace", "noise_multiplier": 1.0, "adaptive_clip": True}, "needs --dp gaussian"),
+    ({"dp": "gaussian", "noise_multiplier": 1.0, "clip": 0.0}, "clip must be > 0"),
+    ({"dp": "gaussian", "noise_multiplier": 1.0, "delta": 1.0}, "delta must be in"),
+    ({"dp": "gaussian", "noise_multiplier": 1.0, "accountant": "zcdp"}, "unknown accountant"),
+    ({"dp": "shuffle"}, "unknown dp 'shuffle'"),
+])
+def test_dp_configuration_errors(overrides, match):
+  with pytest.raises(experiment.ConfigError, match=match):
+    experiment.resolve_config(None, overrides)
+
+
+def test_dp_unsupported_accounting_is_refused_before_training(tmp_path):
+  config = _config(tmp_path, dp="laplace", noise_multiplier=1.0, sampling="poisson",
+                   accountant="rdp")
+  with pytest.raises(experiment.ConfigError, match="use --accountant pld"):
+    experiment.run_experiment(config, log=lambda s: None)
+  assert not (tmp_path / "run" / "metrics.jsonl").exists()
