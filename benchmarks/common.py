@@ -53,6 +53,32 @@ def time_rounds(run_round: Callable[[int], Any], *, warmup: int, rounds: int) ->
   }
 
 
+def time_interleaved(run_rounds: dict[str, Callable[[int], Any]], *, warmup: int,
+                     rounds: int) -> dict[str, dict[str, Any]]:
+  """Like :func:`time_rounds` for several implementations, timed round-robin.
+
+  Each timed round runs every implementation once, in turn, so slow drifts of
+  a shared, noisy machine hit all of them alike and their ratios stay fair.
+  """
+  compile_sec = {}
+  for name, run_round in run_rounds.items():
+    t = time.perf_counter()
+    run_round(0)
+    compile_sec[name] = time.perf_counter() - t
+    for r in range(1, warmup):
+      run_round(r)
+  times: dict[str, list[float]] = {name: [] for name in run_rounds}
+  for r in range(warmup, warmup + rounds):
+    for name, run_round in run_rounds.items():
+      t = time.perf_counter()
+      run_round(r)
+      times[name].append(time.perf_counter() - t)
+  return {name: {"compile_sec": compile_sec[name],
+                 "sec_per_round_median": statistics.median(ts),
+                 "sec_per_round_min": min(ts), "sec_per_round_max": max(ts),
+                 "rounds_timed": rounds} for name, ts in times.items()}
+
+
 def flops_per_example_step(loss_fn, params, example_batch) -> float:
   """XLA's FLOP count of one gradient of ``loss_fn`` per example in the batch.
 

@@ -4,7 +4,8 @@ Times the vectorized round on a W2-shaped workload (1000 clients/round,
 logistic regression) and a W1-shaped one (100 clients/round, the 784-200-200-10
 "2NN" MLP) with the plain FedAvg mean, then with central DP: Gaussian (L2 clip,
 Gaussian noise) and Laplace (L1 clip, Laplace noise). Client work, cohorts and
-keys are identical; only the aggregator differs. Prints one JSON line per
+keys are identical; only the aggregator differs. The three are timed
+round-robin (one round of each in turn). Prints one JSON line per
 configuration with ``overhead_vs_no_dp`` (the DP round's median time over the
 plain round's, measured in the same run).
 """
@@ -73,7 +74,7 @@ def main(argv=None) -> int:
              * shape["batch_size"] * math.ceil(shape["examples"] / shape["batch_size"])
              * shape["epochs"] * k)
     ns = SimpleNamespace(seed=0, clients_per_round=k)
-    base = None
+    runners = {}
     for impl, agg in aggregators.items():
       step, init = w2.vectorized_impl(setup, ns, shape["chunk_size"], agg)
       holder = {"state": init(setup["params"])}
@@ -82,8 +83,10 @@ def main(argv=None) -> int:
         holder["state"] = step(holder["state"], r)
         jax.block_until_ready(holder["state"])
 
-      stats = common.time_rounds(run_round, warmup=args.warmup, rounds=args.rounds)
-      base = base or stats["sec_per_round_median"]
+      runners[impl] = run_round
+    timings = common.time_interleaved(runners, warmup=args.warmup, rounds=args.rounds)
+    base = timings["no_dp"]["sec_per_round_median"]
+    for impl, stats in timings.items():
       common.emit({
           "workload": "w4", "shape": name, "impl": impl, "clients_per_round": k,
           "chunk_size": shape["chunk_size"], **stats,

@@ -72,6 +72,10 @@ DEFAULTS: dict[str, Any] = {
     "local_dp": False,
 }
 
+# Probability bound of a Poisson draw overflowing the padded cohort (such a
+# round is refused, never truncated).
+POISSON_OVERFLOW_BOUND = 1e-9
+
 # Snippets per Shakespeare client when max_examples_per_client is not set.
 SHAKESPEARE_DEFAULT_CAP = 64
 
@@ -447,8 +451,11 @@ class DPSetup:
     return self._cache[rounds]
 
   def describe(self) -> dict[str, Any]:
-    return {**dataclasses.asdict(self.spec), "delta": self.delta, "accountant": self.accountant,
-            "padded_cohort": self.sampler.cohort_size, "sampling_rate": self.spec.rate}
+    out = {**dataclasses.asdict(self.spec), "delta": self.delta, "accountant": self.accountant,
+           "padded_cohort": self.sampler.cohort_size, "sampling_rate": self.spec.rate}
+    if self.sampler.kind == "poisson":
+      out["overflow_probability_bound"] = POISSON_OVERFLOW_BOUND
+    return out
 
 
 def build_dp(config: dict[str, Any], num_clients: int) -> DPSetup | None:
@@ -469,7 +476,7 @@ def build_dp(config: dict[str, Any], num_clients: int) -> DPSetup | None:
     return None
   k = config["clients_per_round"]
   if config["sampling"] == "poisson":
-    sampler = fl.poisson_sampler(num_clients, k / num_clients)
+    sampler = fl.poisson_sampler(num_clients, k / num_clients, POISSON_OVERFLOW_BOUND)
   else:
     sampler = fl.fixed_size_sampler(num_clients, k)
   adaptive = privacy.AdaptiveClipping(target_quantile=config["target_quantile"],

@@ -35,3 +35,17 @@ def test_benchmark_quick_prints_json_and_checks_results():
   assert impls["loop"]["speedup_vs_baseline"] == 1.0
   assert rows[-1] == {"workload": "w2", "check": "params_match_loop",
                       "impls": sorted(impls), "rounds": 2, "atol": 1e-5, "ok": True}
+
+
+@pytest.mark.slow
+def test_dp_benchmark_quick_prints_overheads():
+  out = subprocess.run([sys.executable, "-m", "benchmarks", "--workload", "w4", "--quick"],
+                       capture_output=True, text=True, timeout=600, check=True).stdout
+  rows = [json.loads(x) for x in out.splitlines()]
+  assert {(r["shape"], r["impl"]) for r in rows} == {
+      (s, i) for s in ("w2", "w1") for i in ("no_dp", "gaussian", "laplace")}
+  for r in rows:
+    assert r["sec_per_round_median"] > 0 and r["overhead_vs_no_dp"] > 0
+    assert r["achieved_gflops"] > 0 and r["peak_gflops"] > 0
+    if r["impl"] == "no_dp":
+      assert r["overhead_vs_no_dp"] == 1.0
