@@ -326,6 +326,8 @@ def run_experiment(config: dict[str, Any], *, stop_after: int | None = None,
     saved = json.loads((out / "config.json").read_text())["config"]
     changed = sorted(k for k in DEFAULTS if k not in RESUMABLE_CHANGES
                      and saved.get(k) != config.get(k))
+    if config["target_epsilon"] is not None and saved.get("rounds") != config["rounds"]:
+      changed.append("rounds (the noise was calibrated for the run's total rounds)")
     if changed:
       raise ConfigError(
           f"--resume: the configuration differs from the saved run in {changed}; only "

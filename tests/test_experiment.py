@@ -216,3 +216,13 @@ def test_dp_unsupported_accounting_is_refused_before_training(tmp_path):
   with pytest.raises(experiment.ConfigError, match="use --accountant pld"):
     experiment.run_experiment(config, log=lambda s: None)
   assert not (tmp_path / "run" / "metrics.jsonl").exists()
+
+
+def test_resume_keeps_rounds_fixed_when_noise_was_calibrated(tmp_path):
+  config = _config(tmp_path, rounds=2, dp="gaussian", target_epsilon=50.0, clip=0.5,
+                   num_clients=40, clients_per_round=20)
+  experiment.run_experiment(config, log=lambda s: None)
+  more = _config(tmp_path, rounds=3, dp="gaussian", target_epsilon=50.0, clip=0.5,
+                 num_clients=40, clients_per_round=20, resume=True)
+  with pytest.raises(experiment.ConfigError, match="calibrated for the run's total rounds"):
+    experiment.run_experiment(more, log=lambda s: None)
