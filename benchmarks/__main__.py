@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-WORKLOADS = ("w2", "w4")
+WORKLOADS = ("w1", "w2", "w4")
 
 
 def main(argv=None) -> int:
@@ -18,6 +18,9 @@ def main(argv=None) -> int:
     del argv[i:i + 2]
   if workload not in WORKLOADS:
     raise SystemExit(f"unknown workload {workload!r}; available: {', '.join(WORKLOADS)}")
+  if workload == "w1":
+    from benchmarks import w1
+    return w1.main(argv)
   if workload == "w4":
     from benchmarks import w4
     return w4.main(argv)

@@ -1,4 +1,8 @@
-"""W2-shaped workload: many small clients, dispatch-bound (see shared/WORKLOADS.md).
+"""W2: many small clients, dispatch-bound (see shared/WORKLOADS.md).
+
+LEAF Synthetic(1, 1) (Li et al. 2020) with 32 examples per client, logistic
+regression 60->10, 1000 of 10,000 clients per round, 5 local epochs of batch
+8 at lr 0.05, FedAvg.
 
 Compares, in one run and on the same cohorts and keys:
 
@@ -10,8 +14,8 @@ Compares, in one run and on the same cohorts and keys:
 * ``vmap_all``: the vectorized round with the whole cohort in one vmap.
 * ``vmap_chunked``: the vectorized round in chunks (``--chunk-size``).
 
-After timing, a results check runs the same rounds through every
-implementation and asserts the parameters agree (1e-5).
+They are timed round-robin; after timing, a results check runs the same
+rounds through every implementation and asserts the parameters agree (1e-5).
 """
 
 from __future__ import annotations
@@ -30,8 +34,10 @@ from benchmarks import common
 
 
 def build(args) -> dict[str, Any]:
-  population = fl.datasets.synthetic_classification(
-      args.population, args.examples, num_features=60, num_classes=10, seed=0)
+  """LEAF Synthetic(1, 1) clients of ``args.examples`` examples, logistic regression 60->10."""
+  population = fl.datasets.leaf_synthetic(args.population, 1.0, 1.0,
+                                          examples_per_client=args.examples, test_fraction=0.0,
+                                          seed=0).train
   model = fl.models.LogisticRegression(10)
   params = model.init(jax.random.key(0), jnp.zeros((1, 60)))
   loss = fl.models.classification_loss(model.apply)
@@ -104,32 +110,40 @@ def params_of(state):
   return state.params if hasattr(state, "params") else state[0]
 
 
-def main(argv=None) -> int:
-  p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-  p.add_argument("--population", type=int, default=10_000)
-  p.add_argument("--clients-per-round", type=int, default=1000)
-  p.add_argument("--examples", type=int, default=32)
-  p.add_argument("--epochs", type=int, default=5)
-  p.add_argument("--batch-size", type=int, default=8)
-  p.add_argument("--lr", type=float, default=0.05)
-  p.add_argument("--chunk-size", type=int, default=500)
+W2_DEFAULTS = dict(population=10_000, clients_per_round=1000, examples=32, epochs=5,
+                   batch_size=8, lr=0.05, chunk_size=500)
+
+
+def parse(argv, defaults: dict, doc: str, quick: dict) -> argparse.Namespace:
+  """Command-line options of a round-comparison workload (``quick`` overrides --quick)."""
+  p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawTextHelpFormatter)
+  for name, value in defaults.items():
+    p.add_argument("--" + name.replace("_", "-"), type=type(value), default=value)
   p.add_argument("--rounds", type=int, default=10, help="timed rounds per implementation")
   p.add_argument("--warmup", type=int, default=2)
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--quick", action="store_true", help="small sizes for a smoke run")
   args = p.parse_args(argv)
   if args.quick:
-    args.population, args.clients_per_round, args.rounds, args.warmup = 500, 100, 3, 1
-    args.chunk_size = min(args.chunk_size, 50)
+    for name, value in quick.items():
+      setattr(args, name, min(getattr(args, name), value))
+  return args
 
-  setup = build(args)
+
+def compare(workload: str, setup: dict[str, Any], args) -> None:
+  """Times the loop baselines and the vectorized round, then checks they agree.
+
+  All four are timed round-robin (one round of each in turn) so the shared
+  machine's drift hits them alike; ``speedup_vs_baseline`` is relative to
+  ``loop``. The results check runs two rounds through every implementation
+  and asserts equal parameters (1e-5).
+  """
   impls = {
       "loop": loop_impl(setup, args, on_device=False),
       "loop_device": loop_impl(setup, args, on_device=True),
       "vmap_all": vectorized_impl(setup, args, None),
       "vmap_chunked": vectorized_impl(setup, args, args.chunk_size),
   }
-
   batch = jax.tree.map(lambda x: x[0, : args.batch_size], setup["population"].arrays)
   per_example_loss = lambda p, b: setup["loss"](p, b) * next(iter(b.values())).shape[0]
   flops_example = common.flops_per_example_step(per_example_loss, setup["params"], batch)
@@ -138,7 +152,7 @@ def main(argv=None) -> int:
                  * args.clients_per_round)
   peak = common.matmul_peak_gflops()
 
-  rows = {}
+  runners = {}
   for name, (step, init) in impls.items():
     holder = {"state": init(setup["params"])}
 
@@ -146,23 +160,22 @@ def main(argv=None) -> int:
       holder["state"] = step(holder["state"], r)
       jax.block_until_ready(holder["state"])
 
-    stats = common.time_rounds(run_round, warmup=args.warmup, rounds=args.rounds)
-    rows[name] = row = {
-        "workload": "w2", "impl": name, "clients_per_round": args.clients_per_round,
+    runners[name] = run_round
+  timings = common.time_interleaved(runners, warmup=args.warmup, rounds=args.rounds)
+  for name, stats in timings.items():
+    common.emit({
+        "workload": workload, "impl": name, "clients_per_round": args.clients_per_round,
         "chunk_size": args.chunk_size if name == "vmap_chunked" else None,
         **stats,
         "achieved_gflops": flops_round / stats["sec_per_round_median"] / 1e9,
         "peak_gflops": peak,
         "peak_rss_mib": common.peak_rss_mib(),
-    }
-    row["speedup_vs_baseline"] = (rows["loop"]["sec_per_round_median"]
-                                  / stats["sec_per_round_median"])
-    if "loop_device" in rows:
-      row["speedup_vs_loop_device"] = (rows["loop_device"]["sec_per_round_median"]
-                                       / stats["sec_per_round_median"])
-    common.emit(row)
+        "speedup_vs_baseline": (timings["loop"]["sec_per_round_median"]
+                                / stats["sec_per_round_median"]),
+        "speedup_vs_loop_device": (timings["loop_device"]["sec_per_round_median"]
+                                   / stats["sec_per_round_median"]),
+    })
 
-  # Results check: two rounds through every implementation give the same params.
   finals = {}
   for name, (step, init) in impls.items():
     state = init(setup["params"])
@@ -172,9 +185,15 @@ def main(argv=None) -> int:
   for name, final in finals.items():
     for a, b in zip(jax.tree.leaves(final), jax.tree.leaves(finals["loop"]), strict=True):
       np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5, err_msg=f"{name} != loop")
-  common.emit({"workload": "w2", "check": "params_match_loop", "impls": sorted(finals),
+  common.emit({"workload": workload, "check": "params_match_loop", "impls": sorted(finals),
                "rounds": 2, "atol": 1e-5, "ok": True})
 
+
+def main(argv=None) -> int:
+  args = parse(argv, W2_DEFAULTS, __doc__,
+               quick=dict(population=500, clients_per_round=100, rounds=3, warmup=1,
+                          chunk_size=50))
+  compare("w2", build(args), args)
   return 0
 
 

@@ -20,8 +20,9 @@ def test_cli_reports_config_errors(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_benchmark_quick_prints_json_and_checks_results():
-  out = subprocess.run([sys.executable, "-m", "benchmarks", "--workload", "w2", "--quick"],
+@pytest.mark.parametrize("workload", ["w1", "w2"])
+def test_benchmark_quick_prints_json_and_checks_results(workload):
+  out = subprocess.run([sys.executable, "-m", "benchmarks", "--workload", workload, "--quick"],
                        capture_output=True, text=True, timeout=600, check=True).stdout
   rows = [json.loads(x) for x in out.splitlines()]
   impls = {r["impl"]: r for r in rows if "impl" in r}
@@ -33,7 +34,7 @@ def test_benchmark_quick_prints_json_and_checks_results():
       assert r[field] > 0, (r["impl"], field)
     assert r["sec_per_round_min"] <= r["sec_per_round_median"] <= r["sec_per_round_max"]
   assert impls["loop"]["speedup_vs_baseline"] == 1.0
-  assert rows[-1] == {"workload": "w2", "check": "params_match_loop",
+  assert rows[-1] == {"workload": workload, "check": "params_match_loop",
                       "impls": sorted(impls), "rounds": 2, "atol": 1e-5, "ok": True}
 
 

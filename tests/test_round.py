@@ -207,3 +207,26 @@ def test_round_is_pure_and_composable_under_jit_and_vmap():
   for i in range(3):
     single, _ = pure.round(pure.init(params), data, keys[i])
     _assert_tree_close(jax.tree.map(lambda x: x[i], states.params), single.params, 1e-6)
+
+
+def test_run_rounds_compiles_once_over_ten_rounds():
+  """No XLA compilation happens in rounds 2..11 of a run (the step compiles once)."""
+  data = fl.datasets.synthetic_classification(30, 8, num_features=6, num_classes=3, seed=4)
+  params, loss = MODELS["mlp"]()
+  update = fl.build_client_update(loss, optax.sgd(0.1), num_epochs=1, batch_size=4)
+  algo = fl.build_federated_algorithm(update, fl.server.fedadam(0.01), chunk_size=4)
+  compiles, seen = [], {}
+
+  def listener(event, duration, **kwargs):
+    if event == "/jax/core/compile/backend_compile_duration":
+      compiles.append(event)
+
+  jax.monitoring.register_event_duration_secs_listener(listener)
+  try:
+    fl.run_rounds(algo, algo.init(params), data, num_rounds=11, cohort_size=10,
+                  key=jax.random.key(0), progress=False,
+                  callback=lambda r, s, m: seen.setdefault(r, len(compiles)))
+  finally:
+    jax.monitoring.unregister_event_duration_listener(listener)
+  assert seen[0] >= 1  # the listener does see the first round's compilation
+  assert seen[10] == seen[0]
