@@ -12,7 +12,7 @@ Public API (everything here is a pure function or a NamedTuple of them):
   ``fedadam``, ``fedyogi``, ``fedadagrad``)
 * the round: :class:`FederatedAlgorithm`, :class:`ServerState`,
   :func:`build_federated_algorithm`, :func:`sample_clients`,
-  :func:`run_rounds`
+  :func:`run_rounds`, :func:`run_sweep` (many simulations as one program)
 * data sets, models, evaluation, checkpoints: :mod:`fedjax_lite.datasets`,
   :mod:`fedjax_lite.models`, :mod:`fedjax_lite.evaluation`,
   :mod:`fedjax_lite.checkpoint`
@@ -46,7 +46,7 @@ from fedjax_lite.sampling import (
     poisson_sampler,
     sample_clients,
 )
-from fedjax_lite.training import round_keys, run_rounds
+from fedjax_lite.training import round_keys, run_rounds, run_sweep
 
 __version__ = "0.1.0"
 
@@ -72,6 +72,7 @@ __all__ = [
     "raise_if_nonfinite",
     "round_keys",
     "run_rounds",
+    "run_sweep",
     "Sampler",
     "fixed_size_sampler",
     "poisson_sampler",

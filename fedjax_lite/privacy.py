@@ -136,6 +136,14 @@ class DPState(NamedTuple):
   clip: Any
 
 
+def _concrete(x: Any) -> float | None:
+  """``float(x)``, or ``None`` when ``x`` is traced (inside jit/vmap)."""
+  try:
+    return float(x)
+  except (TypeError, jax.errors.ConcretizationTypeError):
+    return None
+
+
 def adaptive_noise_multiplier(noise_multiplier: float, count_noise_std: float) -> float:
   """The noise multiplier left for the deltas when the count takes its share.
 
@@ -247,7 +255,10 @@ def _dp_aggregator(mechanism, clip, noise_multiplier, expected_cohort_size, *, a
         "client with many examples unbounded influence, so no sensitivity (and no epsilon) "
         "can be stated. Use weighting='uniform' (each participating client's clipped delta "
         "counts once).")
-  if not noise_multiplier >= 0:
+  # noise_multiplier (and clip) may be traced, e.g. in a vectorized sweep over
+  # noise levels (fedjax_lite.run_sweep); they are checked when concrete.
+  z_value = _concrete(noise_multiplier)
+  if z_value is not None and not z_value >= 0:
     raise ValueError(f"`noise_multiplier` must be >= 0; got {noise_multiplier}.")
   if not expected_cohort_size > 0:
     raise ValueError(f"`expected_cohort_size` must be > 0; got {expected_cohort_size}.")
@@ -266,7 +277,8 @@ def _dp_aggregator(mechanism, clip, noise_multiplier, expected_cohort_size, *, a
   else:
     sigma_b = None
     z_delta = noise_multiplier
-  if not clip > 0:
+  clip_value = _concrete(clip)
+  if clip_value is not None and not clip_value > 0:
     raise ValueError(f"`clip` must be > 0; got {clip}.")
   ord_ = 2 if mechanism == "gaussian" else 1
   denom = float(expected_cohort_size)
@@ -308,7 +320,7 @@ def _dp_aggregator(mechanism, clip, noise_multiplier, expected_cohort_size, *, a
     del total_weight
     delta_key, count_key = jax.random.split(key)
     scale = z_delta * state.clip
-    if not local and noise_multiplier > 0:
+    if not local and z_value != 0:  # noise unless the multiplier is a concrete 0
       total = tree_noise(delta_key, total, scale)
     mean = jax.tree.map(lambda s: (s / denom).astype(s.dtype), total)
     metrics = {"clip": state.clip, "participants": stats["participants"],

@@ -129,3 +129,95 @@ def run_rounds(
   finally:
     bar.close()
   return state, history
+
+
+def run_sweep(
+    make_algorithm: Callable[[Any], FederatedAlgorithm],
+    hparams: Any,
+    params: Any,
+    population: FederatedData,
+    *,
+    num_rounds: int,
+    keys: Any,
+    cohort_size: int | None = None,
+    sampler: Sampler | None = None,
+) -> tuple[ServerState, list[dict[str, np.ndarray]]]:
+  """Runs ``S`` independent simulations as one vectorized program.
+
+  Experiment ``s`` is exactly ``run_rounds(make_algorithm(hparams[s]),
+  make_algorithm(hparams[s]).init(params), population, key=keys[s], ...)``:
+  the same sampling and round keys, so its results equal the one-by-one run's
+  up to float rounding. All ``S`` are stepped together by ``jax.vmap`` over a
+  leading experiment axis inside one ``jax.jit``-compiled round.
+
+  Args:
+    make_algorithm: ``make_algorithm(h) -> FederatedAlgorithm`` for one
+      experiment's hyperparameters ``h`` (a pytree of scalars, traced under
+      ``vmap``, e.g. ``optax.sgd(h["client_lr"])``). It must be pure and must
+      not branch in Python on ``h``.
+    hparams: pytree of arrays with a leading axis ``S`` (e.g.
+      ``{"client_lr": jnp.array([0.01, 0.03, 0.1])}``), or ``None`` when only
+      the seeds differ.
+    params: the initial model parameters, shared by every experiment.
+    population: all clients (shared).
+    num_rounds: rounds to run (>= 0).
+    keys: ``S`` PRNG keys, one per experiment (e.g. ``jax.random.split(key, S)``
+      or ``jax.vmap(jax.random.key)(seeds)``).
+    cohort_size: fixed-size sampling, as in :func:`run_rounds`.
+    sampler: or a :class:`~fedjax_lite.Sampler`.
+
+  Returns:
+    ``(states, history)``: the final :class:`ServerState` with a leading axis
+    ``S`` on every leaf, and per round a dict of NumPy arrays ``[S]`` (each
+    scalar round metric, plus ``sampled_clients``) and ``seconds`` (the wall
+    time of that round of all ``S`` experiments, compilation included in the
+    first).
+
+  Raises:
+    ValueError: for mismatched ``S`` between ``keys`` and ``hparams``, a bad
+      ``num_rounds``/``cohort_size``/``sampler``, or a Poisson overflow.
+  """
+  _check_int("num_rounds", num_rounds, minimum=0)
+  num_clients = population.num_clients
+  if (cohort_size is None) == (sampler is None):
+    raise ValueError("give exactly one of `cohort_size` (fixed-size sampling) and `sampler`.")
+  if sampler is None:
+    sampler = fixed_size_sampler(num_clients, cohort_size)
+  keys = jnp.asarray(keys)
+  if not jnp.issubdtype(keys.dtype, jax.dtypes.prng_key):
+    keys = jax.random.wrap_key_data(keys)
+  num_experiments = keys.shape[0]
+  sizes = {x.shape[0] for x in jax.tree.leaves(hparams)}
+  if sizes - {num_experiments}:
+    raise ValueError(f"`hparams` leaves have leading axes {sorted(sizes)} but there are "
+                     f"{num_experiments} `keys`; give one hyperparameter per experiment.")
+  if hparams is None:
+    hparams = jnp.zeros((num_experiments,))
+  population = jax.device_put(population)
+
+  def one_round(state, h, key, population, round_index):
+    sample_key, round_key = round_keys(key, round_index)
+    indices, mask, overflow = sampler.sample(sample_key)
+    cohort = take(population, indices)
+    cohort = cohort._replace(num_examples=jnp.where(mask, cohort.num_examples, 0))
+    new_state, metrics = make_algorithm(h).round(state, cohort, round_key)
+    new_state = jax.tree.map(lambda n, o: jnp.where(overflow, o, n), new_state, state)
+    scalars = {k: v for k, v in metrics.items() if k != "clients"}
+    scalars["sampled_clients"] = jnp.sum(mask).astype(jnp.float32)
+    return new_state, scalars, overflow
+
+  step = jax.jit(jax.vmap(one_round, in_axes=(0, 0, 0, None, None)), donate_argnums=0)
+  states = jax.jit(jax.vmap(lambda h: make_algorithm(h).init(params)))(hparams)
+  history = []
+  for r in range(num_rounds):
+    start = time.perf_counter()
+    states, metrics, overflow = step(states, hparams, keys, population, np.int32(r))
+    jax.block_until_ready(states)
+    seconds = time.perf_counter() - start
+    if bool(np.any(jax.device_get(overflow))):
+      raise ValueError(f"round {r}: a Poisson sample overflowed the padded cohort of "
+                       f"{sampler.cohort_size} slots; the round was not applied.")
+    row = {k: np.asarray(v) for k, v in jax.device_get(metrics).items()}
+    row["seconds"] = np.float64(seconds)  # wall time of the round of all S experiments
+    history.append(row)
+  return states, history

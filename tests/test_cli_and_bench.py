@@ -50,3 +50,15 @@ def test_dp_benchmark_quick_prints_overheads():
     assert r["achieved_gflops"] > 0 and r["peak_gflops"] > 0
     if r["impl"] == "no_dp":
       assert r["overhead_vs_no_dp"] == 1.0
+
+
+@pytest.mark.slow
+def test_sweep_benchmark_quick_checks_results():
+  out = subprocess.run([sys.executable, "-m", "benchmarks", "--workload", "w5", "--quick"],
+                       capture_output=True, text=True, timeout=600, check=True).stdout
+  rows = [json.loads(x) for x in out.splitlines()]
+  impls = {r["impl"]: r for r in rows if "impl" in r}
+  assert set(impls) == {"sequential", "run_sweep"}
+  assert all(r["sec_per_round_all_experiments"] > 0 for r in impls.values())
+  assert rows[-1] == {"workload": "w5", "check": "sweep_matches_sequential", "ok": True,
+                      "experiments": 4}
