@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-WORKLOADS = ("w1", "w2", "w4", "w5")
+WORKLOADS = ("w1", "w2", "w3", "w4", "w5")
 
 
 def main(argv=None) -> int:
@@ -21,6 +21,9 @@ def main(argv=None) -> int:
   if workload == "w1":
     from benchmarks import w1
     return w1.main(argv)
+  if workload == "w3":
+    from benchmarks import w3
+    return w3.main(argv)
   if workload == "w5":
     from benchmarks import w5
     return w5.main(argv)

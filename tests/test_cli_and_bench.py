@@ -62,3 +62,14 @@ def test_sweep_benchmark_quick_checks_results():
   assert all(r["sec_per_round_all_experiments"] > 0 for r in impls.values())
   assert rows[-1] == {"workload": "w5", "check": "sweep_matches_sequential", "ok": True,
                       "experiments": 4}
+
+
+@pytest.mark.slow
+def test_scale_benchmark_quick_runs_each_size_in_its_own_process():
+  out = subprocess.run([sys.executable, "-m", "benchmarks", "--workload", "w3", "--quick"],
+                       capture_output=True, text=True, timeout=600, check=True).stdout
+  rows = [json.loads(x) for x in out.splitlines()]
+  assert [r["clients_per_round"] for r in rows] == [10, 100]
+  for r in rows:
+    assert r["sec_per_client"] > 0 and r["peak_rss_mib"] >= r["rss_after_data_mib"] > 0
+    assert r["population_data_mib"] > 0 and r["chunk_model_state_mib"] > 0
