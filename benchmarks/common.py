@@ -53,6 +53,18 @@ def time_rounds(run_round: Callable[[int], Any], *, warmup: int, rounds: int) ->
   }
 
 
+def round_runner(step: Callable[[Any, int], Any], init: Callable[[Any], Any], params: Any
+                 ) -> Callable[[int], None]:
+  """``run_round(r)``: advances a private state with ``step`` and blocks until done."""
+  holder = {"state": init(params)}
+
+  def run_round(r: int) -> None:
+    holder["state"] = step(holder["state"], r)
+    jax.block_until_ready(holder["state"])
+
+  return run_round
+
+
 def time_interleaved(run_rounds: dict[str, Callable[[int], Any]], *, warmup: int,
                      rounds: int) -> dict[str, dict[str, Any]]:
   """Like :func:`time_rounds` for several implementations, timed round-robin.

@@ -152,15 +152,8 @@ def compare(workload: str, setup: dict[str, Any], args) -> None:
                  * args.clients_per_round)
   peak = common.matmul_peak_gflops()
 
-  runners = {}
-  for name, (step, init) in impls.items():
-    holder = {"state": init(setup["params"])}
-
-    def run_round(r, step=step, holder=holder):
-      holder["state"] = step(holder["state"], r)
-      jax.block_until_ready(holder["state"])
-
-    runners[name] = run_round
+  runners = {name: common.round_runner(step, init, setup["params"])
+             for name, (step, init) in impls.items()}
   timings = common.time_interleaved(runners, warmup=args.warmup, rounds=args.rounds)
   for name, stats in timings.items():
     common.emit({

@@ -74,16 +74,9 @@ def main(argv=None) -> int:
              * shape["batch_size"] * math.ceil(shape["examples"] / shape["batch_size"])
              * shape["epochs"] * k)
     ns = SimpleNamespace(seed=0, clients_per_round=k)
-    runners = {}
-    for impl, agg in aggregators.items():
-      step, init = w2.vectorized_impl(setup, ns, shape["chunk_size"], agg)
-      holder = {"state": init(setup["params"])}
-
-      def run_round(r, step=step, holder=holder):
-        holder["state"] = step(holder["state"], r)
-        jax.block_until_ready(holder["state"])
-
-      runners[impl] = run_round
+    runners = {impl: common.round_runner(*w2.vectorized_impl(setup, ns, shape["chunk_size"], agg),
+                                         setup["params"])
+               for impl, agg in aggregators.items()}
     timings = common.time_interleaved(runners, warmup=args.warmup, rounds=args.rounds)
     base = timings["no_dp"]["sec_per_round_median"]
     for impl, stats in timings.items():

@@ -46,7 +46,7 @@ from fedjax_lite.sampling import (
     poisson_sampler,
     sample_clients,
 )
-from fedjax_lite.training import round_keys, run_rounds, run_sweep
+from fedjax_lite.training import round_keys, run_rounds, run_sweep, sampled_round
 
 __version__ = "0.1.0"
 
@@ -73,6 +73,7 @@ __all__ = [
     "round_keys",
     "run_rounds",
     "run_sweep",
+    "sampled_round",
     "Sampler",
     "fixed_size_sampler",
     "poisson_sampler",

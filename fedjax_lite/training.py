@@ -21,6 +21,41 @@ def round_keys(key: Any, round_index: int) -> tuple[Any, Any]:
   return tuple(jax.random.split(jax.random.fold_in(key, round_index)))
 
 
+def _resolve_sampler(num_clients: int, cohort_size: int | None,
+                     sampler: Sampler | None) -> Sampler:
+  if (cohort_size is None) == (sampler is None):
+    raise ValueError("give exactly one of `cohort_size` (fixed-size sampling) and `sampler`.")
+  if sampler is None:
+    return fixed_size_sampler(num_clients, cohort_size)
+  if sampler.num_clients != num_clients:
+    raise ValueError(f"`sampler` draws from {sampler.num_clients} clients but the population "
+                     f"has {num_clients}.")
+  return sampler
+
+
+def sampled_round(algorithm: FederatedAlgorithm, sampler: Sampler, key: Any, state: ServerState,
+                  population: FederatedData, round_index: Any):
+  """Round ``round_index`` of a run seeded by ``key``: sample, gather, train; pure.
+
+  Unused (Poisson-padding) cohort slots become empty clients. An overflowing
+  Poisson draw is not a valid sample, so the state is then returned unchanged
+  and ``metrics["sampling_overflow"]`` is 1.
+
+  Returns:
+    ``(state, metrics, cohort_client_ids)``; ``metrics`` are the round's plus
+    ``sampled_clients`` and ``sampling_overflow``.
+  """
+  sample_key, round_key = round_keys(key, round_index)
+  indices, mask, overflow = sampler.sample(sample_key)
+  cohort = take(population, indices)
+  cohort = cohort._replace(num_examples=jnp.where(mask, cohort.num_examples, 0))
+  new_state, metrics = algorithm.round(state, cohort, round_key)
+  new_state = jax.tree.map(lambda n, o: jnp.where(overflow, o, n), new_state, state)
+  metrics = dict(metrics, sampled_clients=jnp.sum(mask).astype(jnp.float32),
+                 sampling_overflow=overflow.astype(jnp.float32))
+  return new_state, metrics, cohort.client_ids
+
+
 def run_rounds(
     algorithm: FederatedAlgorithm,
     state: ServerState,
@@ -74,30 +109,11 @@ def run_rounds(
       Poisson overflow, or (with ``nonfinite="raise"``) a NaN/Inf client delta.
   """
   _check_int("num_rounds", num_rounds, minimum=0)
-  num_clients = population.num_clients
-  if (cohort_size is None) == (sampler is None):
-    raise ValueError("give exactly one of `cohort_size` (fixed-size sampling) and `sampler`.")
-  if sampler is None:
-    sampler = fixed_size_sampler(num_clients, cohort_size)
-  elif sampler.num_clients != num_clients:
-    raise ValueError(f"`sampler` draws from {sampler.num_clients} clients but the population "
-                     f"has {num_clients}.")
+  sampler = _resolve_sampler(population.num_clients, cohort_size, sampler)
   population = jax.device_put(population)
   state = jax.tree.map(jnp.copy, state)  # the caller's buffers are never donated
-
-  def step(state, population, round_index):
-    sample_key, round_key = round_keys(key, round_index)
-    indices, mask, overflow = sampler.sample(sample_key)
-    cohort = take(population, indices)
-    cohort = cohort._replace(num_examples=jnp.where(mask, cohort.num_examples, 0))
-    new_state, metrics = algorithm.round(state, cohort, round_key)
-    # An overflowing Poisson draw is not a valid sample: keep the old state.
-    new_state = jax.tree.map(lambda n, o: jnp.where(overflow, o, n), new_state, state)
-    metrics = dict(metrics, sampled_clients=jnp.sum(mask).astype(jnp.float32),
-                   sampling_overflow=overflow.astype(jnp.float32))
-    return new_state, metrics, cohort.client_ids
-
-  step = jax.jit(step, donate_argnums=0)
+  step = jax.jit(lambda state, population, r: sampled_round(algorithm, sampler, key, state,
+                                                           population, r), donate_argnums=0)
   first = int(jax.device_get(state.round))
   history = []
   bar = tqdm(total=num_rounds, disable=None if progress is None else not progress,
@@ -178,11 +194,7 @@ def run_sweep(
       ``num_rounds``/``cohort_size``/``sampler``, or a Poisson overflow.
   """
   _check_int("num_rounds", num_rounds, minimum=0)
-  num_clients = population.num_clients
-  if (cohort_size is None) == (sampler is None):
-    raise ValueError("give exactly one of `cohort_size` (fixed-size sampling) and `sampler`.")
-  if sampler is None:
-    sampler = fixed_size_sampler(num_clients, cohort_size)
+  sampler = _resolve_sampler(population.num_clients, cohort_size, sampler)
   keys = jnp.asarray(keys)
   if not jnp.issubdtype(keys.dtype, jax.dtypes.prng_key):
     keys = jax.random.wrap_key_data(keys)
@@ -196,25 +208,18 @@ def run_sweep(
   population = jax.device_put(population)
 
   def one_round(state, h, key, population, round_index):
-    sample_key, round_key = round_keys(key, round_index)
-    indices, mask, overflow = sampler.sample(sample_key)
-    cohort = take(population, indices)
-    cohort = cohort._replace(num_examples=jnp.where(mask, cohort.num_examples, 0))
-    new_state, metrics = make_algorithm(h).round(state, cohort, round_key)
-    new_state = jax.tree.map(lambda n, o: jnp.where(overflow, o, n), new_state, state)
-    scalars = {k: v for k, v in metrics.items() if k != "clients"}
-    scalars["sampled_clients"] = jnp.sum(mask).astype(jnp.float32)
-    return new_state, scalars, overflow
-
+    new_state, metrics, _ = sampled_round(make_algorithm(h), sampler, key, state, population,
+                                          round_index)
+    return new_state, {k: v for k, v in metrics.items() if k != "clients"}
   step = jax.jit(jax.vmap(one_round, in_axes=(0, 0, 0, None, None)), donate_argnums=0)
   states = jax.jit(jax.vmap(lambda h: make_algorithm(h).init(params)))(hparams)
   history = []
   for r in range(num_rounds):
     start = time.perf_counter()
-    states, metrics, overflow = step(states, hparams, keys, population, np.int32(r))
+    states, metrics = step(states, hparams, keys, population, np.int32(r))
     jax.block_until_ready(states)
     seconds = time.perf_counter() - start
-    if bool(np.any(jax.device_get(overflow))):
+    if bool(np.any(jax.device_get(metrics["sampling_overflow"]))):
       raise ValueError(f"round {r}: a Poisson sample overflowed the padded cohort of "
                        f"{sampler.cohort_size} slots; the round was not applied.")
     row = {k: np.asarray(v) for k, v in jax.device_get(metrics).items()}
