@@ -1,37 +1,38 @@
-"""``python -m benchmarks [--workload w2] [workload options]``."""
+"""``python -m benchmarks --workload w1|w2|w3|w4|w5 [options]`` or ``--all --report DIR``.
+
+The same entry point serves ``fedjax-lite bench``. Each workload module
+(``benchmarks/w1.py`` ...) has its own ``--help``; ``--quick`` runs small
+sizes for a smoke test.
+"""
 
 from __future__ import annotations
 
+import argparse
+import importlib
 import sys
+from pathlib import Path
 
 WORKLOADS = ("w1", "w2", "w3", "w4", "w5")
 
 
 def main(argv=None) -> int:
   argv = list(sys.argv[1:] if argv is None else argv)
-  workload = "w2"
-  if "--workload" in argv:
-    i = argv.index("--workload")
-    if i + 1 >= len(argv):
-      raise SystemExit("--workload needs a value: one of " + ", ".join(WORKLOADS))
-    workload = argv[i + 1].lower()
-    del argv[i:i + 2]
+  p = argparse.ArgumentParser(prog="benchmarks", description=__doc__, add_help=False)
+  p.add_argument("--workload", default=None, help=f"one of {', '.join(WORKLOADS)}")
+  p.add_argument("--all", action="store_true", help="run every workload")
+  p.add_argument("--report", type=Path, default=None, help="with --all: output directory")
+  args, rest = p.parse_known_args(argv)
+  if args.all:
+    if args.report is None:
+      raise SystemExit("--all needs --report DIR (where results, tables and plots go)")
+    from benchmarks import report
+    report.run(args.report, quick="--quick" in rest)
+    print(f"wrote {args.report}/results.jsonl, report.md, scaling.png, memory.png")
+    return 0
+  workload = (args.workload or "w2").lower()
   if workload not in WORKLOADS:
     raise SystemExit(f"unknown workload {workload!r}; available: {', '.join(WORKLOADS)}")
-  if workload == "w1":
-    from benchmarks import w1
-    return w1.main(argv)
-  if workload == "w3":
-    from benchmarks import w3
-    return w3.main(argv)
-  if workload == "w5":
-    from benchmarks import w5
-    return w5.main(argv)
-  if workload == "w4":
-    from benchmarks import w4
-    return w4.main(argv)
-  from benchmarks import w2
-  return w2.main(argv)
+  return importlib.import_module(f"benchmarks.{workload}").main(rest)
 
 
 if __name__ == "__main__":

@@ -73,3 +73,19 @@ def test_scale_benchmark_quick_runs_each_size_in_its_own_process():
   for r in rows:
     assert r["sec_per_client"] > 0 and r["peak_rss_mib"] >= r["rss_after_data_mib"] > 0
     assert r["population_data_mib"] > 0 and r["chunk_model_state_mib"] > 0
+
+
+@pytest.mark.slow
+def test_all_workloads_report(tmp_path):
+  subprocess.run([sys.executable, "-m", "benchmarks", "--all", "--report", str(tmp_path),
+                  "--quick"], capture_output=True, text=True, timeout=900, check=True)
+  rows = [json.loads(x) for x in (tmp_path / "results.jsonl").read_text().splitlines()]
+  assert {r["workload"] for r in rows} == {"w1", "w2", "w3", "w4", "w5"}
+  checks = [r for r in rows if "check" in r]
+  assert len(checks) == 3 and all(c["ok"] for c in checks)  # w1, w2, w5
+  md = (tmp_path / "report.md").read_text()
+  for w in ("W1", "W2", "W3", "W4", "W5"):
+    assert f"## {w}" in md
+  assert md.count("passed") == 3
+  for png in ("scaling.png", "memory.png"):
+    assert (tmp_path / png).read_bytes()[:4] == b"\x89PNG"
