@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -89,3 +90,16 @@ def test_all_workloads_report(tmp_path):
   assert md.count("passed") == 3
   for png in ("scaling.png", "memory.png"):
     assert (tmp_path / png).read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.slow
+def test_installed_console_script_works_from_any_directory(tmp_path):
+  script = Path(sys.executable).parent / "fedjax-lite"
+  assert script.exists(), "the package's console script is not installed"
+  out = subprocess.run([str(script), "privacy", "epsilon", "--noise-multiplier", "1.0",
+                        "--sampling-rate", "0.1", "--rounds", "10", "--delta", "1e-5"],
+                       cwd=tmp_path, capture_output=True, text=True, timeout=120, check=True)
+  assert json.loads(out.stdout)["epsilon"] > 0
+  out = subprocess.run([str(script), "bench", "--workload", "w2", "--quick"], cwd=tmp_path,
+                       capture_output=True, text=True, timeout=600, check=True)
+  assert json.loads(out.stdout.splitlines()[-1])["ok"] is True
