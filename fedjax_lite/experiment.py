@@ -137,7 +137,8 @@ def resolve_config(config_file: str | os.PathLike | None = None,
 
 def _validate(c: dict[str, Any]) -> None:
   for key, valid in (("dataset", DATASETS), ("model", MODELS), ("algorithm", ALGORITHMS),
-                     ("partition", PARTITIONS)):
+                     ("partition", PARTITIONS), ("dp", DP_MECHANISMS),
+                     ("sampling", ("fixed", "poisson")), ("accountant", ("rdp", "pld"))):
     if c[key] not in valid:
       raise ConfigError(f"unknown {key} {c[key]!r}; choose one of: {', '.join(valid)}.")
   for key in ("rounds", "clients_per_round", "local_epochs", "batch_size", "num_clients"):
@@ -151,10 +152,6 @@ def _validate(c: dict[str, Any]) -> None:
       raise ConfigError(f"{key} must be > 0; got {c[key]!r}.")
   if c["server_lr"] is not None and not c["server_lr"] > 0:
     raise ConfigError(f"server_lr must be > 0; got {c['server_lr']!r}.")
-  for key, valid in (("dp", DP_MECHANISMS), ("sampling", ("fixed", "poisson")),
-                     ("accountant", ("rdp", "pld"))):
-    if c[key] not in valid:
-      raise ConfigError(f"unknown {key} {c[key]!r}; choose one of: {', '.join(valid)}.")
   if c["dp"] == "none":
     if c["noise_multiplier"] is not None or c["target_epsilon"] is not None:
       raise ConfigError("noise_multiplier/target_epsilon need --dp gaussian or --dp laplace.")
