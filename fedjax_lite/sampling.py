@@ -9,6 +9,7 @@ the rest. The DP accountant must be told which one ran
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -21,8 +22,12 @@ from fedjax_lite.data import _check_int
 def sample_clients(key: Any, num_clients: int, cohort_size: int) -> Any:
   """Samples a cohort uniformly without replacement; pure and jit-safe.
 
-  Every subset of ``cohort_size`` clients is equally likely, and the same key
-  always gives the same cohort.
+  Every ordered cohort of ``cohort_size`` distinct clients is equally
+  likely, and the same key always gives the same cohort. A cohort of at most
+  an eighth of the population is drawn by rejection at a cost that grows with
+  the cohort (about ``K log K``), not the population: the first ``K``
+  distinct values of i.i.d. uniform draws. Larger cohorts take a prefix of a
+  random permutation of the population.
 
   Args:
     key: a PRNG key.
@@ -41,7 +46,47 @@ def sample_clients(key: Any, num_clients: int, cohort_size: int) -> Any:
     raise ValueError(
         f"`cohort_size`={cohort_size} is larger than the population ({num_clients} clients); "
         "sampling is without replacement, so use at most num_clients.")
-  return jax.random.choice(key, num_clients, (cohort_size,), replace=False).astype(jnp.int32)
+  if cohort_size * _REJECTION_MAX_FRACTION > num_clients:
+    return jax.random.choice(key, num_clients, (cohort_size,), replace=False).astype(jnp.int32)
+  return _first_distinct_draws(key, num_clients, cohort_size)
+
+
+# sample_clients draws by rejection when cohort_size <= num_clients / this, and
+# by a full random permutation (JAX's sort, whose cost grows with the
+# population) otherwise.
+_REJECTION_MAX_FRACTION = 8
+
+
+def _first_distinct_draws(key: Any, num_clients: int, cohort_size: int,
+                          num_draws: int | None = None) -> Any:
+  """The first ``cohort_size`` distinct values of i.i.d. uniform draws from ``[0, N)``.
+
+  Each new distinct value of an i.i.d. uniform sequence is uniform over the
+  values not yet seen, so the first ``K`` distinct draws, in draw order, are
+  an exactly uniform ordered sample without replacement. ``M`` draws are
+  made at once (about ``K + K^2/N``, enough for ``K`` distinct values except
+  with tiny probability); an attempt with fewer than ``K`` distinct values is
+  redrawn with a new key, which keeps the sample exact because the event is
+  symmetric in the client labels. The cost is a sort of ``M`` draws, so it
+  grows with the cohort, not the population.
+  """
+  m = num_draws or cohort_size + math.ceil(cohort_size * cohort_size / num_clients) + 32
+
+  def attempt(i):
+    draws = jax.random.randint(jax.random.fold_in(key, i), (m,), 0, num_clients, jnp.int32)
+    order = jnp.argsort(draws, stable=True)  # equal draws keep their draw order
+    ordered = draws[order]
+    first_in_run = jnp.concatenate([jnp.ones((1,), bool), ordered[1:] != ordered[:-1]])
+    first_seen = jnp.zeros((m,), bool).at[order].set(first_in_run)
+    (positions,) = jnp.nonzero(first_seen, size=cohort_size, fill_value=0)
+    return draws[positions], jnp.sum(first_seen) >= cohort_size
+
+  def redraw(carry):
+    i, _, _ = carry
+    return (i + 1,) + attempt(i + 1)
+
+  _, indices, _ = jax.lax.while_loop(lambda c: ~c[2], redraw, (0,) + attempt(0))
+  return indices
 
 
 class Sampler(NamedTuple):

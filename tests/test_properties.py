@@ -5,6 +5,7 @@ from __future__ import annotations
 import jax
 import numpy as np
 import optax
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -72,3 +73,35 @@ def test_sample_clients_marginals_are_uniform():
   expected = trials * k / n
   # Binomial std ~ sqrt(1200 * 0.7) ~ 29; allow 5 sigma.
   assert np.all(np.abs(counts - expected) < 5 * np.sqrt(expected * (1 - k / n)))
+
+
+@pytest.mark.parametrize("num_draws", [None, 2])
+def test_rejection_sampler_gives_every_ordered_pair_equally_often(num_draws):
+  """Chi-square test of the cohort-scaled sampler over all 56 ordered pairs of 8 clients.
+
+  ``num_draws=2`` leaves no spare draws, so about one attempt in eight has a
+  repeat and is redrawn: the redraw path must keep the sample uniform too.
+  """
+  from scipy import stats
+
+  from fedjax_lite.sampling import _first_distinct_draws
+
+  n, trials = 8, 28_000
+  keys = jax.random.split(jax.random.key(1), trials)
+  pairs = np.asarray(jax.jit(jax.vmap(lambda k: _first_distinct_draws(k, n, 2, num_draws)))(keys))
+  assert np.all(pairs[:, 0] != pairs[:, 1]) and pairs.min() >= 0 and pairs.max() < n
+  counts = np.bincount(pairs[:, 0] * n + pairs[:, 1], minlength=n * n).reshape(n, n)
+  assert np.all(np.diag(counts) == 0)
+  observed = counts[~np.eye(n, dtype=bool)]
+  assert stats.chisquare(observed).pvalue > 1e-4
+
+
+def test_sample_clients_uses_both_methods_consistently():
+  """Cohorts up to N/8 come from the rejection sampler, larger ones from a permutation."""
+  from fedjax_lite.sampling import _first_distinct_draws
+
+  key = jax.random.key(3)
+  small = fl.sample_clients(key, 800, 100)
+  np.testing.assert_array_equal(small, _first_distinct_draws(key, 800, 100))
+  large = np.asarray(fl.sample_clients(key, 800, 101))
+  assert len(set(large.tolist())) == 101
