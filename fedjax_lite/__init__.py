@@ -29,6 +29,7 @@ from fedjax_lite.aggregation import (
 from fedjax_lite.algorithm import (
     FederatedAlgorithm,
     ServerState,
+    auto_chunk_size,
     build_federated_algorithm,
     raise_if_nonfinite,
 )
@@ -57,6 +58,7 @@ __all__ = [
     "FederatedData",
     "ServerState",
     "build_client_update",
+    "auto_chunk_size",
     "build_federated_algorithm",
     "checkpoint",
     "client",

@@ -32,7 +32,7 @@ import jax.numpy as jnp
 import optax
 
 from fedjax_lite.aggregation import Aggregator, mean_aggregator, weighted_sum
-from fedjax_lite.client import ClientUpdate
+from fedjax_lite.client import _PER_EXAMPLE_MAX_LEAF, ClientUpdate
 from fedjax_lite.data import FederatedData, _check_int
 
 Params = Any
@@ -76,7 +76,7 @@ def build_federated_algorithm(
     server_optimizer: optax.GradientTransformation,
     *,
     aggregator: Aggregator | None = None,
-    chunk_size: int | None = 256,
+    chunk_size: int | str | None = "auto",
     nonfinite: str = "raise",
     jit: bool = True,
 ) -> FederatedAlgorithm:
@@ -91,9 +91,11 @@ def build_federated_algorithm(
       ``-aggregate`` as the gradient (see :mod:`fedjax_lite.server` presets).
     aggregator: defaults to :func:`fedjax_lite.mean_aggregator` (weighted by
       example counts).
-    chunk_size: clients per vmapped chunk (>= 1; default 256, or the cohort
-      if smaller). ``None`` processes the whole cohort in one chunk. Memory
-      holds one chunk of model copies and optimizer states, not the cohort's.
+    chunk_size: clients per vmapped chunk (>= 1, or the cohort if smaller).
+      ``"auto"`` (the default) picks it from the model and data sizes with
+      :func:`auto_chunk_size`; ``None`` processes the whole cohort in one
+      chunk. Memory holds one chunk of model copies and optimizer states, not
+      the cohort's, and results do not depend on it beyond float rounding.
     nonfinite: what to do with a client whose delta or weight holds NaN/Inf.
       In both modes the client gets weight 0 and a zero delta, so it can never
       be averaged into the model, and it is counted in
@@ -118,7 +120,7 @@ def build_federated_algorithm(
     ValueError, TypeError: for a bad ``chunk_size``, ``nonfinite`` policy or
       ``server_optimizer``.
   """
-  if chunk_size is not None:
+  if chunk_size is not None and chunk_size != "auto":
     _check_int("chunk_size", chunk_size, minimum=1)
   if nonfinite not in NONFINITE_POLICIES:
     raise ValueError(f"`nonfinite` must be one of {NONFINITE_POLICIES}; got {nonfinite!r}.")
@@ -137,27 +139,52 @@ def build_federated_algorithm(
   def round_fn(state: ServerState, cohort: FederatedData, key) -> tuple[ServerState, dict]:
     _check_cohort(cohort)
     k = cohort.num_clients
-    chunk = k if chunk_size is None else min(chunk_size, k)
+    if chunk_size == "auto":
+      chunk = min(auto_chunk_size(state.params, cohort), k)
+    else:
+      chunk = k if chunk_size is None else min(chunk_size, k)
     num_chunks = math.ceil(k / chunk)
-    chunked = jax.tree.map(lambda x: _pad_and_chunk(x, num_chunks, chunk), cohort)
+
+    def chunk_of(i):
+      # Clients i*chunk .. i*chunk+chunk-1, gathered from the cohort (no padded
+      # copy of the whole cohort); slots past its end repeat its last client as
+      # an empty client (0 examples: zero delta, weight 0) and are dropped below.
+      idx = i * chunk + jnp.arange(chunk)
+      clamped = jnp.minimum(idx, k - 1)
+      part = jax.tree.map(lambda x: jnp.take(x, clamped, axis=0, mode="clip"), cohort)
+      return part._replace(num_examples=jnp.where(idx < k, part.num_examples, 0))
     client_key, server_key = jax.random.split(key)
     agg_client_key, agg_key = jax.random.split(server_key)
     params, agg_state = state.params, state.aggregator_state
 
     def run_chunk(carry, chunk_data):
       out = jax.vmap(client_update, in_axes=(None, 0, None))(params, chunk_data, client_key)
-      finite = jax.vmap(_all_finite)((out.delta, out.weight))
-      delta = jax.tree.map(lambda d: jnp.where(_bcast(finite, d), d, 0).astype(d.dtype), out.delta)
-      weight = jnp.where(finite, out.weight, 0.0)
       keys = jax.vmap(lambda i: jax.random.fold_in(agg_client_key, i))(chunk_data.client_ids)
-      delta, weight, stats = jax.vmap(aggregator.per_client, in_axes=(0, 0, None, 0))(
-          delta, weight, agg_state, keys)
+
+      def aggregate_chunk(finite):
+        delta = jax.tree.map(lambda d: jnp.where(_bcast(finite, d), d, 0).astype(d.dtype),
+                             out.delta)
+        weight = jnp.where(finite, out.weight, 0.0)
+        delta, weight, stats = jax.vmap(aggregator.per_client, in_axes=(0, 0, None, 0))(
+            delta, weight, agg_state, keys)
+        return (weighted_sum(delta, weight), jnp.sum(weight),
+                jax.tree.map(lambda x: jnp.sum(x, axis=0), stats), finite)
+
+      # A chunk whose summed deltas and weights are finite has no NaN/Inf
+      # entry, so the per-client check (a pass over every client's delta) runs
+      # only for the rare chunk that fails this cheap one (a product with ones,
+      # much faster on CPU than a reduction over the client axis).
+      every_client = jnp.ones(out.weight.shape, bool)
+      chunk_sum = (weighted_sum(out.delta, every_client.astype(jnp.float32)), out.weight)
+      chunk_total, chunk_weight, chunk_stats, finite = jax.lax.cond(
+          _all_finite(chunk_sum), lambda: aggregate_chunk(every_client),
+          lambda: aggregate_chunk(jax.vmap(_all_finite)((out.delta, out.weight))))
       total, total_weight, stats_sum = carry
-      total = jax.tree.map(jnp.add, total, weighted_sum(delta, weight))
-      stats_sum = jax.tree.map(lambda s, x: s + jnp.sum(x, axis=0), stats_sum, stats)
+      total = jax.tree.map(jnp.add, total, chunk_total)
+      stats_sum = jax.tree.map(jnp.add, stats_sum, chunk_stats)
       client_metrics = dict(out.metrics)
       client_metrics["nonfinite"] = ~finite
-      return (total, total_weight + jnp.sum(weight), stats_sum), client_metrics
+      return (total, total_weight + chunk_weight, stats_sum), client_metrics
 
     stats_shape = jax.eval_shape(
         lambda d: aggregator.per_client(d, jnp.zeros((), jnp.float32), agg_state,
@@ -165,19 +192,21 @@ def build_federated_algorithm(
     carry0 = (jax.tree.map(jnp.zeros_like, params), jnp.zeros((), jnp.float32),
               jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), stats_shape))
     metrics_shape = jax.eval_shape(
-        lambda c: run_chunk(carry0, c)[1], jax.tree.map(lambda x: x[0], chunked))
+        lambda c: run_chunk(carry0, c)[1], chunk_of(0))
 
     def skip_chunk(carry, chunk_data):
       del chunk_data
       return carry, jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), metrics_shape)
 
-    def chunk_step(carry, chunk_data):
-      # Chunks with no client data (cohort padding, e.g. the unused slots of a
-      # Poisson-sampled cohort) are skipped outright.
+    def chunk_step(carry, i):
+      # Chunks with no client data (e.g. the unused slots of a Poisson-sampled
+      # cohort) are skipped outright.
+      chunk_data = chunk_of(i)
       has_data = jnp.any(chunk_data.num_examples > 0)
       return jax.lax.cond(has_data, run_chunk, skip_chunk, carry, chunk_data)
 
-    (total, total_weight, stats_sum), per_client = jax.lax.scan(chunk_step, carry0, chunked)
+    (total, total_weight, stats_sum), per_client = jax.lax.scan(
+        chunk_step, carry0, jnp.arange(num_chunks))
     per_client = jax.tree.map(lambda x: x.reshape((-1,) + x.shape[2:])[:k], per_client)
 
     aggregate, new_agg_state, agg_metrics = aggregator.finalize(
@@ -201,6 +230,41 @@ def build_federated_algorithm(
     return new_state, metrics
 
   return FederatedAlgorithm(init, jax.jit(round_fn) if jit else round_fn)
+
+
+# The working set auto_chunk_size aims for: about a fast cache's worth (L2 plus
+# a share of L3 on current x86 servers). Measured on a 2-core x86 CPU: W1's
+# 784-200-200-10 MLP ran best at 8-12 clients per chunk (3.4 MB each here), W2's
+# logistic regression at 250-500 (96 KB each) and 2x slower at 1900.
+AUTO_CHUNK_BYTES = 32 * 2**20
+
+
+def auto_chunk_size(params: Params, cohort: FederatedData,
+                    budget_bytes: int = AUTO_CHUNK_BYTES) -> int:
+  """Clients per chunk such that one chunk's working set fits ``budget_bytes``.
+
+  A client's working set is estimated as four model copies (its parameters,
+  gradient, optimizer state and delta) plus its padded data, plus one model
+  copy per padded example for small models, whose client updates take
+  per-example gradients (see :func:`fedjax_lite.masked_mean_grad`). Only
+  shapes are read, so it works on tracers.
+
+  Args:
+    params: the model parameters (arrays or ``ShapeDtypeStruct``s).
+    cohort: the cohort (only its arrays' shapes are read).
+    budget_bytes: the target working set of one chunk.
+
+  Returns:
+    A chunk size ``>= 1`` (callers cap it at the cohort size).
+  """
+  leaves = jax.tree.leaves(params)
+  model = sum(x.size * x.dtype.itemsize for x in leaves)
+  data = sum(math.prod(x.shape[1:]) * x.dtype.itemsize for x in cohort.arrays.values())
+  per_client = 4 * model + data
+  if max((x.size for x in leaves), default=0) <= _PER_EXAMPLE_MAX_LEAF:
+    max_examples = next(iter(cohort.arrays.values())).shape[1] if cohort.arrays else 1
+    per_client += max_examples * model
+  return max(1, budget_bytes // max(per_client, 1))
 
 
 def raise_if_nonfinite(metrics: dict[str, Any], cohort_client_ids: Any = None,
@@ -264,13 +328,6 @@ def _check_cohort(cohort: FederatedData) -> None:
     lengths.add(x.shape[1])
   if len(lengths) != 1:
     raise ValueError(f"`cohort.arrays` disagree on the padded example axis: {sorted(lengths)}.")
-
-
-def _pad_and_chunk(x, num_chunks: int, chunk: int):
-  pad = num_chunks * chunk - x.shape[0]
-  if pad:
-    x = jnp.concatenate([x, jnp.zeros((pad,) + x.shape[1:], x.dtype)], axis=0)
-  return x.reshape((num_chunks, chunk) + x.shape[1:])
 
 
 def _all_finite(tree) -> Any:

@@ -293,7 +293,11 @@ def build_client_update(
       return (params, opt_state, loss_sum + total), None
 
     init = (server_params, optimizer.init(server_params), jnp.zeros((), jnp.float32))
-    (params, _, loss_sum), _ = jax.lax.scan(step, init, (batch_indices, positions))
+    # The first step starts from the server parameters, which every client
+    # shares: taken outside the scan, under jax.vmap its forward and
+    # input-gradient products stay shared-weight products over the whole chunk.
+    carry, _ = step(init, (batch_indices[0], positions[0]))
+    (params, _, loss_sum), _ = jax.lax.scan(step, carry, (batch_indices[1:], positions[1:]))
     delta = jax.tree.map(jnp.subtract, params, server_params)
     n_f = n.astype(jnp.float32)
     steps = num_epochs * ((n + batch_size - 1) // batch_size)

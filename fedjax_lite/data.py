@@ -92,7 +92,7 @@ def take(data: FederatedData, indices: Array) -> FederatedData:
     A :class:`FederatedData` with leading axis ``K``.
   """
   indices = jnp.asarray(indices)
-  return jax.tree.map(lambda x: jnp.take(x, indices, axis=0), data)
+  return jax.tree.map(lambda x: jnp.take(x, indices, axis=0, mode="clip"), data)
 
 
 def from_clients(

@@ -115,3 +115,25 @@ def test_run_rounds_arguments():
   with pytest.raises(ValueError, match="`num_rounds` must be >= 0"):
     fl.run_rounds(algo, algo.init(params), data, num_rounds=-1, cohort_size=1,
                   key=jax.random.key(0))
+
+
+@pytest.mark.parametrize("chunk_size", [1, 2, 4])
+def test_nonfinite_clients_are_found_whatever_the_chunking(chunk_size):
+  """Opposite infinities in one chunk sum to NaN, a zero-weight NaN still poisons the sum."""
+  def client_update(params, client, key):
+    del params, key
+    return fl.ClientOutput({"w": client.arrays["x"][0]}, client.arrays["x"][1, 0],
+                           {"num_examples": jnp.float32(1.0)})
+
+  x = np.array([[[np.inf, 1.0], [1.0, 0.0]],      # +Inf delta, weight 1
+                [[-np.inf, 1.0], [1.0, 0.0]],     # -Inf delta in the same entry
+                [[1.0, 2.0], [1.0, 0.0]],         # finite
+                [[np.nan, 0.0], [0.0, 0.0]]],     # NaN delta with weight 0
+               np.float32)
+  data = fl.FederatedData({"x": jnp.asarray(x)}, jnp.full((4,), 2, jnp.int32),
+                          jnp.arange(4, dtype=jnp.int32))
+  algo = fl.build_federated_algorithm(client_update, fl.server.fedavg(), nonfinite="drop",
+                                      chunk_size=chunk_size)
+  state, metrics = algo.round(algo.init({"w": jnp.zeros((2,))}), data, jax.random.key(0))
+  np.testing.assert_array_equal(metrics["clients"]["nonfinite"], [True, True, False, True])
+  np.testing.assert_array_equal(state.params["w"], [1.0, 2.0])  # the finite client alone
