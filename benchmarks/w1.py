@@ -19,7 +19,7 @@ import fedjax_lite as fl
 from benchmarks import w2
 
 W1_DEFAULTS = dict(population=1000, clients_per_round=100, examples=64, epochs=1,
-                   batch_size=16, lr=0.1, chunk_size=10)
+                   batch_size=16, lr=0.1, chunk_size="auto")
 
 
 def build(args) -> dict[str, Any]:
@@ -35,8 +35,7 @@ def build(args) -> dict[str, Any]:
 
 def main(argv=None) -> int:
   args = w2.parse(argv, W1_DEFAULTS, __doc__,
-                  quick=dict(population=100, clients_per_round=10, rounds=3, warmup=1,
-                             chunk_size=5))
+                  quick=dict(population=100, clients_per_round=10, rounds=3, warmup=1))
   w2.compare("w1", build(args), args)
   return 0
 

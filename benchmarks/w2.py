@@ -12,7 +12,8 @@ Compares, in one run and on the same cohorts and keys:
 * ``loop_device``: the same loop with every client's arrays placed on the
   device beforehand (a stronger baseline: no per-call transfer).
 * ``vmap_all``: the vectorized round with the whole cohort in one vmap.
-* ``vmap_chunked``: the vectorized round in chunks (``--chunk-size``).
+* ``vmap_chunked``: the vectorized round in chunks (``--chunk-size``, by default
+  ``auto``: :func:`fedjax_lite.auto_chunk_size`).
 
 They are timed round-robin; after timing, a results check runs the same
 rounds through every implementation and asserts the parameters agree (1e-5).
@@ -111,14 +112,20 @@ def params_of(state):
 
 
 W2_DEFAULTS = dict(population=10_000, clients_per_round=1000, examples=32, epochs=5,
-                   batch_size=8, lr=0.05, chunk_size=500)
+                   batch_size=8, lr=0.05, chunk_size="auto")
+
+
+def chunk_size_arg(text: str) -> int | str:
+  """``--chunk-size``: a positive int or ``auto`` (:func:`fedjax_lite.auto_chunk_size`)."""
+  return text if text == "auto" else int(text)
 
 
 def parse(argv, defaults: dict, doc: str, quick: dict) -> argparse.Namespace:
   """Command-line options of a round-comparison workload (``quick`` overrides --quick)."""
   p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawTextHelpFormatter)
   for name, value in defaults.items():
-    p.add_argument("--" + name.replace("_", "-"), type=type(value), default=value)
+    p.add_argument("--" + name.replace("_", "-"), default=value,
+                   type=chunk_size_arg if name == "chunk_size" else type(value))
   p.add_argument("--rounds", type=int, default=10, help="timed rounds per implementation")
   p.add_argument("--warmup", type=int, default=2)
   p.add_argument("--seed", type=int, default=0)
@@ -151,6 +158,10 @@ def compare(workload: str, setup: dict[str, Any], args) -> None:
   flops_round = (flops_example * args.batch_size * steps_per_epoch * args.epochs
                  * args.clients_per_round)
   peak = common.matmul_peak_gflops()
+  chunk = args.chunk_size
+  if chunk == "auto":
+    chunk = fl.auto_chunk_size(setup["params"], setup["population"])
+  chunk = min(chunk, args.clients_per_round)
 
   runners = {name: common.round_runner(step, init, setup["params"])
              for name, (step, init) in impls.items()}
@@ -158,7 +169,7 @@ def compare(workload: str, setup: dict[str, Any], args) -> None:
   for name, stats in timings.items():
     common.emit({
         "workload": workload, "impl": name, "clients_per_round": args.clients_per_round,
-        "chunk_size": args.chunk_size if name == "vmap_chunked" else None,
+        "chunk_size": chunk if name == "vmap_chunked" else None,
         **stats,
         "achieved_gflops": flops_round / stats["sec_per_round_median"] / 1e9,
         "peak_gflops": peak,
@@ -184,8 +195,7 @@ def compare(workload: str, setup: dict[str, Any], args) -> None:
 
 def main(argv=None) -> int:
   args = parse(argv, W2_DEFAULTS, __doc__,
-               quick=dict(population=500, clients_per_round=100, rounds=3, warmup=1,
-                          chunk_size=50))
+               quick=dict(population=500, clients_per_round=100, rounds=3, warmup=1))
   compare("w2", build(args), args)
   return 0
 

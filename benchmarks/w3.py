@@ -16,10 +16,12 @@ import json
 import subprocess
 import sys
 
+from benchmarks import w2
+
 SIZES = (100, 1_000, 10_000, 100_000)
 
 
-def run_one(population: int, cohort: int, chunk: int, rounds: int) -> dict:
+def run_one(population: int, cohort: int, chunk, rounds: int | None) -> dict:
   import jax
   import jax.numpy as jnp
   import numpy as np
@@ -34,6 +36,10 @@ def run_one(population: int, cohort: int, chunk: int, rounds: int) -> dict:
   params = model.init(jax.random.key(0), jnp.zeros((1, 60)))
   update = fl.build_client_update(fl.models.classification_loss(model.apply), optax.sgd(0.05),
                                   num_epochs=5, batch_size=8)
+  if chunk == "auto":
+    chunk = fl.auto_chunk_size(params, data)
+  if rounds is None:  # small rounds are noisy just after compilation: time more of them
+    rounds = 10 if cohort <= 10_000 else 3
   algo = fl.build_federated_algorithm(update, fl.server.fedavg(), chunk_size=chunk)
   rss_data = common.peak_rss_mib()
   _, hist = fl.run_rounds(algo, algo.init(params), data, num_rounds=rounds + 1,
@@ -59,8 +65,9 @@ def main(argv=None) -> int:
   p.add_argument("--sizes", default=",".join(map(str, SIZES)))
   p.add_argument("--population", type=int, default=None,
                  help="population size (default: the largest cohort)")
-  p.add_argument("--chunk-size", type=int, default=500)
-  p.add_argument("--rounds", type=int, default=3)
+  p.add_argument("--chunk-size", type=w2.chunk_size_arg, default="auto")
+  p.add_argument("--rounds", type=int, default=None,
+                 help="timed rounds (default: 10 up to 10k clients per round, else 3)")
   p.add_argument("--quick", action="store_true")
   p.add_argument("--one", type=int, default=None, help=argparse.SUPPRESS)
   args = p.parse_args(argv)
@@ -74,7 +81,8 @@ def main(argv=None) -> int:
   for cohort in sizes:
     out = subprocess.run(
         [sys.executable, "-m", "benchmarks.w3", "--one", str(cohort), "--population",
-         str(population), "--chunk-size", str(args.chunk_size), "--rounds", str(args.rounds)],
+         str(population), "--chunk-size", str(args.chunk_size)]
+        + ([] if args.rounds is None else ["--rounds", str(args.rounds)]),
         capture_output=True, text=True, check=True)
     print(out.stdout.strip().splitlines()[-1], flush=True)
   return 0

@@ -62,7 +62,7 @@ def test_sweep_benchmark_quick_checks_results():
   assert set(impls) == {"sequential", "run_sweep"}
   assert all(r["sec_per_round_all_experiments"] > 0 for r in impls.values())
   assert rows[-1] == {"workload": "w5", "check": "sweep_matches_sequential", "ok": True,
-                      "experiments": 4}
+                      "atol": 1e-4, "experiments": 4}
 
 
 @pytest.mark.slow
@@ -103,3 +103,17 @@ def test_installed_console_script_works_from_any_directory(tmp_path):
   out = subprocess.run([str(script), "bench", "--workload", "w2", "--quick"], cwd=tmp_path,
                        capture_output=True, text=True, timeout=600, check=True)
   assert json.loads(out.stdout.splitlines()[-1])["ok"] is True
+
+
+@pytest.mark.slow
+def test_profile_reports_ops_and_product_rates():
+  out = subprocess.run([sys.executable, "-m", "benchmarks.profile", "--workload", "w1",
+                        "--quick", "--top", "5"],
+                       capture_output=True, text=True, timeout=600, check=True).stdout
+  rows = [json.loads(x) for x in out.splitlines()]
+  ops = [r for r in rows if "op" in r]
+  assert 1 <= len(ops) <= 5 and all(r["ms_per_round"] > 0 for r in ops)
+  assert ops == sorted(ops, key=lambda r: -r["ms_per_round"])
+  rates = rows[-1]["rates"]
+  assert rows[-1]["round_ms"] > 0 and rows[-1]["chunk_size"] >= 1
+  assert all(v > 0 for v in rates.values()) and set(rates) >= {"single_gflops", "peak_gflops"}
