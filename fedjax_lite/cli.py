@@ -1,7 +1,8 @@
 """The ``fedjax-lite`` command line.
 
 ``fedjax-lite run`` trains a federated model on real data with evaluation,
-checkpoints and plots (see :mod:`fedjax_lite.experiment`);
+checkpoints and plots (see :mod:`fedjax_lite.experiment`); with ``--sweep
+KEY=VALUES`` it runs many such experiments as one vectorized program;
 ``fedjax-lite privacy epsilon|noise`` answers privacy-accounting questions;
 ``fedjax-lite bench`` runs the benchmarks in ``benchmarks/``.
 """
@@ -27,7 +28,10 @@ _OPTIONS = [
     ("--batch-size", int, "local batch size"),
     ("--client-lr", float, "client SGD learning rate"),
     ("--server-lr", float, "server learning rate (default: the algorithm's preset)"),
-    ("--seed", int, "seed of data partition, model init and client sampling"),
+    ("--seed", int, "seed of model init and client sampling (and of the data unless "
+     "--data-seed)"),
+    ("--data-seed", int, "seed of the data partition/generation (default: --seed; in a sweep, "
+     "the base --seed for every experiment)"),
     ("--eval-every", int, "evaluate every N rounds (0: only at the end)"),
     ("--checkpoint-every", int, "checkpoint every N rounds (0: only at the end)"),
     ("--out", str, "output directory (default: runs/<dataset>-<algorithm>-<time>)"),
@@ -42,7 +46,8 @@ _OPTIONS = [
     ("--max-examples-per-client", int,
      "truncate clients to this many examples (Shakespeare: 64 snippets if unset)"),
     ("--hidden", int, "hidden width of mlp/2nn/char_lstm"),
-    ("--chunk-size", int, "clients per vmapped chunk"),
+    ("--chunk-size", experiment.chunk_size_arg,
+     "clients per vmapped chunk, or auto (sized from the model and data)"),
     ("--dp", str, "differential privacy: none, gaussian or laplace"),
     ("--clip", float, "clip norm C (L2 for gaussian, L1 for laplace; initial C if adaptive)"),
     ("--noise-multiplier", float, "noise std (gaussian) or scale (laplace) over sensitivity"),
@@ -64,6 +69,15 @@ def _run_parser(sub) -> argparse.ArgumentParser:
                    help=f"{help_} [default: {experiment.DEFAULTS[key]}]")
   p.add_argument("--config", type=Path, default=None,
                  help="TOML file whose keys mirror these options; flags override it")
+  p.add_argument(
+      "--sweep", action="append", default=None, metavar="KEY=VALUES",
+      help="run one experiment per value, all as one vectorized program; VALUES is an "
+      "inclusive integer range a..b (seed=0..15) or a comma list (client_lr=0.01,0.03,0.1); "
+      "repeat the flag to sweep the Cartesian product of several keys (the last varying "
+      f"fastest); sweepable: {', '.join(experiment.SWEEPABLE)} (noise_multiplier and clip "
+      "under --dp, not with --adaptive-clip). --out gets one subdirectory per experiment plus "
+      "sweep.json and sweep.png; --resume needs the same --sweep. In a --config file: "
+      'sweep = ["seed=0..15"] or sweep = {client_lr = [0.01, 0.1]}; --sweep flags replace it')
   p.add_argument("--resume", action="store_const", const=True, default=None,
                  help="continue the run in --out from its checkpoint")
   p.add_argument("--overwrite", action="store_const", const=True, default=None,

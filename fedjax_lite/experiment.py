@@ -14,14 +14,44 @@ override it) and writes to its output directory:
 * ``checkpoint.ckpt``: the latest state (every ``checkpoint_every`` rounds
   and at the end). ``--resume`` continues from it and reproduces exactly the
   parameters of an uninterrupted run.
+
+``seed`` drives the model initialization and the client sampling, and the
+data partition (or generation) unless ``data_seed`` is set.
+
+Sweeps (``--sweep KEY=VALUES``, repeatable, or ``sweep`` in the TOML file as a
+list ``["seed=0..15"]`` or a table ``{client_lr = [0.01, 0.1]}``) run ``S``
+experiments as one vectorized program (:func:`fedjax_lite.run_sweep`).
+``VALUES`` is an inclusive integer range ``a..b`` or a comma list; several
+keys form their Cartesian product (the last key varying fastest). The
+sweepable keys are :data:`SWEEPABLE`: ``seed``, ``client_lr``, ``server_lr``,
+and under ``--dp`` ``noise_multiplier`` and ``clip`` (not with
+``--adaptive-clip``, whose clip and noise split are computed on the host; a
+noise sweep also excludes ``--target-epsilon``). All experiments share one
+population: ``data_seed`` is pinned to the base configuration's
+``data_seed``, or its ``seed``. Experiment ``s`` equals the single run of
+the configuration in its ``config.json`` (up to float rounding). ``--out
+DIR`` then holds one subdirectory per experiment (``000_seed=0/``, ...) with
+the single-run files above (``seconds`` being the wall time of the round of
+all experiments), plus:
+
+* ``sweep.json``: the sweep, the base configuration and a table of every
+  experiment's final metrics;
+* ``sweep.png``: train loss and eval accuracy of every experiment against
+  rounds;
+* ``checkpoint.ckpt``: the stacked states of all experiments; ``--resume``
+  (with the same ``--sweep``) continues the sweep exactly.
 """
 
 from __future__ import annotations
 
+import argparse
+import contextlib
 import dataclasses
+import itertools
 import json
 import os
 import platform
+import re
 import sys
 import time
 import tomllib
@@ -42,6 +72,7 @@ DEFAULTS: dict[str, Any] = {
     "client_lr": 0.05,
     "server_lr": None,
     "seed": 0,
+    "data_seed": None,
     "eval_every": 10,
     "checkpoint_every": 10,
     "out": None,
@@ -57,7 +88,7 @@ DEFAULTS: dict[str, Any] = {
     "data_dir": None,
     "max_examples_per_client": None,
     "hidden": None,
-    "chunk_size": 256,
+    "chunk_size": "auto",
     "progress": None,
     # Differential privacy (fedjax_lite.privacy).
     "dp": "none",
@@ -70,7 +101,13 @@ DEFAULTS: dict[str, Any] = {
     "adaptive_clip": False,
     "target_quantile": 0.5,
     "local_dp": False,
+    # Vectorized sweep: {key: [values]} (see the module docstring).
+    "sweep": None,
 }
+
+# Keys a sweep may vary: they change neither the population nor the shapes of
+# the compiled round, and the round takes them as traced scalars.
+SWEEPABLE = ("seed", "client_lr", "server_lr", "noise_multiplier", "clip")
 
 # Probability bound of a Poisson draw overflowing the padded cohort (such a
 # round is refused, never truncated).
@@ -102,16 +139,21 @@ def resolve_config(config_file: str | os.PathLike | None = None,
   Args:
     config_file: optional TOML file whose top-level keys mirror the options
       (``clients_per_round`` or ``clients-per-round``).
-    overrides: values given on the command line (``None`` values are ignored).
+    overrides: values given on the command line (``None`` values are ignored);
+      ``sweep`` is a list of ``"KEY=VALUES"`` strings (or a ``{key: values}``
+      dict) and replaces the file's ``sweep``.
 
   Returns:
-    The resolved configuration dict.
+    The resolved configuration dict; ``sweep`` is ``None`` or the parsed
+    sweep ``{key: [values, ...]}`` (see :func:`parse_sweep`).
 
   Raises:
     ConfigError: for an unknown key, an unknown dataset/model/algorithm/
-      partition name (listing the valid ones), or an out-of-range value.
+      partition name (listing the valid ones), an out-of-range value, or a
+      bad or unsupported sweep.
   """
   config = dict(DEFAULTS)
+  sweep_source = "--sweep"
   if config_file is not None:
     path = Path(config_file)
     try:
@@ -126,25 +168,197 @@ def resolve_config(config_file: str | os.PathLike | None = None,
         raise ConfigError(
             f"unknown key {key!r} in --config file {path}; valid keys: {sorted(DEFAULTS)}.")
       config[name] = value
+      if name == "sweep":
+        sweep_source = f"sweep in --config file {path}:"
   for key, value in (overrides or {}).items():
     if value is not None:
       if key not in DEFAULTS:
         raise ConfigError(f"unknown option {key!r}.")
       config[key] = value
+      if key == "sweep":
+        sweep_source = "--sweep"
+  config["sweep"] = parse_sweep(config["sweep"], sweep_source)
   _validate(config)
   return config
 
 
+_RANGE = re.compile(r"^(-?\d+)\.\.(-?\d+)$")
+_SWEEP_EXAMPLE = "e.g. --sweep seed=0..15 or --sweep client_lr=0.01,0.03,0.1"
+
+
+def parse_sweep(spec: Any, source: str = "--sweep") -> dict[str, list] | None:
+  """Parses a sweep specification into ``{key: [values, ...]}``.
+
+  Args:
+    spec: ``None``; a list of ``"KEY=VALUES"`` strings (``--sweep`` flags or a
+      TOML list), where ``VALUES`` is an inclusive integer range ``a..b`` or a
+      comma list ``v1,v2,...``; or a ``{key: VALUES}`` dict whose values are
+      such strings, lists of numbers or single numbers (a TOML table). An
+      already parsed sweep is returned unchanged.
+    source: how the user gave it, for error messages.
+
+  Returns:
+    ``None`` for no sweep, else ``{key: values}`` in the given key order, with
+    ``seed`` values as ints and the others as floats.
+
+  Raises:
+    ConfigError: naming the argument and the fix, for bad syntax, an empty
+      range, an unknown, unsweepable or repeated key, or a bad value.
+  """
+  if spec is None or (isinstance(spec, (list, tuple, dict)) and not spec):
+    return None
+  if isinstance(spec, str):
+    spec = [spec]
+  if isinstance(spec, dict):
+    items = [(str(k), v, f"{source} {k} = {v!r}") for k, v in spec.items()]
+  elif isinstance(spec, (list, tuple)):
+    items = []
+    for item in spec:
+      if not isinstance(item, str) or "=" not in item:
+        raise ConfigError(f"{source} {item!r}: write KEY=VALUES, {_SWEEP_EXAMPLE}.")
+      key, _, values = item.partition("=")
+      items.append((key.strip(), values.strip(), f"{source} {item}"))
+  else:
+    raise ConfigError(f"{source} must be a list of KEY=VALUES strings or a table of key = "
+                      f"values; got {spec!r}.")
+  sweep: dict[str, list] = {}
+  for key, values, where in items:
+    name = key.replace("-", "_")
+    if name not in SWEEPABLE:
+      what = "is not an option" if name not in DEFAULTS else "cannot be swept"
+      raise ConfigError(f"{where}: {key!r} {what}; sweepable keys: {', '.join(SWEEPABLE)}.")
+    if name in sweep:
+      raise ConfigError(f"{where}: {name!r} is swept twice; give all its values in one "
+                        f"KEY=VALUES, e.g. {name}=0..3 or {name}=0.1,0.3.")
+    sweep[name] = _sweep_values(name, values, where)
+  return sweep
+
+
+def _sweep_values(key: str, values: Any, where: str) -> list:
+  if isinstance(values, str):
+    text = values.replace(" ", "")
+    if ".." in text:
+      m = _RANGE.match(text)
+      if not m:
+        raise ConfigError(f"{where}: a range a..b takes two integers (inclusive, e.g. "
+                          f"{key}=0..15); list other values with commas.")
+      a, b = int(m.group(1)), int(m.group(2))
+      if b < a:
+        raise ConfigError(f"{where}: the range {a}..{b} is empty; write a..b with a <= b "
+                          f"(both included), e.g. {key}={b}..{a}.")
+      values = list(range(a, b + 1))
+    else:
+      parts = text.split(",")
+      if not all(parts):
+        raise ConfigError(f"{where}: empty value; write a comma list or a range, "
+                          f"{_SWEEP_EXAMPLE}.")
+      values = [_number(v, where) for v in parts]
+  elif isinstance(values, (int, float)) and not isinstance(values, bool):
+    values = [values]
+  elif not isinstance(values, (list, tuple)) or not values:
+    raise ConfigError(f"{where}: give a list of values, {_SWEEP_EXAMPLE}.")
+  out = []
+  for v in values:
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+      raise ConfigError(f"{where}: {v!r} is not a number.")
+    if key == "seed":
+      if not isinstance(v, int) or v < 0:
+        raise ConfigError(f"{where}: seeds must be non-negative integers; got {v!r}.")
+    elif not v > 0:
+      raise ConfigError(f"{where}: {key} must be > 0; got {v!r}.")
+    else:
+      v = float(v)
+    if v in out:
+      raise ConfigError(f"{where}: {v!r} is listed twice; list each value once.")
+    out.append(v)
+  return out
+
+
+def _number(text: str, where: str) -> int | float:
+  try:
+    return int(text)
+  except ValueError:
+    pass
+  try:
+    return float(text)
+  except ValueError:
+    raise ConfigError(f"{where}: {text!r} is not a number; {_SWEEP_EXAMPLE}.") from None
+
+
+def sweep_points(config: dict[str, Any]) -> list[dict[str, Any]]:
+  """The experiments of a sweep: one ``{key: value}`` per point of the product.
+
+  The product runs over the keys in the order given, the last varying fastest.
+  """
+  sweep = config["sweep"] or {}
+  return [dict(zip(sweep, values, strict=True)) for values in itertools.product(*sweep.values())]
+
+
+def data_seed(config: dict[str, Any]) -> int:
+  """The seed of the data partition/generation: ``data_seed``, else ``seed``."""
+  return config["seed"] if config.get("data_seed") is None else config["data_seed"]
+
+
+def experiment_config(config: dict[str, Any], point: dict[str, Any],
+                      out: str | os.PathLike | None = None) -> dict[str, Any]:
+  """The single-run configuration of one experiment of a sweep.
+
+  Running it alone (``run_experiment``) gives the experiment's results: the
+  swept values are set, ``data_seed`` is pinned to the sweep's, and
+  ``sweep``/``resume``/``overwrite`` are cleared.
+  """
+  return {**config, **point, "data_seed": data_seed(config), "sweep": None, "resume": False,
+          "overwrite": False, "out": None if out is None else str(out)}
+
+
+def chunk_size_arg(text: str) -> int | str:
+  """Parses ``--chunk-size``: a positive integer or ``auto``."""
+  if text == "auto":
+    return text
+  try:
+    return int(text)
+  except ValueError:
+    raise argparse.ArgumentTypeError(
+        f"--chunk-size must be a positive integer or 'auto'; got {text!r}.") from None
+
+
 def _validate(c: dict[str, Any]) -> None:
+  if not c.get("sweep"):
+    _validate_run(c)
+    return
+  swept = c["sweep"]
+  for key in ("noise_multiplier", "clip"):
+    if key in swept and c["dp"] == "none":
+      raise ConfigError(f"--sweep {key} needs --dp gaussian or --dp laplace ({key} is a DP "
+                        "option).")
+    if key in swept and c["adaptive_clip"]:
+      raise ConfigError(
+          f"--sweep {key} cannot be combined with --adaptive-clip: adaptive clipping computes "
+          "its initial clip and the noise split on the host, so they cannot vary inside one "
+          f"vectorized program. Sweep seed or the learning rates, or run each {key} "
+          "separately.")
+  if "noise_multiplier" in swept and c["target_epsilon"] is not None:
+    raise ConfigError("--sweep noise_multiplier contradicts --target-epsilon (which calibrates "
+                      "one noise multiplier for every experiment); drop one of them.")
+  for point in sweep_points(c):
+    _validate_run({**c, **point})
+
+
+def _validate_run(c: dict[str, Any]) -> None:
   for key, valid in (("dataset", DATASETS), ("model", MODELS), ("algorithm", ALGORITHMS),
                      ("partition", PARTITIONS), ("dp", DP_MECHANISMS),
                      ("sampling", ("fixed", "poisson")), ("accountant", ("rdp", "pld"))):
     if c[key] not in valid:
       raise ConfigError(f"unknown {key} {c[key]!r}; choose one of: {', '.join(valid)}.")
+  chunk = c["chunk_size"]
+  if chunk != "auto" and (isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1):
+    raise ConfigError(f"chunk_size must be a positive integer or 'auto'; got {chunk!r}.")
   for key in ("rounds", "clients_per_round", "local_epochs", "batch_size", "num_clients"):
     if not isinstance(c[key], int) or isinstance(c[key], bool) or c[key] < 1:
       raise ConfigError(f"{key} must be a positive integer; got {c[key]!r}.")
-  for key in ("eval_every", "checkpoint_every", "seed"):
+  for key in ("eval_every", "checkpoint_every", "seed", "data_seed"):
+    if key == "data_seed" and c.get(key) is None:
+      continue
     if not isinstance(c[key], int) or isinstance(c[key], bool) or c[key] < 0:
       raise ConfigError(f"{key} must be a non-negative integer; got {c[key]!r}.")
   for key in ("client_lr", "alpha"):
@@ -179,16 +393,23 @@ def _validate(c: dict[str, Any]) -> None:
     raise ConfigError("model 'cnn' needs an image dataset (digits or fashion_mnist).")
 
 
+RUN_FILES = ("metrics.jsonl", "summary.json", "curves.png", "checkpoint.ckpt", "config.json")
+SWEEP_FILES = ("sweep.json", "sweep.png", "checkpoint.ckpt")
+
+
 def prepare_output_dir(config: dict[str, Any]) -> Path:
   """Creates/validates the output directory before any training.
 
   Raises:
     ConfigError: if the directory is not writable, or exists non-empty without
-      ``resume`` or ``overwrite``, or ``resume`` finds nothing to resume.
+      ``resume`` or ``overwrite``, or ``resume`` finds nothing to resume (a
+      sweep is resumed with its ``--sweep`` options, a single run without).
   """
+  sweep = bool(config.get("sweep"))
   if config["out"] is None:
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    config["out"] = str(Path("runs") / f"{config['dataset']}-{config['algorithm']}-{stamp}")
+    kind = "-sweep" if sweep else ""
+    config["out"] = str(Path("runs") / f"{config['dataset']}-{config['algorithm']}{kind}-{stamp}")
   out = Path(config["out"])
   if config["resume"] and config["overwrite"]:
     raise ConfigError("--resume and --overwrite contradict each other; pick one.")
@@ -196,8 +417,15 @@ def prepare_output_dir(config: dict[str, Any]) -> Path:
   if out.exists() and not out.is_dir():
     raise ConfigError(f"--out {out} exists and is not a directory.")
   if config["resume"]:
-    if not (out / "config.json").is_file():
-      raise ConfigError(f"--resume: {out} holds no run to resume (no config.json).")
+    if sweep and not (out / "sweep.json").is_file():
+      hint = " (it holds a single run: resume it without --sweep)" \
+          if (out / "config.json").is_file() else ""
+      raise ConfigError(f"--resume --sweep: {out} holds no sweep to resume (no sweep.json)"
+                        f"{hint}.")
+    if not sweep and not (out / "config.json").is_file():
+      hint = " (it holds a sweep: resume it with the same --sweep options)" \
+          if (out / "sweep.json").is_file() else ""
+      raise ConfigError(f"--resume: {out} holds no run to resume (no config.json){hint}.")
   elif nonempty and not config["overwrite"]:
     raise ConfigError(
         f"--out {out} exists and is not empty; pass --resume to continue that run or "
@@ -210,21 +438,40 @@ def prepare_output_dir(config: dict[str, Any]) -> Path:
   except OSError as e:
     raise ConfigError(f"--out {out} is not writable: {e}") from e
   if config["overwrite"]:
-    for name in ("metrics.jsonl", "summary.json", "curves.png", "checkpoint.ckpt",
-                 "config.json"):
+    for sub in _sweep_dirs(out):
+      for name in RUN_FILES:
+        (sub / name).unlink(missing_ok=True)
+      with contextlib.suppress(OSError):
+        sub.rmdir()  # only if nothing else is in it
+    for name in RUN_FILES + SWEEP_FILES:
       (out / name).unlink(missing_ok=True)
   return out
 
 
+def _sweep_dirs(out: Path) -> list[Path]:
+  """The experiment directories named in ``out/sweep.json`` (none if unreadable)."""
+  try:
+    names = [e["dir"] for e in json.loads((out / "sweep.json").read_text())["experiments"]]
+  except (OSError, ValueError, KeyError, TypeError):
+    return []
+  return [out / n for n in names if isinstance(n, str) and n and Path(n).name == n
+          and (out / n).is_dir()]
+
+
 @dataclasses.dataclass
 class Task:
-  """What a configuration builds: data, model, loss and metric functions."""
+  """What a configuration builds: data, model, loss and metric functions.
+
+  ``params`` are initialized from the configuration's ``seed``;
+  ``init_params(seed)`` initializes them from another seed (a sweep's).
+  """
 
   dataset: Any
   params: Any
   apply_fn: Callable[..., Any]
   loss: Callable[..., Any]
   metrics: Callable[..., Any]
+  init_params: Callable[[int], Any] | None = None
 
 
 def build_task(c: dict[str, Any]) -> Task:
@@ -248,22 +495,28 @@ def build_task(c: dict[str, Any]) -> Task:
         "cnn": lambda: models.CNN(ds.num_classes),
     }[c["model"]]()
     dummy = jnp.zeros((1,) + x.shape[2:], x.dtype)
-  params = model.init(jax.random.key(c["seed"]), dummy)
+  init_params = lambda seed: model.init(jax.random.key(seed), dummy)
+  params = init_params(c["seed"])
   if c["model"] == "char_lstm":
     loss, metrics = models.sequence_loss(model.apply), models.sequence_metrics(model.apply)
   else:
     loss = models.classification_loss(model.apply)
     metrics = models.classification_metrics(model.apply)
-  return Task(ds, params, model.apply, loss, metrics)
+  return Task(ds, params, model.apply, loss, metrics, init_params)
 
 
 def load_dataset(c: dict[str, Any]):
-  """The :class:`~fedjax_lite.datasets.FederatedDataset` of a configuration."""
-  from fedjax_lite.datasets import images, leaf_synthetic, shakespeare
+  """The :class:`~fedjax_lite.datasets.FederatedDataset` of a configuration.
+
+  Partitions and synthetic data are drawn with :func:`data_seed`.
+  """
+  # The package re-exports the function leaf_synthetic under its module's name.
+  from fedjax_lite.datasets import images, shakespeare
+  from fedjax_lite.datasets.leaf_synthetic import leaf_synthetic
 
   part = dict(method=c["partition"], num_clients=c["num_clients"], alpha=c["alpha"],
               shards_per_client=c["shards_per_client"], test_fraction=c["test_fraction"],
-              seed=c["seed"])
+              seed=data_seed(c))
   if c["dataset"] == "digits":
     return images.load_digits_dataset(**part)
   if c["dataset"] == "fashion_mnist":
@@ -275,9 +528,9 @@ def load_dataset(c: dict[str, Any]):
     cap = c["max_examples_per_client"] or SHAKESPEARE_DEFAULT_CAP
     return shakespeare.load_shakespeare(test_fraction=c["test_fraction"],
                                         max_snippets_per_client=cap)
-  return leaf_synthetic.leaf_synthetic(
+  return leaf_synthetic(
       c["num_clients"], c["synthetic_alpha"], c["synthetic_beta"],
-      test_fraction=c["test_fraction"], seed=c["seed"],
+      test_fraction=c["test_fraction"], seed=data_seed(c),
       max_examples_per_client=c["max_examples_per_client"])
 
 
@@ -297,6 +550,9 @@ def run_experiment(config: dict[str, Any], *, stop_after: int | None = None,
                    log: Callable[[str], None] | None = None) -> dict[str, Any]:
   """Runs (or resumes) the experiment described by a resolved configuration.
 
+  A configuration with a ``sweep`` runs all its experiments together
+  (:func:`run_sweep_experiment`).
+
   Args:
     config: from :func:`resolve_config`.
     stop_after: stop after this many rounds *of this invocation* without the
@@ -305,45 +561,31 @@ def run_experiment(config: dict[str, Any], *, stop_after: int | None = None,
     log: where to print human-readable lines (default: stderr).
 
   Returns:
-    The summary dict (also written to ``summary.json``).
+    The summary dict (also written to ``summary.json``); for a sweep, the
+    contents of ``sweep.json``.
 
   Raises:
     ConfigError: for a bad configuration or output directory, or a ``resume``
       whose saved configuration differs in a key that changes the run.
     fedjax_lite.checkpoint.CheckpointError: for a corrupted checkpoint.
   """
+  if config.get("sweep"):
+    return run_sweep_experiment(config, stop_after=stop_after, log=log)
   import jax
 
   import fedjax_lite as fl
-  from fedjax_lite import checkpoint, evaluation
+  from fedjax_lite import checkpoint
 
-  log = log or (lambda s: print(s, file=sys.stderr, flush=True))
+  log = log or _stderr
   out = prepare_output_dir(config)
   if config["resume"]:
-    saved = json.loads((out / "config.json").read_text())["config"]
-    changed = sorted(k for k in DEFAULTS if k not in RESUMABLE_CHANGES
-                     and saved.get(k) != config.get(k))
-    if config["target_epsilon"] is not None and saved.get("rounds") != config["rounds"]:
-      changed.append("rounds (the noise was calibrated for the run's total rounds)")
-    if changed:
-      raise ConfigError(
-          f"--resume: the configuration differs from the saved run in {changed}; only "
-          f"{list(RESUMABLE_CHANGES)} may change.")
+    _check_resume(json.loads((out / "config.json").read_text())["config"], config)
 
   task = build_task(config)
   ds = task.dataset
-  update = fl.build_client_update(task.loss, _client_optimizer(config),
-                                  num_epochs=config["local_epochs"],
-                                  batch_size=config["batch_size"])
-  server_kwargs = {} if config["server_lr"] is None else {"learning_rate": config["server_lr"]}
-  if config["clients_per_round"] > ds.train.num_clients:
-    raise ConfigError(
-        f"clients_per_round={config['clients_per_round']} exceeds the dataset's "
-        f"{ds.train.num_clients} clients.")
+  _check_cohort(config, ds)
   dp = build_dp(config, ds.train.num_clients)
-  algo = fl.build_federated_algorithm(
-      update, fl.server.server_optimizer(config["algorithm"], **server_kwargs),
-      aggregator=dp.aggregator if dp else None, chunk_size=config["chunk_size"])
+  algo = _algorithm(config, task, dp.aggregator if dp else None)
   state = algo.init(task.params)
   ckpt_path = out / "checkpoint.ckpt"
   metrics_path = out / "metrics.jsonl"
@@ -351,11 +593,262 @@ def run_experiment(config: dict[str, Any], *, stop_after: int | None = None,
     if ckpt_path.exists():
       state, _ = checkpoint.load_checkpoint(ckpt_path, state)
     _truncate_metrics(metrics_path, int(state.round))
+  _write_run_config(out, config, ds, dp)
+  eval_row = _evaluator(task)
+
+  start_round = int(state.round)
+  remaining = config["rounds"] - start_round
+  if stop_after is not None:
+    remaining = min(remaining, stop_after)
+  log(f"fedjax-lite run: {_describe_run(config, ds)}, rounds {start_round}.."
+      f"{start_round + max(remaining, 0)} of {config['rounds']} -> {out}")
+  started = time.perf_counter()
+  last_eval: dict[str, float] = {}
+
+  def on_round(r, state, m):
+    nonlocal last_eval
+    row = _round_row(config, dp, r, m)
+    if _due(config, "eval_every", r):
+      last_eval = eval_row(state.params)
+      row.update(last_eval)
+    _append_row(metrics_path, row)
+    if _due(config, "checkpoint_every", r):
+      checkpoint.save_checkpoint(ckpt_path, state, {"round": r + 1, "seed": config["seed"]})
+    return {"acc": f"{last_eval['eval_accuracy']:.3f}"} if "eval_accuracy" in last_eval else None
+
+  if remaining > 0:
+    state, _ = fl.run_rounds(algo, state, ds.train, num_rounds=remaining,
+                             sampler=dp.sampler if dp else None,
+                             cohort_size=None if dp else config["clients_per_round"],
+                             key=jax.random.key(config["seed"]), progress=config["progress"],
+                             callback=on_round)
+  summary = _finish_run(config, out, ds, dp, int(state.round), time.perf_counter() - started)
+  log(json.dumps({"summary": summary}))
+  return summary
+
+
+def run_sweep_experiment(config: dict[str, Any], *, stop_after: int | None = None,
+                         log: Callable[[str], None] | None = None) -> dict[str, Any]:
+  """Runs (or resumes) every experiment of a sweep as one vectorized program.
+
+  The experiments (:func:`sweep_points`) share the population (drawn with the
+  base configuration's :func:`data_seed`) and are stepped together by
+  :func:`fedjax_lite.run_sweep`: each from its own seed's initial parameters
+  and PRNG key, with its swept learning rates, noise multiplier or clip as
+  traced scalars. Experiment ``s`` equals ``run_experiment`` of the
+  configuration in its ``config.json`` (:func:`experiment_config`) up to float
+  rounding. Every round, each experiment's metrics are written to its own
+  directory (evaluation loops over the experiments on the host with the
+  single run's evaluator); the stacked states are checkpointed in ``out``.
+
+  Args:
+    config: from :func:`resolve_config`, with a ``sweep``.
+    stop_after: as in :func:`run_experiment`.
+    log: where to print human-readable lines (default: stderr).
+
+  Returns:
+    The contents of ``sweep.json``: the sweep, the base configuration, and
+    under ``experiments`` each experiment's directory, swept values and final
+    metrics.
+
+  Raises:
+    ConfigError: for a bad configuration or output directory, or a ``resume``
+      whose saved configuration (sweep included) differs in a key that
+      changes the runs.
+    fedjax_lite.checkpoint.CheckpointError: for a corrupted checkpoint.
+    ValueError: if a client delta becomes NaN/Inf in some experiment.
+  """
+  import jax
+  import jax.numpy as jnp
+
+  import fedjax_lite as fl
+  from fedjax_lite import checkpoint
+
+  log = log or _stderr
+  out = prepare_output_dir(config)
+  if config["resume"]:
+    _check_resume(json.loads((out / "sweep.json").read_text())["config"], config)
+  points = sweep_points(config)
+  num = len(points)
+  width = max(3, len(str(num - 1)))
+  names = [f"{i:0{width}d}_" + ",".join(f"{k}={v}" for k, v in point.items())
+           for i, point in enumerate(points)]
+  configs = [experiment_config(config, point, out / name) for point, name in zip(points, names,
+                                                                                strict=True)]
+  task = build_task(configs[0])
+  ds = task.dataset
+  _check_cohort(config, ds)
+  dps = _sweep_dp(configs, ds.train.num_clients)
+  swept = config["sweep"]
+  hparams = {k: jnp.asarray([c[k] for c in configs], jnp.float32) for k in swept if k != "seed"}
+
+  def make(h):
+    values = h if isinstance(h, dict) else {}
+    c = {**configs[0], **values}
+    aggregator = None
+    if dps[0]:
+      z = values["noise_multiplier"] if "noise_multiplier" in values \
+          else dps[0].spec.noise_multiplier
+      aggregator = _dp_aggregator(c, z)
+    return _algorithm(c, task, aggregator, jit=False)
+
+  inits: dict[int, Any] = {}
+  for c in configs:
+    if c["seed"] not in inits:
+      inits[c["seed"]] = task.init_params(c["seed"])
+  params = jax.tree.map(lambda *xs: jnp.stack(xs), *[inits[c["seed"]] for c in configs])
+  keys = jnp.stack([jax.random.key(c["seed"]) for c in configs])
+  ckpt_path = out / "checkpoint.ckpt"
+  states = None
+  if config["resume"] and ckpt_path.exists():
+    target = jax.vmap(lambda h, p: make(h).init(p))(hparams or jnp.zeros((num,)), params)
+    states, _ = checkpoint.load_checkpoint(ckpt_path, target)
+  start_round = 0 if states is None else int(np.asarray(states.round).flat[0])
+  dirs = [out / name for name in names]
+  for d, c, dp in zip(dirs, configs, dps, strict=True):
+    d.mkdir(exist_ok=True)
+    if config["resume"]:
+      _truncate_metrics(d / "metrics.jsonl", start_round)
+    _write_run_config(d, c, ds, dp)
+  sweep_info = {"sweep": swept, "num_experiments": num,
+                "product": "Cartesian product of the swept keys in this order, the last "
+                           "varying fastest",
+                "data_seed": data_seed(config), "config": config, "versions": versions(),
+                "experiments": [{"index": i, "dir": name, "values": point}
+                                for i, (name, point) in enumerate(zip(names, points,
+                                                                      strict=True))]}
+  (out / "sweep.json").write_text(json.dumps(sweep_info, indent=1, default=str))
+  evaluate = _evaluator(task)
+
+  remaining = config["rounds"] - start_round
+  if stop_after is not None:
+    remaining = min(remaining, stop_after)
+  log(f"fedjax-lite run --sweep: {num} experiments ("
+      + ", ".join(f"{k}: {len(v)} values" for k, v in swept.items())
+      + f") as one vectorized program; {_describe_run(config, ds)}, rounds {start_round}.."
+      f"{start_round + max(remaining, 0)} of {config['rounds']} -> {out}")
+  started = time.perf_counter()
+  last_acc: list[float] = []
+
+  def on_round(r, states, row):
+    nonlocal last_acc
+    bad = [names[i] for i in np.flatnonzero(np.asarray(row["applied"]) == 0)]
+    if bad:
+      raise ValueError(
+          f"round {r}: a client delta is NaN/Inf in experiment(s) {bad}; the round was not "
+          "recorded (the last checkpoint is intact). Lower their learning rate or leave those "
+          "values out of the sweep.")
+    evaluated = _due(config, "eval_every", r)
+    accs = []
+    for i in range(num):
+      m = {k: float(v[i]) for k, v in row.items() if k != "seconds"}
+      m["seconds"] = float(row["seconds"])
+      out_row = _round_row(configs[i], dps[i], r, m)
+      if evaluated:
+        out_row.update(evaluate(jax.tree.map(lambda x: x[i], states.params)))
+        accs.append(out_row.get("eval_accuracy", float("nan")))
+      _append_row(dirs[i] / "metrics.jsonl", out_row)
+    if evaluated:
+      last_acc = accs
+    if _due(config, "checkpoint_every", r):
+      checkpoint.save_checkpoint(ckpt_path, states, {"round": r + 1, "experiments": num})
+    return {"acc": f"{np.nanmin(last_acc):.3f}..{np.nanmax(last_acc):.3f}"} if last_acc else None
+
+  if remaining > 0:
+    states, _ = fl.run_sweep(make, hparams or None, params, ds.train, num_rounds=remaining,
+                             keys=keys, sampler=dps[0].sampler if dps[0] else None,
+                             cohort_size=None if dps[0] else config["clients_per_round"],
+                             stacked_params=True, states=states, callback=on_round,
+                             progress=config["progress"])
+  rounds_completed = start_round if states is None else int(np.asarray(states.round).flat[0])
+  wall = time.perf_counter() - started
+  table = []
+  for i, (d, c, dp) in enumerate(zip(dirs, configs, dps, strict=True)):
+    summary = _finish_run(c, d, ds, dp, rounds_completed, wall)
+    table.append({**sweep_info["experiments"][i],
+                  **{k: v for k, v in summary.items() if k not in _NOT_IN_SWEEP_TABLE}})
+  sweep_info.update({"rounds_completed": rounds_completed, "rounds": config["rounds"],
+                     "finished": rounds_completed >= config["rounds"],
+                     "wall_seconds_this_invocation": wall, "experiments": table,
+                     "out": str(out)})
+  (out / "sweep.json").write_text(json.dumps(sweep_info, indent=1, default=str))
+  curves = [(name, _read_rows(d / "metrics.jsonl")) for name, d in zip(names, dirs, strict=True)]
+  if any(rows for _, rows in curves):
+    plot_sweep(curves, out / "sweep.png", title=f"{config['dataset']} / {config['model']} / "
+               f"{config['algorithm']}: sweep over {', '.join(swept)}")
+  log(json.dumps({"sweep": [{k: e.get(k) for k in ("dir", "final_train_loss", "eval_accuracy",
+                                                    "epsilon") if k in e} for e in table]}))
+  return sweep_info
+
+
+# Summary entries left out of sweep.json's per-experiment table.
+_NOT_IN_SWEEP_TABLE = ("privacy", "out", "rounds", "rounds_completed", "finished",
+                       "wall_seconds_this_invocation", "train_seconds_total", "chance_accuracy",
+                       "delta")
+
+
+def _stderr(line: str) -> None:
+  print(line, file=sys.stderr, flush=True)
+
+
+def _check_resume(saved: dict[str, Any], config: dict[str, Any]) -> None:
+  changed = sorted(k for k in DEFAULTS if k not in RESUMABLE_CHANGES
+                   and saved.get(k) != config.get(k))
+  if config["target_epsilon"] is not None and saved.get("rounds") != config["rounds"]:
+    changed.append("rounds (the noise was calibrated for the run's total rounds)")
+  if changed:
+    raise ConfigError(
+        f"--resume: the configuration differs from the saved run in {changed}; only "
+        f"{list(RESUMABLE_CHANGES)} may change.")
+
+
+def _check_cohort(config: dict[str, Any], ds) -> None:
+  if config["clients_per_round"] > ds.train.num_clients:
+    raise ConfigError(
+        f"clients_per_round={config['clients_per_round']} exceeds the dataset's "
+        f"{ds.train.num_clients} clients.")
+
+
+def _describe_run(config: dict[str, Any], ds) -> str:
+  return (f"{config['dataset']} ({ds.train.num_clients} clients, "
+          f"{int(np.sum(ds.train.num_examples))} train examples), model {config['model']}, "
+          f"{config['algorithm']}, {config['clients_per_round']} clients/round")
+
+
+def _algorithm(config: dict[str, Any], task: Task, aggregator, *, jit: bool = True):
+  """The federated algorithm of a configuration (its learning rates may be traced)."""
+  import fedjax_lite as fl
+
+  update = fl.build_client_update(task.loss, _client_optimizer(config),
+                                  num_epochs=config["local_epochs"],
+                                  batch_size=config["batch_size"])
+  server_kwargs = {} if config["server_lr"] is None else {"learning_rate": config["server_lr"]}
+  return fl.build_federated_algorithm(
+      update, fl.server.server_optimizer(config["algorithm"], **server_kwargs),
+      aggregator=aggregator, chunk_size=config["chunk_size"], jit=jit)
+
+
+def _sweep_dp(configs: list[dict[str, Any]], num_clients: int) -> list[DPSetup | None]:
+  """Each experiment's DP accounting (built once per noise multiplier)."""
+  cache: dict[Any, DPSetup | None] = {}
+  for c in configs:
+    if c["noise_multiplier"] not in cache:
+      cache[c["noise_multiplier"]] = build_dp(c, num_clients)
+  return [cache[c["noise_multiplier"]] for c in configs]
+
+
+def _write_run_config(out: Path, config: dict[str, Any], ds, dp) -> None:
   (out / "config.json").write_text(json.dumps(
       {"config": config, "versions": versions(), "seed": config["seed"],
        "dataset_info": ds.info, "num_clients": ds.train.num_clients,
        "privacy": dp.describe() if dp else None}, indent=1, default=str))
 
+
+def _evaluator(task: Task) -> Callable[[Any], dict[str, float]]:
+  """``eval_row(params)``: the evaluation entries of a metrics row."""
+  from fedjax_lite import evaluation
+
+  ds = task.dataset
   evaluate = evaluation.build_evaluator(task.metrics)
   central = None if ds.central_test is None else evaluation.as_single_client(ds.central_test)
 
@@ -370,49 +863,43 @@ def run_experiment(config: dict[str, Any], *, stop_after: int | None = None,
       row.update({"central_loss": s["loss"], "central_accuracy": s["accuracy"]})
     return row
 
-  start_round = int(state.round)
-  remaining = config["rounds"] - start_round
-  if stop_after is not None:
-    remaining = min(remaining, stop_after)
-  log(f"fedjax-lite run: {config['dataset']} ({ds.train.num_clients} clients, "
-      f"{int(np.sum(ds.train.num_examples))} train examples), model {config['model']}, "
-      f"{config['algorithm']}, rounds {start_round}..{start_round + max(remaining, 0)} of "
-      f"{config['rounds']}, {config['clients_per_round']} clients/round -> {out}")
-  started = time.perf_counter()
-  last_eval: dict[str, float] = {}
+  return eval_row
 
-  def on_round(r, state, m):
-    nonlocal last_eval
-    row = {"round": r, "train_loss": m["train_loss"], "clients": int(m["num_clients"]),
-           "examples": int(m["num_examples"]), "seconds": m["seconds"]}
-    if dp:
-      row["epsilon"] = dp.epsilon(r + 1)
-      row.update({k.split("/", 1)[1]: v for k, v in m.items() if k.startswith("aggregator/")})
-    final = r + 1 == config["rounds"]
-    if final or (config["eval_every"] and (r + 1) % config["eval_every"] == 0):
-      last_eval = eval_row(state.params)
-      row.update(last_eval)
-    with open(metrics_path, "a") as f:
-      f.write(json.dumps(row) + "\n")
-    if final or (config["checkpoint_every"] and (r + 1) % config["checkpoint_every"] == 0):
-      checkpoint.save_checkpoint(ckpt_path, state, {"round": r + 1, "seed": config["seed"]})
-    return {"acc": f"{last_eval['eval_accuracy']:.3f}"} if "eval_accuracy" in last_eval else None
 
-  if remaining > 0:
-    state, _ = fl.run_rounds(algo, state, ds.train, num_rounds=remaining,
-                             sampler=dp.sampler if dp else None,
-                             cohort_size=None if dp else config["clients_per_round"],
-                             key=jax.random.key(config["seed"]), progress=config["progress"],
-                             callback=on_round)
-  wall = time.perf_counter() - started
-  rows = [json.loads(line) for line in metrics_path.read_text().splitlines()] \
-      if metrics_path.exists() else []
-  finished = int(state.round) >= config["rounds"]
+def _due(config: dict[str, Any], every: str, r: int) -> bool:
+  """Whether round ``r`` (0-based) is the last one or a multiple of ``config[every]``."""
+  return r + 1 == config["rounds"] or bool(config[every] and (r + 1) % config[every] == 0)
+
+
+def _round_row(config: dict[str, Any], dp: DPSetup | None, r: int,
+               m: dict[str, float]) -> dict[str, Any]:
+  """The metrics.jsonl row of round ``r`` from its training metrics ``m``."""
+  row = {"round": r, "train_loss": m["train_loss"], "clients": int(m["num_clients"]),
+         "examples": int(m["num_examples"]), "seconds": m["seconds"]}
+  if dp:
+    row["epsilon"] = dp.epsilon(r + 1)
+    row.update({k.split("/", 1)[1]: v for k, v in m.items() if k.startswith("aggregator/")})
+  return row
+
+
+def _append_row(path: Path, row: dict[str, Any]) -> None:
+  with open(path, "a") as f:
+    f.write(json.dumps(row) + "\n")
+
+
+def _read_rows(path: Path) -> list[dict[str, Any]]:
+  return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def _finish_run(config: dict[str, Any], out: Path, ds, dp: DPSetup | None,
+                rounds_completed: int, wall: float) -> dict[str, Any]:
+  """Writes ``summary.json`` and ``curves.png`` of a run from its metrics.jsonl."""
+  rows = _read_rows(out / "metrics.jsonl")
   evals = [r for r in rows if "eval_accuracy" in r]
   summary = {
-      "rounds_completed": int(state.round),
+      "rounds_completed": rounds_completed,
       "rounds": config["rounds"],
-      "finished": finished,
+      "finished": rounds_completed >= config["rounds"],
       "wall_seconds_this_invocation": wall,
       "train_seconds_total": float(sum(r["seconds"] for r in rows)),
       "final_train_loss": rows[-1]["train_loss"] if rows else None,
@@ -420,7 +907,7 @@ def run_experiment(config: dict[str, Any], *, stop_after: int | None = None,
          if evals else {}),
       "best_eval_accuracy": max((r["eval_accuracy"] for r in evals), default=None),
       "chance_accuracy": 1.0 / ds.num_classes,
-      **({"epsilon": dp.epsilon(int(state.round)), "delta": config["delta"],
+      **({"epsilon": dp.epsilon(rounds_completed), "delta": config["delta"],
           "privacy": dp.describe()} if dp else {}),
       "out": str(out),
   }
@@ -428,7 +915,6 @@ def run_experiment(config: dict[str, Any], *, stop_after: int | None = None,
   if rows:
     plot_curves(rows, out / "curves.png", title=f"{config['dataset']} / {config['model']} / "
                 f"{config['algorithm']}")
-  log(json.dumps({"summary": summary}))
   return summary
 
 
@@ -478,10 +964,7 @@ def build_dp(config: dict[str, Any], num_clients: int) -> DPSetup | None:
     sampler = fl.poisson_sampler(num_clients, k / num_clients, POISSON_OVERFLOW_BOUND)
   else:
     sampler = fl.fixed_size_sampler(num_clients, k)
-  adaptive = privacy.AdaptiveClipping(target_quantile=config["target_quantile"],
-                                      initial_clip=config["clip"]) \
-      if config["adaptive_clip"] else None
-  sigma_b = (k / 20.0) if adaptive else None
+  sigma_b = (k / 20.0) if config["adaptive_clip"] else None
   try:
     spec = privacy.DPSpec(config["dp"], config["noise_multiplier"] or 1.0, config["sampling"],
                           num_clients, k, count_noise_std=sigma_b, local=config["local_dp"])
@@ -490,14 +973,30 @@ def build_dp(config: dict[str, Any], num_clients: int) -> DPSetup | None:
       z = privacy.calibrate_noise(spec, config["rounds"], config["target_epsilon"],
                                   config["delta"], config["accountant"])
       spec = dataclasses.replace(spec, noise_multiplier=z)
-    make = privacy.gaussian_aggregator if config["dp"] == "gaussian" \
-        else privacy.laplace_aggregator
-    kwargs = {"adaptive": adaptive} if config["dp"] == "gaussian" else {}
-    aggregator = make(config["clip"], spec.noise_multiplier, float(k), local=config["local_dp"],
-                      **kwargs)
+    aggregator = _dp_aggregator(config, spec.noise_multiplier)
   except ValueError as e:
     raise ConfigError(str(e)) from e
   return DPSetup(spec, aggregator, sampler, config["delta"], config["accountant"])
+
+
+def _dp_aggregator(config: dict[str, Any], noise_multiplier: Any):
+  """The DP aggregator of a configuration.
+
+  ``noise_multiplier`` and ``config["clip"]`` may be traced (a sweep), except
+  with adaptive clipping, which needs them concrete.
+  """
+  from fedjax_lite import privacy
+
+  if config["dp"] == "laplace":
+    return privacy.laplace_aggregator(config["clip"], noise_multiplier,
+                                      float(config["clients_per_round"]),
+                                      local=config["local_dp"])
+  adaptive = privacy.AdaptiveClipping(target_quantile=config["target_quantile"],
+                                      initial_clip=config["clip"]) \
+      if config["adaptive_clip"] else None
+  return privacy.gaussian_aggregator(config["clip"], noise_multiplier,
+                                     float(config["clients_per_round"]), adaptive=adaptive,
+                                     local=config["local_dp"])
 
 
 def _client_optimizer(config):
@@ -548,6 +1047,39 @@ def plot_curves(rows: list[dict[str, Any]], path: Path, title: str = "") -> None
   ax_acc.set_ylabel("accuracy")
   ax_acc.set_ylim(0, 1)
   ax_acc.legend(loc="lower right")
+  fig.suptitle(title)
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+
+
+def plot_sweep(curves: list[tuple[str, list[dict[str, Any]]]], path: Path,
+               title: str = "") -> None:
+  """Writes ``sweep.png``: every experiment's train loss and eval accuracy against rounds.
+
+  Args:
+    curves: ``(label, metrics rows)`` per experiment.
+    path: the PNG to write.
+    title: the figure's title.
+  """
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4))
+  for label, rows in curves:
+    line, = ax_loss.plot([r["round"] + 1 for r in rows], [r["train_loss"] for r in rows],
+                         lw=1, label=label)
+    ev = [r for r in rows if "eval_accuracy" in r]
+    ax_acc.plot([r["round"] + 1 for r in ev], [r["eval_accuracy"] for r in ev], "o-", ms=3,
+                color=line.get_color(), label=label)
+  ax_loss.set_xlabel("round")
+  ax_loss.set_ylabel("train loss (cohort)")
+  ax_acc.set_xlabel("round")
+  ax_acc.set_ylabel("eval accuracy (pooled)")
+  ax_acc.set_ylim(0, 1)
+  if len(curves) <= 16:
+    ax_acc.legend(loc="lower right", fontsize="x-small", ncol=2 if len(curves) > 8 else 1)
   fig.suptitle(title)
   fig.tight_layout()
   fig.savefig(path, dpi=100)

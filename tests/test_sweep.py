@@ -81,6 +81,40 @@ def test_dp_noise_sweep_runs_with_traced_noise_multiplier():
   _assert_close(jax.tree.map(lambda x: x[0], states), ref)
 
 
+def test_per_experiment_params_resume_and_callback():
+  data, _, _ = _setup()
+  params, loss = MODELS["linear"]()
+  make = _make(loss)
+  inits = [MODELS["linear"](seed=s)[0] for s in (3, 4)]
+  stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *inits)
+  keys = jax.vmap(jax.random.key)(jnp.array([3, 4]))
+  seen = []
+  states, hist = fl.run_sweep(make, None, stacked, data, num_rounds=3, keys=keys,
+                              cohort_size=8, stacked_params=True,
+                              callback=lambda r, st, row: seen.append((r, int(st.round[0]))))
+  assert seen == [(0, 1), (1, 2), (2, 3)]
+  algo = make(None)
+  ref, _ = fl.run_rounds(algo, algo.init(inits[1]), data, num_rounds=3, cohort_size=8,
+                         key=keys[1], progress=False)
+  _assert_close(jax.tree.map(lambda x: x[1], states), ref)  # its own params, its own key
+  # Stopping after 2 rounds and continuing from those states gives the same 3 rounds.
+  part, _ = fl.run_sweep(make, None, stacked, data, num_rounds=2, keys=keys, cohort_size=8,
+                         stacked_params=True)
+  saved = jax.tree.map(np.asarray, part)
+  resumed, more = fl.run_sweep(make, None, None, data, num_rounds=1, keys=keys, cohort_size=8,
+                               states=saved)
+  for x, y in zip(jax.tree.leaves(resumed), jax.tree.leaves(states), strict=True):
+    assert np.array_equal(np.asarray(x), np.asarray(y))
+  np.testing.assert_array_equal(more[0]["train_loss"], hist[2]["train_loss"])
+  assert np.asarray(saved.round).tolist() == [2, 2]  # the caller's states are not donated
+  with pytest.raises(ValueError, match="one set of params per experiment"):
+    fl.run_sweep(make, None, params, data, num_rounds=1, keys=keys, cohort_size=8,
+                 stacked_params=True)
+  skewed = saved._replace(round=np.array([2, 1], np.int32))
+  with pytest.raises(ValueError, match="different rounds"):
+    fl.run_sweep(make, None, None, data, num_rounds=1, keys=keys, cohort_size=8, states=skewed)
+
+
 def test_sweep_argument_errors():
   data, params, loss = _setup()
   with pytest.raises(ValueError, match="one hyperparameter per experiment"):
