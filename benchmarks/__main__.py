@@ -2,7 +2,8 @@
 
 The same entry point serves ``fedjax-lite bench``. Each workload module
 (``benchmarks/w1.py`` ...) has its own ``--help``; ``--quick`` runs small
-sizes for a smoke test.
+sizes for a smoke test. Every workload prints one JSON line per configuration
+(``--json`` is accepted and changes nothing).
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ def main(argv=None) -> int:
   p.add_argument("--workload", default=None, help=f"one of {', '.join(WORKLOADS)}")
   p.add_argument("--all", action="store_true", help="run every workload")
   p.add_argument("--report", type=Path, default=None, help="with --all: output directory")
+  p.add_argument("--json", action="store_true",
+                 help="JSON lines on stdout (always the format; accepted for scripts)")
   args, rest = p.parse_known_args(argv)
   if args.all:
     if args.report is None:

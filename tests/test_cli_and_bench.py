@@ -55,8 +55,8 @@ def test_dp_benchmark_quick_prints_overheads():
 
 @pytest.mark.slow
 def test_sweep_benchmark_quick_checks_results():
-  out = subprocess.run([sys.executable, "-m", "benchmarks", "--workload", "w5", "--quick"],
-                       capture_output=True, text=True, timeout=600, check=True).stdout
+  out = subprocess.run([sys.executable, "-m", "benchmarks", "--workload", "w5", "--quick",
+                        "--json"], capture_output=True, text=True, timeout=600, check=True).stdout
   rows = [json.loads(x) for x in out.splitlines()]
   impls = {r["impl"]: r for r in rows if "impl" in r}
   assert set(impls) == {"sequential", "run_sweep"}
