@@ -13,12 +13,24 @@ Public API (everything here is a pure function or a NamedTuple of them):
 * the round: :class:`FederatedAlgorithm`, :class:`ServerState`,
   :func:`build_federated_algorithm`, :func:`sample_clients`,
   :func:`run_rounds`, :func:`run_sweep` (many simulations as one program)
+* scaling out: :func:`client_mesh`, :func:`shard_clients`, :func:`pad_clients`,
+  :func:`replicate`, :func:`num_real_clients`, :func:`initialize_distributed`
+  (:mod:`fedjax_lite.sharding`; pass ``mesh=`` to the round)
 * data sets, models, evaluation, checkpoints: :mod:`fedjax_lite.datasets`,
   :mod:`fedjax_lite.models`, :mod:`fedjax_lite.evaluation`,
   :mod:`fedjax_lite.checkpoint`
 """
 
-from fedjax_lite import checkpoint, client, datasets, evaluation, models, privacy, server
+from fedjax_lite import (
+    checkpoint,
+    client,
+    datasets,
+    evaluation,
+    models,
+    privacy,
+    server,
+    sharding,
+)
 from fedjax_lite.aggregation import (
     Aggregator,
     mean_aggregator,
@@ -47,6 +59,14 @@ from fedjax_lite.sampling import (
     poisson_sampler,
     sample_clients,
 )
+from fedjax_lite.sharding import (
+    client_mesh,
+    initialize_distributed,
+    num_real_clients,
+    pad_clients,
+    replicate,
+    shard_clients,
+)
 from fedjax_lite.training import round_keys, run_rounds, run_sweep, sampled_round
 
 __version__ = "0.1.0"
@@ -59,6 +79,13 @@ __all__ = [
     "ServerState",
     "build_client_update",
     "auto_chunk_size",
+    "client_mesh",
+    "initialize_distributed",
+    "num_real_clients",
+    "pad_clients",
+    "replicate",
+    "shard_clients",
+    "sharding",
     "build_federated_algorithm",
     "checkpoint",
     "client",

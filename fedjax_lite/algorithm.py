@@ -30,10 +30,12 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import optax
+from jax.sharding import Mesh, PartitionSpec
 
 from fedjax_lite.aggregation import Aggregator, mean_aggregator, weighted_sum
 from fedjax_lite.client import _PER_EXAMPLE_MAX_LEAF, ClientUpdate
 from fedjax_lite.data import FederatedData, _check_int
+from fedjax_lite.sharding import CLIENT_AXIS, pad_clients, replicate
 
 Params = Any
 PRNGKey = Any
@@ -79,6 +81,8 @@ def build_federated_algorithm(
     chunk_size: int | str | None = "auto",
     nonfinite: str = "raise",
     jit: bool = True,
+    mesh: Mesh | None = None,
+    client_axis: str = CLIENT_AXIS,
 ) -> FederatedAlgorithm:
   """Composes a client update, an aggregator and a server optimizer.
 
@@ -106,6 +110,17 @@ def build_federated_algorithm(
       them.
     jit: wrap ``round`` in ``jax.jit`` (the default). Set False to compose the
       pure function into your own jitted program.
+    mesh: a ``jax.sharding.Mesh`` (e.g. :func:`fedjax_lite.client_mesh`) to
+      shard the cohort's clients over its ``client_axis``: the cohort is
+      padded with empty clients to a multiple of that axis's size, each device
+      runs its share through the chunked client loop (chunks sized per
+      device), the sums are combined with one ``psum``, and the aggregator's
+      finalize (DP noise included, drawn once from the same key) and the
+      server step run replicated, so results equal the single-device round's
+      up to float summation order. Parameters stay replicated. ``init``
+      replicates the state on the mesh (every process of a multi-process run
+      must pass the same params). Default: no sharding.
+    client_axis: the mesh axis the clients are sharded over.
 
   Returns:
     A :class:`FederatedAlgorithm`. ``round`` returns metrics with float32
@@ -130,17 +145,24 @@ def build_federated_algorithm(
         f"fedjax_lite.server.fedavg()); got {server_optimizer!r}.")
   if aggregator is None:
     aggregator = mean_aggregator()
+  if mesh is not None and client_axis not in mesh.shape:
+    raise ValueError(f"`mesh` has axes {tuple(mesh.shape)}; `client_axis`={client_axis!r} is not "
+                     "one of them.")
 
   def init(params) -> ServerState:
-    params = jax.tree.map(jnp.asarray, params)
-    return ServerState(params, server_optimizer.init(params), aggregator.init(params),
-                       jnp.zeros((), jnp.int32))
+    # Under a trace (e.g. run_sweep's jitted init) placement is the caller's.
+    place = mesh is not None and not any(
+        isinstance(x, jax.core.Tracer) for x in jax.tree.leaves(params))
+    params = jax.tree.map(jnp.asarray, replicate(params, mesh) if place else params)
+    state = ServerState(params, server_optimizer.init(params), aggregator.init(params),
+                        jnp.zeros((), jnp.int32))
+    return replicate(state, mesh) if place else state
 
-  def round_fn(state: ServerState, cohort: FederatedData, key) -> tuple[ServerState, dict]:
-    _check_cohort(cohort)
+  def client_sums(params, agg_state, cohort: FederatedData, client_key, agg_client_key):
+    """The cohort's streamed sums ``(total, total_weight, stats)`` and per-client metrics."""
     k = cohort.num_clients
     if chunk_size == "auto":
-      chunk = min(auto_chunk_size(state.params, cohort), k)
+      chunk = min(auto_chunk_size(params, cohort), k)
     else:
       chunk = k if chunk_size is None else min(chunk_size, k)
     num_chunks = math.ceil(k / chunk)
@@ -153,9 +175,6 @@ def build_federated_algorithm(
       clamped = jnp.minimum(idx, k - 1)
       part = jax.tree.map(lambda x: jnp.take(x, clamped, axis=0, mode="clip"), cohort)
       return part._replace(num_examples=jnp.where(idx < k, part.num_examples, 0))
-    client_key, server_key = jax.random.split(key)
-    agg_client_key, agg_key = jax.random.split(server_key)
-    params, agg_state = state.params, state.aggregator_state
 
     def run_chunk(carry, chunk_data):
       out = jax.vmap(client_update, in_axes=(None, 0, None))(params, chunk_data, client_key)
@@ -205,9 +224,39 @@ def build_federated_algorithm(
       has_data = jnp.any(chunk_data.num_examples > 0)
       return jax.lax.cond(has_data, run_chunk, skip_chunk, carry, chunk_data)
 
-    (total, total_weight, stats_sum), per_client = jax.lax.scan(
-        chunk_step, carry0, jnp.arange(num_chunks))
-    per_client = jax.tree.map(lambda x: x.reshape((-1,) + x.shape[2:])[:k], per_client)
+    sums, per_client = jax.lax.scan(chunk_step, carry0, jnp.arange(num_chunks))
+    return sums, jax.tree.map(lambda x: x.reshape((-1,) + x.shape[2:])[:k], per_client)
+
+  def sharded_client_sums(params, agg_state, cohort: FederatedData, client_key, agg_client_key):
+    # Each device runs client_sums on its slice of the (padded) cohort; one
+    # psum combines the sums and one all_gather the per-client metrics, so
+    # everything after this is replicated and identical to one device's.
+    k = cohort.num_clients
+    padded = pad_clients(cohort, mesh.shape[client_axis])
+
+    def local(params, agg_state, part, client_key, agg_client_key):
+      sums, per_client = client_sums(params, agg_state, part, client_key, agg_client_key)
+      return (jax.lax.psum(sums, client_axis),
+              jax.lax.all_gather(per_client, client_axis, tiled=True))
+
+    replicated, sharded = PartitionSpec(), PartitionSpec(client_axis)
+    # check_vma=False: the client loop's lax.cond/scan mix per-device and
+    # replicated values, which is fine here (the outputs are replicated by
+    # the psum and all_gather) but which the varying-axes checker rejects.
+    sums, per_client = jax.shard_map(
+        local, mesh=mesh, in_specs=(replicated, replicated, sharded, replicated, replicated),
+        out_specs=(replicated, replicated), check_vma=False)(params, agg_state, padded, client_key,
+                                            agg_client_key)
+    return sums, jax.tree.map(lambda x: x[:k], per_client)
+
+  def round_fn(state: ServerState, cohort: FederatedData, key) -> tuple[ServerState, dict]:
+    _check_cohort(cohort)
+    client_key, server_key = jax.random.split(key)
+    agg_client_key, agg_key = jax.random.split(server_key)
+    params, agg_state = state.params, state.aggregator_state
+    sums_fn = client_sums if mesh is None else sharded_client_sums
+    (total, total_weight, stats_sum), per_client = sums_fn(params, agg_state, cohort, client_key,
+                                                           agg_client_key)
 
     aggregate, new_agg_state, agg_metrics = aggregator.finalize(
         total, total_weight, stats_sum, agg_state, agg_key)

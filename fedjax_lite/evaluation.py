@@ -23,8 +23,10 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec
 
 from fedjax_lite.data import FederatedData, _check_int, from_arrays
+from fedjax_lite.sharding import num_real_clients
 
 MetricsFn = Callable[[Any, dict[str, Any]], tuple[Any, Any, Any]]
 
@@ -118,13 +120,26 @@ def build_evaluator(metrics_fn: MetricsFn, *, batch_size: int = 64,
 
   Returns:
     ``evaluate(params, data)``: runs :func:`client_sums` in one jitted program
-    and returns :func:`summarize` of it.
+    and returns :func:`summarize` of it. ``data`` may be sharded over a mesh
+    (:func:`fedjax_lite.shard_clients`); its padding clients are left out.
   """
   _check_int("batch_size", batch_size, minimum=1)
   _check_int("client_chunk", client_chunk, minimum=1)
   sums = jax.jit(lambda p, d: client_sums(metrics_fn, p, d, batch_size=batch_size,
                                           client_chunk=client_chunk))
-  return lambda params, data: summarize(sums(params, data))
+
+  def evaluate(params, data):
+    # Data sharded over a mesh (fedjax_lite.shard_clients) is partitioned by
+    # jit; the per-client sums are gathered to every process (they are small)
+    # and the padding clients dropped.
+    sharding = getattr(data.num_examples, "sharding", None)
+    out = sums(params, data)
+    if isinstance(sharding, NamedSharding):
+      out = jax.jit(lambda x: x, out_shardings=NamedSharding(sharding.mesh, PartitionSpec()))(out)
+    n = num_real_clients(data)
+    return summarize({k: v[:n] for k, v in out.items()})
+
+  return evaluate
 
 
 def as_single_client(arrays: dict[str, Any]) -> FederatedData:

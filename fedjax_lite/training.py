@@ -14,6 +14,7 @@ from tqdm.auto import tqdm
 from fedjax_lite.algorithm import FederatedAlgorithm, ServerState, raise_if_nonfinite
 from fedjax_lite.data import FederatedData, _check_int, take
 from fedjax_lite.sampling import Sampler, fixed_size_sampler
+from fedjax_lite.sharding import num_real_clients
 
 
 def round_keys(key: Any, round_index: int) -> tuple[Any, Any]:
@@ -109,7 +110,7 @@ def run_rounds(
       Poisson overflow, or (with ``nonfinite="raise"``) a NaN/Inf client delta.
   """
   _check_int("num_rounds", num_rounds, minimum=0)
-  sampler = _resolve_sampler(population.num_clients, cohort_size, sampler)
+  sampler = _resolve_sampler(num_real_clients(population), cohort_size, sampler)
   population = jax.device_put(population)
   state = jax.tree.map(jnp.copy, state)  # the caller's buffers are never donated
   step = jax.jit(lambda state, population, r: sampled_round(algorithm, sampler, key, state,
@@ -224,7 +225,7 @@ def run_sweep(
       ``num_rounds``/``cohort_size``/``sampler``, or a Poisson overflow.
   """
   _check_int("num_rounds", num_rounds, minimum=0)
-  sampler = _resolve_sampler(population.num_clients, cohort_size, sampler)
+  sampler = _resolve_sampler(num_real_clients(population), cohort_size, sampler)
   keys = jnp.asarray(keys)
   if not jnp.issubdtype(keys.dtype, jax.dtypes.prng_key):
     keys = jax.random.wrap_key_data(keys)
