@@ -10,10 +10,18 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from pathlib import Path
 
 WORKLOADS = ("w1", "w2", "w3", "w4", "w5")
+
+
+def _force_host_devices(n: int) -> None:
+  """Asks XLA for ``n`` CPU devices (read when JAX first creates its CPU backend)."""
+  flags = [f for f in os.environ.get("XLA_FLAGS", "").split()
+           if not f.startswith("--xla_force_host_platform_device_count")]
+  os.environ["XLA_FLAGS"] = " ".join(flags + [f"--xla_force_host_platform_device_count={n}"])
 
 
 def main(argv=None) -> int:
@@ -22,9 +30,15 @@ def main(argv=None) -> int:
   p.add_argument("--workload", default=None, help=f"one of {', '.join(WORKLOADS)}")
   p.add_argument("--all", action="store_true", help="run every workload")
   p.add_argument("--report", type=Path, default=None, help="with --all: output directory")
+  p.add_argument("--devices", type=int, default=None,
+                 help="w1/w2: shard the vectorized round's clients over this many devices "
+                 "(on a CPU, forced host devices; set before JAX starts its backend)")
   p.add_argument("--json", action="store_true",
                  help="JSON lines on stdout (always the format; accepted for scripts)")
   args, rest = p.parse_known_args(argv)
+  if args.devices is not None:
+    _force_host_devices(args.devices)
+    rest += ["--devices", str(args.devices)]
   if args.all:
     if args.report is None:
       raise SystemExit("--all needs --report DIR (where results, tables and plots go)")

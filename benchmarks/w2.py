@@ -48,10 +48,15 @@ def build(args) -> dict[str, Any]:
 
 
 def vectorized_impl(setup, args, chunk_size, aggregator=None):
+  devices = getattr(args, "devices", None)
+  mesh = None if devices is None else fl.client_mesh(devices)
   algo = fl.build_federated_algorithm(setup["update"], fl.server.fedavg(), chunk_size=chunk_size,
-                                      aggregator=aggregator)
-  population = jax.device_put(setup["population"])
-  n = population.num_clients
+                                      aggregator=aggregator, mesh=mesh)
+  if mesh is None:
+    population = jax.device_put(setup["population"])
+  else:  # each device holds its share of the clients
+    population = fl.shard_clients(setup["population"], mesh)
+  n = fl.num_real_clients(population)
 
   @jax.jit
   def step(state, population, r):
@@ -130,6 +135,9 @@ def parse(argv, defaults: dict, doc: str, quick: dict) -> argparse.Namespace:
   p.add_argument("--warmup", type=int, default=2)
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--quick", action="store_true", help="small sizes for a smoke run")
+  p.add_argument("--devices", type=int, default=None,
+                 help="shard the vectorized round's clients over this many devices (use "
+                 "`python -m benchmarks --devices N`, which also forces N CPU devices)")
   args = p.parse_args(argv)
   if args.quick:
     for name, value in quick.items():
@@ -161,7 +169,7 @@ def compare(workload: str, setup: dict[str, Any], args) -> None:
   chunk = args.chunk_size
   if chunk == "auto":
     chunk = fl.auto_chunk_size(setup["params"], setup["population"])
-  chunk = min(chunk, args.clients_per_round)
+  chunk = min(chunk, math.ceil(args.clients_per_round / (args.devices or 1)))  # per device
 
   runners = {name: common.round_runner(step, init, setup["params"])
              for name, (step, init) in impls.items()}
@@ -170,6 +178,7 @@ def compare(workload: str, setup: dict[str, Any], args) -> None:
     common.emit({
         "workload": workload, "impl": name, "clients_per_round": args.clients_per_round,
         "chunk_size": chunk if name == "vmap_chunked" else None,
+        "devices": (args.devices or 1) if name.startswith("vmap") else 1,
         **stats,
         "achieved_gflops": flops_round / stats["sec_per_round_median"] / 1e9,
         "peak_gflops": peak,

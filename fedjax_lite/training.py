@@ -17,6 +17,11 @@ from fedjax_lite.sampling import Sampler, fixed_size_sampler
 from fedjax_lite.sharding import num_real_clients
 
 
+def _on_device(tree: Any) -> Any:
+  """Moves host arrays to the default device; JAX arrays (sharded ones too) stay where they are."""
+  return jax.tree.map(lambda x: x if isinstance(x, jax.Array) else jax.device_put(x), tree)
+
+
 def round_keys(key: Any, round_index: int) -> tuple[Any, Any]:
   """The (sampling key, round key) of round ``round_index`` of a run seeded by ``key``."""
   return tuple(jax.random.split(jax.random.fold_in(key, round_index)))
@@ -111,7 +116,7 @@ def run_rounds(
   """
   _check_int("num_rounds", num_rounds, minimum=0)
   sampler = _resolve_sampler(num_real_clients(population), cohort_size, sampler)
-  population = jax.device_put(population)
+  population = _on_device(population)
   state = jax.tree.map(jnp.copy, state)  # the caller's buffers are never donated
   step = jax.jit(lambda state, population, r: sampled_round(algorithm, sampler, key, state,
                                                            population, r), donate_argnums=0)
@@ -241,7 +246,7 @@ def run_sweep(
                        f"are {num_experiments} `keys`; give {what}.")
   if hparams is None:
     hparams = jnp.zeros((num_experiments,))
-  population = jax.device_put(population)
+  population = _on_device(population)
 
   def one_round(state, h, key, population, round_index):
     new_state, metrics, _ = sampled_round(make_algorithm(h), sampler, key, state, population,

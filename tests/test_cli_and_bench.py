@@ -21,10 +21,11 @@ def test_cli_reports_config_errors(tmp_path, capsys):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("workload", ["w1", "w2"])
-def test_benchmark_quick_prints_json_and_checks_results(workload):
-  out = subprocess.run([sys.executable, "-m", "benchmarks", "--workload", workload, "--quick"],
-                       capture_output=True, text=True, timeout=600, check=True).stdout
+@pytest.mark.parametrize("workload,devices", [("w1", None), ("w2", None), ("w2", 3)])
+def test_benchmark_quick_prints_json_and_checks_results(workload, devices):
+  extra = [] if devices is None else ["--devices", str(devices)]
+  out = subprocess.run([sys.executable, "-m", "benchmarks", "--workload", workload, "--quick"]
+                       + extra, capture_output=True, text=True, timeout=600, check=True).stdout
   rows = [json.loads(x) for x in out.splitlines()]
   impls = {r["impl"]: r for r in rows if "impl" in r}
   assert set(impls) == {"loop", "loop_device", "vmap_all", "vmap_chunked"}
@@ -35,6 +36,7 @@ def test_benchmark_quick_prints_json_and_checks_results(workload):
       assert r[field] > 0, (r["impl"], field)
     assert r["sec_per_round_min"] <= r["sec_per_round_median"] <= r["sec_per_round_max"]
   assert impls["loop"]["speedup_vs_baseline"] == 1.0
+  assert impls["vmap_chunked"]["devices"] == (devices or 1)  # the results check covers sharding
   assert rows[-1] == {"workload": workload, "check": "params_match_loop",
                       "impls": sorted(impls), "rounds": 2, "atol": 1e-5, "ok": True}
 
