@@ -22,6 +22,16 @@ def _on_device(tree: Any) -> Any:
   return jax.tree.map(lambda x: x if isinstance(x, jax.Array) else jax.device_put(x), tree)
 
 
+def _report_round(bar, callback, round_index, state, row, postfix) -> None:
+  """Runs the user's callback and advances the progress bar (with the callback's items)."""
+  if callback is not None:
+    extra = callback(round_index, state, row)
+    if isinstance(extra, dict):
+      postfix = {**postfix, **extra}
+  bar.set_postfix(postfix)
+  bar.update(1)
+
+
 def round_keys(key: Any, round_index: int) -> tuple[Any, Any]:
   """The (sampling key, round key) of round ``round_index`` of a run seeded by ``key``."""
   return tuple(jax.random.split(jax.random.fold_in(key, round_index)))
@@ -141,13 +151,8 @@ def run_rounds(
       row.update({k: float(v) for k, v in metrics.items() if k != "clients"})
       row["seconds"] = seconds
       history.append(row)
-      postfix = {"loss": f"{row['train_loss']:.4f}", "clients": int(row["num_clients"])}
-      if callback is not None:
-        extra = callback(r, state, row)
-        if isinstance(extra, dict):
-          postfix.update(extra)
-      bar.set_postfix(postfix)
-      bar.update(1)
+      _report_round(bar, callback, r, state, row,
+                    {"loss": f"{row['train_loss']:.4f}", "clients": int(row["num_clients"])})
   finally:
     bar.close()
   return state, history
@@ -280,13 +285,8 @@ def run_sweep(
       row = {k: np.asarray(v) for k, v in jax.device_get(metrics).items()}
       row["seconds"] = np.float64(seconds)  # wall time of the round of all S experiments
       history.append(row)
-      postfix = {"loss": f"{float(np.mean(row['train_loss'])):.4f}"}
-      if callback is not None:
-        extra = callback(r, states, row)
-        if isinstance(extra, dict):
-          postfix.update(extra)
-      bar.set_postfix(postfix)
-      bar.update(1)
+      _report_round(bar, callback, r, states, row,
+                    {"loss": f"{float(np.mean(row['train_loss'])):.4f}"})
   finally:
     bar.close()
   return states, history
