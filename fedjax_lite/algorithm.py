@@ -9,12 +9,14 @@ A :class:`FederatedAlgorithm` is a pair of pure functions over an explicit
 
 ``round`` is one ``jax.jit``-compiled program: the cohort (a
 :class:`~fedjax_lite.data.FederatedData` with leading client axis ``K``) is
-padded with empty clients to a multiple of ``chunk_size`` and processed chunk
-by chunk inside ``lax.scan``; each chunk runs the client update under
-``jax.vmap`` and adds its clients' weighted deltas to a running sum, so peak
-memory holds one chunk of model copies, not ``K``. The aggregator then
-finalizes the sums and the server optimizer takes a step with the negated
-aggregate as pseudo-gradient.
+processed chunk by chunk inside ``lax.scan`` (the last chunk padded with empty
+clients); each chunk runs the client update under ``jax.vmap`` and adds its
+clients' weighted deltas to a running sum, so peak memory holds one chunk of
+model copies, not ``K``. The aggregator then finalizes the sums and the
+server optimizer takes a step with the negated aggregate as pseudo-gradient.
+Given a device ``mesh``, each device runs this chunk loop over its share of
+the cohort under ``jax.shard_map`` and one ``psum`` combines the sums (see
+:mod:`fedjax_lite.sharding`).
 
 Per-client randomness comes from ``fold_in(client_key, client_id)`` and the
 reduction is a sum, so results do not depend on the chunk size or on the
