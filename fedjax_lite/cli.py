@@ -2,7 +2,9 @@
 
 ``fedjax-lite run`` trains a federated model on real data with evaluation,
 checkpoints and plots (see :mod:`fedjax_lite.experiment`); with ``--sweep
-KEY=VALUES`` it runs many such experiments as one vectorized program;
+KEY=VALUES`` it runs many such experiments as one vectorized program; with
+``--devices N`` it shards the clients over devices, and with ``--coordinator
+HOST:PORT --num-processes N --process-id I`` over several processes;
 ``fedjax-lite privacy epsilon|noise`` answers privacy-accounting questions;
 ``fedjax-lite bench`` runs the benchmarks in ``benchmarks/``.
 """
@@ -56,6 +58,14 @@ _OPTIONS = [
     ("--sampling", str, "client sampling: fixed (size) or poisson (rate K/N)"),
     ("--accountant", str, "privacy accountant: rdp or pld"),
     ("--target-quantile", float, "adaptive clipping's target quantile"),
+    ("--devices", experiment.devices_arg,
+     "shard the clients over N devices, or all (default: one device; all with --coordinator; "
+     "on a CPU, XLA_FLAGS=--xla_force_host_platform_device_count=N makes N devices)"),
+    ("--coordinator", str,
+     "HOST:PORT of process 0 for a multi-process run (with --num-processes and --process-id), "
+     "or auto (SLURM, Open MPI, Cloud TPU: jax.distributed.initialize detects them)"),
+    ("--num-processes", int, "processes of a multi-process run"),
+    ("--process-id", int, "this process's index, 0..N-1; only process 0 writes --out and logs"),
 ]
 
 

@@ -40,6 +40,26 @@ all experiments), plus:
   rounds;
 * ``checkpoint.ckpt``: the stacked states of all experiments; ``--resume``
   (with the same ``--sweep``) continues the sweep exactly.
+
+Scaling out (:mod:`fedjax_lite.sharding`): ``devices`` (``--devices N`` or
+``all``) shards the client axis over a one-axis mesh of ``N`` devices: the
+training population and the clients' test data are padded with empty clients
+and sharded (:func:`fedjax_lite.shard_clients`), the central test set and the
+state are replicated, and the round runs with ``mesh=``. Sampling, keys and
+DP noise are those of the single-device run, so results equal it up to float
+summation order; single runs and sweeps alike. ``coordinator``,
+``num_processes`` and ``process_id`` (``--coordinator HOST:PORT
+--num-processes N --process-id I``, all three; or ``--coordinator auto``,
+where ``jax.distributed.initialize()`` detects SLURM, Open MPI or Cloud TPU
+and reads ``JAX_COORDINATOR_ADDRESS``) start JAX's multi-process runtime
+before anything else, and the mesh then spans every process's devices
+(``devices`` defaults to all of them). Every process runs the same
+configuration and computes the same rounds; only process 0 writes the
+outputs and logs, and every process returns the same summary (up to wall
+times, and a sweep's echo of the configuration holds each process's own
+``process_id``). ``--resume`` makes every process load the checkpoint from
+``--out``, so a multi-host resume needs ``--out`` on a shared filesystem.
+These four keys may change on ``--resume``.
 """
 
 from __future__ import annotations
@@ -103,6 +123,12 @@ DEFAULTS: dict[str, Any] = {
     "local_dp": False,
     # Vectorized sweep: {key: [values]} (see the module docstring).
     "sweep": None,
+    # Scaling out (see the module docstring): devices on the client axis, and
+    # JAX's multi-process runtime.
+    "devices": None,
+    "coordinator": None,
+    "num_processes": None,
+    "process_id": None,
 }
 
 # Keys a sweep may vary: they change neither the population nor the shapes of
@@ -117,9 +143,12 @@ POISSON_OVERFLOW_BOUND = 1e-9
 SHAKESPEARE_DEFAULT_CAP = 64
 
 # Keys that may change between a run and its --resume (they do not change the
-# trajectory of the parameters).
+# trajectory of the parameters, the device keys only the float summation order).
 RESUMABLE_CHANGES = ("rounds", "eval_every", "checkpoint_every", "out", "resume", "overwrite",
-                     "progress")
+                     "progress", "devices", "coordinator", "num_processes", "process_id")
+
+# The keys that start JAX's multi-process runtime.
+PROCESS_KEYS = ("coordinator", "num_processes", "process_id")
 
 DATASETS = ("digits", "fashion_mnist", "shakespeare", "synthetic")
 MODELS = ("logreg", "mlp", "2nn", "cnn", "char_lstm")
@@ -305,10 +334,12 @@ def experiment_config(config: dict[str, Any], point: dict[str, Any],
 
   Running it alone (``run_experiment``) gives the experiment's results: the
   swept values are set, ``data_seed`` is pinned to the sweep's, and
-  ``sweep``/``resume``/``overwrite`` are cleared.
+  ``sweep``/``resume``/``overwrite`` and the multi-process keys
+  (:data:`PROCESS_KEYS`) are cleared.
   """
   return {**config, **point, "data_seed": data_seed(config), "sweep": None, "resume": False,
-          "overwrite": False, "out": None if out is None else str(out)}
+          "overwrite": False, "out": None if out is None else str(out),
+          **dict.fromkeys(PROCESS_KEYS)}
 
 
 def chunk_size_arg(text: str) -> int | str:
@@ -322,7 +353,59 @@ def chunk_size_arg(text: str) -> int | str:
         f"--chunk-size must be a positive integer or 'auto'; got {text!r}.") from None
 
 
+def devices_arg(text: str) -> int | str:
+  """Parses ``--devices``: a positive integer or ``all``."""
+  if text == "all":
+    return text
+  try:
+    return int(text)
+  except ValueError:
+    raise argparse.ArgumentTypeError(
+        f"--devices must be a positive integer or 'all'; got {text!r}.") from None
+
+
+def _validate_devices(c: dict[str, Any]) -> None:
+  """Checks ``devices`` and the multi-process keys (what needs no JAX)."""
+  devices = c["devices"]
+  if devices != "all" and devices is not None and (
+      isinstance(devices, bool) or not isinstance(devices, int) or devices < 1):
+    raise ConfigError(f"devices must be a positive integer or 'all'; got {devices!r} (e.g. "
+                      "--devices 4, or --devices all for every device JAX sees).")
+  coordinator, num, pid = (c[k] for k in PROCESS_KEYS)
+  for flag, value, minimum in (("--num-processes", num, 1), ("--process-id", pid, 0)):
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int)
+                              or value < minimum):
+      raise ConfigError(f"{flag} must be an integer >= {minimum}; got {value!r}.")
+  if coordinator is None:
+    if num is not None or pid is not None:
+      raise ConfigError(
+          "--num-processes and --process-id need --coordinator HOST:PORT (the address of "
+          "process 0 and a free port, the same for every process), or --coordinator auto on "
+          "SLURM, Open MPI or Cloud TPU.")
+    return
+  if not isinstance(coordinator, str):
+    raise ConfigError(f"coordinator must be a string 'HOST:PORT' or 'auto'; got {coordinator!r}.")
+  if coordinator != "auto":
+    host, sep, port = coordinator.rpartition(":")
+    if not (sep and host and port.isdigit() and 0 < int(port) < 65536):
+      raise ConfigError(
+          f"--coordinator {coordinator!r} is not HOST:PORT; give process 0's address and a free "
+          "port, e.g. --coordinator 127.0.0.1:12345 on one machine or --coordinator "
+          "10.0.0.1:12345 across hosts (or --coordinator auto on SLURM, Open MPI or Cloud TPU).")
+    missing = [flag for flag, value in (("--num-processes", num), ("--process-id", pid))
+               if value is None]
+    if missing:
+      raise ConfigError(
+          f"--coordinator {coordinator} needs {' and '.join(missing)} too: start every process "
+          "with the same --coordinator and --num-processes N and its own --process-id 0..N-1 "
+          "(or use --coordinator auto where the cluster sets them).")
+  if num is not None and pid is not None and pid >= num:
+    raise ConfigError(f"--process-id {pid} must be below --num-processes {num} (the processes "
+                      f"are numbered 0..{num - 1}).")
+
+
 def _validate(c: dict[str, Any]) -> None:
+  _validate_devices(c)
   if not c.get("sweep"):
     _validate_run(c)
     return
@@ -397,13 +480,20 @@ RUN_FILES = ("metrics.jsonl", "summary.json", "curves.png", "checkpoint.ckpt", "
 SWEEP_FILES = ("sweep.json", "sweep.png", "checkpoint.ckpt")
 
 
-def prepare_output_dir(config: dict[str, Any]) -> Path:
-  """Creates/validates the output directory before any training.
+def check_output_dir(config: dict[str, Any]) -> Path:
+  """Validates the output directory without writing anything.
+
+  Sets ``config["out"]`` to ``runs/<dataset>-<algorithm>[-sweep]-<time>`` if
+  it is ``None``. Every process of a multi-process run calls it before JAX's
+  runtime starts (so before process 0 writes anything).
+
+  Returns:
+    The output directory.
 
   Raises:
-    ConfigError: if the directory is not writable, or exists non-empty without
-      ``resume`` or ``overwrite``, or ``resume`` finds nothing to resume (a
-      sweep is resumed with its ``--sweep`` options, a single run without).
+    ConfigError: if the path is a file, or exists non-empty without ``resume``
+      or ``overwrite``, or ``resume`` finds nothing to resume (a sweep is
+      resumed with its ``--sweep`` options, a single run without).
   """
   sweep = bool(config.get("sweep"))
   if config["out"] is None:
@@ -430,6 +520,19 @@ def prepare_output_dir(config: dict[str, Any]) -> Path:
     raise ConfigError(
         f"--out {out} exists and is not empty; pass --resume to continue that run or "
         "--overwrite to replace it.")
+  return out
+
+
+def prepare_output_dir(config: dict[str, Any]) -> Path:
+  """Validates (:func:`check_output_dir`) and creates the output directory before any training.
+
+  With ``overwrite``, the outputs of an earlier run or sweep in it are deleted.
+
+  Raises:
+    ConfigError: as :func:`check_output_dir`, or if the directory is not
+      writable.
+  """
+  out = check_output_dir(config)
   try:
     out.mkdir(parents=True, exist_ok=True)
     probe = out / ".write-test"
@@ -546,6 +649,120 @@ def versions() -> dict[str, str]:
           "numpy": np.__version__, "python": platform.python_version()}
 
 
+def start_distributed(config: dict[str, Any]) -> bool:
+  """Starts JAX's multi-process runtime if the configuration names a coordinator.
+
+  It must come before any JAX computation; :func:`run_experiment` calls it
+  first. ``coordinator = "auto"`` calls ``jax.distributed.initialize()``,
+  which detects SLURM, Open MPI and Cloud TPU and reads
+  ``JAX_COORDINATOR_ADDRESS`` (``num_processes``/``process_id``, when given,
+  override what it detects); ``"HOST:PORT"`` calls
+  :func:`fedjax_lite.initialize_distributed`. Both select the gloo CPU
+  collectives, so processes on CPUs can communicate. A runtime this process
+  has already started is used as it is.
+
+  Args:
+    config: a resolved configuration.
+
+  Returns:
+    Whether the configuration asks for the multi-process runtime.
+
+  Raises:
+    ConfigError: if the runtime cannot start, naming the flags and the fix.
+  """
+  coordinator, num, pid = (config.get(k) for k in PROCESS_KEYS)
+  if coordinator is None:
+    return False
+  import jax
+
+  import fedjax_lite as fl
+
+  if jax.distributed.is_initialized():
+    return True
+  given = " ".join(f"--{k.replace('_', '-')} {v}"
+                   for k, v in zip(PROCESS_KEYS, (coordinator, num, pid), strict=True)
+                   if v is not None)
+  try:
+    if coordinator == "auto":
+      jax.config.update("jax_cpu_collectives_implementation", "gloo")
+      jax.distributed.initialize(num_processes=num, process_id=pid)
+    else:
+      fl.initialize_distributed(coordinator, num, pid)
+  except (RuntimeError, ValueError, TypeError) as e:
+    if coordinator == "auto":
+      fix = ("--coordinator auto needs a cluster JAX can detect (SLURM, Open MPI, Cloud TPU, or "
+             "JAX_COORDINATOR_ADDRESS with --num-processes and --process-id); elsewhere give "
+             "--coordinator HOST:PORT --num-processes N --process-id I.")
+    else:
+      fix = ("Start every process with the same --coordinator and --num-processes and its own "
+             "--process-id within the initialization timeout (300 s), with the port free on "
+             "process 0's host and reachable from the others.")
+    raise ConfigError(f"could not start JAX's multi-process runtime ({given}): {e} {fix}") from e
+  return True
+
+
+def _client_mesh(config: dict[str, Any]):
+  """The mesh of the client axis the configuration asks for, or ``None`` (one device)."""
+  import jax
+
+  import fedjax_lite as fl
+
+  devices = config["devices"]
+  processes = jax.process_count()
+  if devices is None and processes == 1 and config["coordinator"] is None:
+    return None
+  available = jax.device_count()
+  n = available if devices in (None, "all") else devices
+  if n > available:
+    raise ConfigError(
+        f"--devices {n}, but JAX sees {available} {jax.default_backend()} device(s). On a CPU, "
+        f"set XLA_FLAGS=--xla_force_host_platform_device_count={n} in the environment before "
+        f"starting (per process in a multi-process run); otherwise pass --devices {available} "
+        "or --devices all.")
+  if processes > 1 and n != available:
+    raise ConfigError(
+        f"--devices {n} in a run of {processes} processes: the mesh spans every process's "
+        f"devices ({available} in all); drop --devices or pass --devices all.")
+  return fl.client_mesh(n)
+
+
+def _start(config: dict[str, Any], saved: str) -> tuple[Path, Any, bool]:
+  """Checks ``--out``, starts the multi-process runtime, builds the mesh, creates ``--out``.
+
+  Every process checks the output directory (and a resume's saved
+  configuration, in ``out / saved``) before the runtime starts, which waits
+  for all of them, so none sees process 0's files; then process 0 alone
+  creates the directory and tells the others whether it could.
+
+  Returns:
+    ``(out, mesh, main)``: the output directory, the client mesh (``None``
+    without one), and whether this process writes (process 0).
+  """
+  out = check_output_dir(config)
+  if config["resume"]:
+    _check_resume(json.loads((out / saved).read_text())["config"], config)
+  start_distributed(config)
+  import jax
+
+  mesh = _client_mesh(config)
+  main = jax.process_index() == 0
+  error = None
+  if main:
+    try:
+      prepare_output_dir(config)
+    except ConfigError as e:
+      error = e
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    failed = bool(multihost_utils.broadcast_one_to_all(np.int32(error is not None)))
+    if failed and error is None:
+      raise ConfigError(f"process 0 could not prepare --out {out} (its own error says why); "
+                        "give every process the same, writable --out.")
+  if error is not None:
+    raise error
+  return out, mesh, main
+
+
 def run_experiment(config: dict[str, Any], *, stop_after: int | None = None,
                    log: Callable[[str], None] | None = None) -> dict[str, Any]:
   """Runs (or resumes) the experiment described by a resolved configuration.
@@ -558,43 +775,46 @@ def run_experiment(config: dict[str, Any], *, stop_after: int | None = None,
     stop_after: stop after this many rounds *of this invocation* without the
       final evaluation, as an interruption would (used by tests; a later
       ``resume`` continues).
-    log: where to print human-readable lines (default: stderr).
+    log: where to print human-readable lines (default: stderr; only process
+      0 of a multi-process run logs).
 
   Returns:
     The summary dict (also written to ``summary.json``); for a sweep, the
-    contents of ``sweep.json``.
+    contents of ``sweep.json``. Every process of a multi-process run returns
+    it (the same up to wall times and the echoed ``process_id``).
 
   Raises:
-    ConfigError: for a bad configuration or output directory, or a ``resume``
-      whose saved configuration differs in a key that changes the run.
+    ConfigError: for a bad configuration or output directory, a ``resume``
+      whose saved configuration differs in a key that changes the run, more
+      ``devices`` than JAX sees, or a multi-process runtime that cannot start.
     fedjax_lite.checkpoint.CheckpointError: for a corrupted checkpoint.
   """
   if config.get("sweep"):
     return run_sweep_experiment(config, stop_after=stop_after, log=log)
+  out, mesh, main = _start(config, "config.json")
   import jax
 
   import fedjax_lite as fl
   from fedjax_lite import checkpoint
 
-  log = log or _stderr
-  out = prepare_output_dir(config)
-  if config["resume"]:
-    _check_resume(json.loads((out / "config.json").read_text())["config"], config)
-
+  log = (log or _stderr) if main else _quiet
   task = build_task(config)
   ds = task.dataset
   _check_cohort(config, ds)
   dp = build_dp(config, ds.train.num_clients)
-  algo = _algorithm(config, task, dp.aggregator if dp else None)
+  algo = _algorithm(config, task, dp.aggregator if dp else None, mesh=mesh)
   state = algo.init(task.params)
+  train = ds.train if mesh is None else fl.shard_clients(ds.train, mesh)
   ckpt_path = out / "checkpoint.ckpt"
   metrics_path = out / "metrics.jsonl"
+  rows: list[dict[str, Any]] = []
   if config["resume"]:
     if ckpt_path.exists():
-      state, _ = checkpoint.load_checkpoint(ckpt_path, state)
-    _truncate_metrics(metrics_path, int(state.round))
-  _write_run_config(out, config, ds, dp)
-  eval_row = _evaluator(task)
+      state = _load_state(ckpt_path, state, mesh)
+    rows = _resume_rows(metrics_path, int(state.round), write=main)
+  if main:
+    _write_run_config(out, config, ds, dp, mesh)
+  eval_row = _evaluator(task, mesh)
 
   start_round = int(state.round)
   remaining = config["rounds"] - start_round
@@ -606,23 +826,28 @@ def run_experiment(config: dict[str, Any], *, stop_after: int | None = None,
   last_eval: dict[str, float] = {}
 
   def on_round(r, state, m):
+    # Every process evaluates (a computation over all devices); process 0 writes.
     nonlocal last_eval
     row = _round_row(config, dp, r, m)
     if _due(config, "eval_every", r):
       last_eval = eval_row(state.params)
       row.update(last_eval)
-    _append_row(metrics_path, row)
-    if _due(config, "checkpoint_every", r):
-      checkpoint.save_checkpoint(ckpt_path, state, {"round": r + 1, "seed": config["seed"]})
+    rows.append(row)
+    if main:
+      _append_row(metrics_path, row)
+      if _due(config, "checkpoint_every", r):
+        checkpoint.save_checkpoint(ckpt_path, state, {"round": r + 1, "seed": config["seed"]})
     return {"acc": f"{last_eval['eval_accuracy']:.3f}"} if "eval_accuracy" in last_eval else None
 
   if remaining > 0:
-    state, _ = fl.run_rounds(algo, state, ds.train, num_rounds=remaining,
+    state, _ = fl.run_rounds(algo, state, train, num_rounds=remaining,
                              sampler=dp.sampler if dp else None,
                              cohort_size=None if dp else config["clients_per_round"],
-                             key=jax.random.key(config["seed"]), progress=config["progress"],
+                             key=jax.random.key(config["seed"]),
+                             progress=config["progress"] if main else False,
                              callback=on_round)
-  summary = _finish_run(config, out, ds, dp, int(state.round), time.perf_counter() - started)
+  summary = _finish_run(config, out, ds, dp, int(state.round), time.perf_counter() - started,
+                        rows, write=main)
   log(json.dumps({"summary": summary}))
   return summary
 
@@ -644,17 +869,18 @@ def run_sweep_experiment(config: dict[str, Any], *, stop_after: int | None = Non
   Args:
     config: from :func:`resolve_config`, with a ``sweep``.
     stop_after: as in :func:`run_experiment`.
-    log: where to print human-readable lines (default: stderr).
+    log: where to print human-readable lines (default: stderr; only process
+      0 of a multi-process run logs).
 
   Returns:
     The contents of ``sweep.json``: the sweep, the base configuration, and
     under ``experiments`` each experiment's directory, swept values and final
-    metrics.
+    metrics (returned by every process of a multi-process run).
 
   Raises:
-    ConfigError: for a bad configuration or output directory, or a ``resume``
+    ConfigError: for a bad configuration or output directory, a ``resume``
       whose saved configuration (sweep included) differs in a key that
-      changes the runs.
+      changes the runs, or a device or process option that cannot be met.
     fedjax_lite.checkpoint.CheckpointError: for a corrupted checkpoint.
     ValueError: if a client delta becomes NaN/Inf in some experiment.
   """
@@ -664,10 +890,8 @@ def run_sweep_experiment(config: dict[str, Any], *, stop_after: int | None = Non
   import fedjax_lite as fl
   from fedjax_lite import checkpoint
 
-  log = log or _stderr
-  out = prepare_output_dir(config)
-  if config["resume"]:
-    _check_resume(json.loads((out / "sweep.json").read_text())["config"], config)
+  out, mesh, main = _start(config, "sweep.json")
+  log = (log or _stderr) if main else _quiet
   points = sweep_points(config)
   num = len(points)
   width = max(3, len(str(num - 1)))
@@ -690,26 +914,36 @@ def run_sweep_experiment(config: dict[str, Any], *, stop_after: int | None = Non
       z = values["noise_multiplier"] if "noise_multiplier" in values \
           else dps[0].spec.noise_multiplier
       aggregator = _dp_aggregator(c, z)
-    return _algorithm(c, task, aggregator, jit=False)
+    return _algorithm(c, task, aggregator, jit=False, mesh=mesh)
 
   inits: dict[int, Any] = {}
   for c in configs:
     if c["seed"] not in inits:
       inits[c["seed"]] = task.init_params(c["seed"])
   params = jax.tree.map(lambda *xs: jnp.stack(xs), *[inits[c["seed"]] for c in configs])
-  keys = jnp.stack([jax.random.key(c["seed"]) for c in configs])
+  keys = jax.random.key_data(jnp.stack([jax.random.key(c["seed"]) for c in configs]))
+  sweep_h = hparams or jnp.zeros((num,))
+  train = ds.train
+  if mesh is not None:
+    # Everything the sweep's programs take is placed on the mesh, as a single
+    # run's state is by algo.init: replicated, and the population sharded.
+    params, sweep_h, keys = fl.replicate((params, sweep_h, keys), mesh)
+    train = fl.shard_clients(ds.train, mesh)
   ckpt_path = out / "checkpoint.ckpt"
   states = None
   if config["resume"] and ckpt_path.exists():
-    target = jax.vmap(lambda h, p: make(h).init(p))(hparams or jnp.zeros((num,)), params)
-    states, _ = checkpoint.load_checkpoint(ckpt_path, target)
+    target = jax.vmap(lambda h, p: make(h).init(p))(sweep_h, params)
+    states = _load_state(ckpt_path, target, mesh)
   start_round = 0 if states is None else int(np.asarray(states.round).flat[0])
   dirs = [out / name for name in names]
-  for d, c, dp in zip(dirs, configs, dps, strict=True):
-    d.mkdir(exist_ok=True)
+  rows: list[list[dict[str, Any]]] = [[] for _ in dirs]
+  for i, (d, c, dp) in enumerate(zip(dirs, configs, dps, strict=True)):
+    if main:
+      d.mkdir(exist_ok=True)
     if config["resume"]:
-      _truncate_metrics(d / "metrics.jsonl", start_round)
-    _write_run_config(d, c, ds, dp)
+      rows[i] = _resume_rows(d / "metrics.jsonl", start_round, write=main)
+    if main:
+      _write_run_config(d, c, ds, dp, mesh)
   sweep_info = {"sweep": swept, "num_experiments": num,
                 "product": "Cartesian product of the swept keys in this order, the last "
                            "varying fastest",
@@ -717,8 +951,9 @@ def run_sweep_experiment(config: dict[str, Any], *, stop_after: int | None = Non
                 "experiments": [{"index": i, "dir": name, "values": point}
                                 for i, (name, point) in enumerate(zip(names, points,
                                                                       strict=True))]}
-  (out / "sweep.json").write_text(json.dumps(sweep_info, indent=1, default=str))
-  evaluate = _evaluator(task)
+  if main:
+    (out / "sweep.json").write_text(json.dumps(sweep_info, indent=1, default=str))
+  evaluate = _evaluator(task, mesh)
 
   remaining = config["rounds"] - start_round
   if stop_after is not None:
@@ -747,33 +982,36 @@ def run_sweep_experiment(config: dict[str, Any], *, stop_after: int | None = Non
       if evaluated:
         out_row.update(evaluate(jax.tree.map(lambda x: x[i], states.params)))
         accs.append(out_row.get("eval_accuracy", float("nan")))
-      _append_row(dirs[i] / "metrics.jsonl", out_row)
+      rows[i].append(out_row)
+      if main:
+        _append_row(dirs[i] / "metrics.jsonl", out_row)
     if evaluated:
       last_acc = accs
-    if _due(config, "checkpoint_every", r):
+    if main and _due(config, "checkpoint_every", r):
       checkpoint.save_checkpoint(ckpt_path, states, {"round": r + 1, "experiments": num})
     return {"acc": f"{np.nanmin(last_acc):.3f}..{np.nanmax(last_acc):.3f}"} if last_acc else None
 
   if remaining > 0:
-    states, _ = fl.run_sweep(make, hparams or None, params, ds.train, num_rounds=remaining,
+    states, _ = fl.run_sweep(make, sweep_h, params, train, num_rounds=remaining,
                              keys=keys, sampler=dps[0].sampler if dps[0] else None,
                              cohort_size=None if dps[0] else config["clients_per_round"],
                              stacked_params=True, states=states, callback=on_round,
-                             progress=config["progress"])
+                             progress=config["progress"] if main else False)
   rounds_completed = start_round if states is None else int(np.asarray(states.round).flat[0])
   wall = time.perf_counter() - started
   table = []
   for i, (d, c, dp) in enumerate(zip(dirs, configs, dps, strict=True)):
-    summary = _finish_run(c, d, ds, dp, rounds_completed, wall)
+    summary = _finish_run(c, d, ds, dp, rounds_completed, wall, rows[i], write=main)
     table.append({**sweep_info["experiments"][i],
                   **{k: v for k, v in summary.items() if k not in _NOT_IN_SWEEP_TABLE}})
   sweep_info.update({"rounds_completed": rounds_completed, "rounds": config["rounds"],
                      "finished": rounds_completed >= config["rounds"],
                      "wall_seconds_this_invocation": wall, "experiments": table,
                      "out": str(out)})
-  (out / "sweep.json").write_text(json.dumps(sweep_info, indent=1, default=str))
-  curves = [(name, _read_rows(d / "metrics.jsonl")) for name, d in zip(names, dirs, strict=True)]
-  if any(rows for _, rows in curves):
+  curves = list(zip(names, rows, strict=True))
+  if main:
+    (out / "sweep.json").write_text(json.dumps(sweep_info, indent=1, default=str))
+  if main and any(rows):
     plot_sweep(curves, out / "sweep.png", title=f"{config['dataset']} / {config['model']} / "
                f"{config['algorithm']}: sweep over {', '.join(swept)}")
   log(json.dumps({"sweep": [{k: e.get(k) for k in ("dir", "final_train_loss", "eval_accuracy",
@@ -789,6 +1027,19 @@ _NOT_IN_SWEEP_TABLE = ("privacy", "out", "rounds", "rounds_completed", "finished
 
 def _stderr(line: str) -> None:
   print(line, file=sys.stderr, flush=True)
+
+
+def _quiet(line: str) -> None:
+  del line
+
+
+def _load_state(path: Path, target: Any, mesh) -> Any:
+  """The checkpointed state in ``target``'s structure; replicated on ``mesh`` if given."""
+  import fedjax_lite as fl
+  from fedjax_lite import checkpoint
+
+  state, _ = checkpoint.load_checkpoint(path, target)
+  return state if mesh is None else fl.replicate(state, mesh)
 
 
 def _check_resume(saved: dict[str, Any], config: dict[str, Any]) -> None:
@@ -815,7 +1066,8 @@ def _describe_run(config: dict[str, Any], ds) -> str:
           f"{config['algorithm']}, {config['clients_per_round']} clients/round")
 
 
-def _algorithm(config: dict[str, Any], task: Task, aggregator, *, jit: bool = True):
+def _algorithm(config: dict[str, Any], task: Task, aggregator, *, jit: bool = True,
+               mesh=None):
   """The federated algorithm of a configuration (its learning rates may be traced)."""
   import fedjax_lite as fl
 
@@ -825,7 +1077,7 @@ def _algorithm(config: dict[str, Any], task: Task, aggregator, *, jit: bool = Tr
   server_kwargs = {} if config["server_lr"] is None else {"learning_rate": config["server_lr"]}
   return fl.build_federated_algorithm(
       update, fl.server.server_optimizer(config["algorithm"], **server_kwargs),
-      aggregator=aggregator, chunk_size=config["chunk_size"], jit=jit)
+      aggregator=aggregator, chunk_size=config["chunk_size"], jit=jit, mesh=mesh)
 
 
 def _sweep_dp(configs: list[dict[str, Any]], num_clients: int) -> list[DPSetup | None]:
@@ -837,25 +1089,38 @@ def _sweep_dp(configs: list[dict[str, Any]], num_clients: int) -> list[DPSetup |
   return [cache[c["noise_multiplier"]] for c in configs]
 
 
-def _write_run_config(out: Path, config: dict[str, Any], ds, dp) -> None:
+def _write_run_config(out: Path, config: dict[str, Any], ds, dp, mesh=None) -> None:
+  import jax
+
+  runtime = {"platform": jax.default_backend(), "processes": jax.process_count(),
+             "devices": 1 if mesh is None else int(mesh.size)}
   (out / "config.json").write_text(json.dumps(
       {"config": config, "versions": versions(), "seed": config["seed"],
        "dataset_info": ds.info, "num_clients": ds.train.num_clients,
-       "privacy": dp.describe() if dp else None}, indent=1, default=str))
+       "privacy": dp.describe() if dp else None, "runtime": runtime}, indent=1, default=str))
 
 
-def _evaluator(task: Task) -> Callable[[Any], dict[str, float]]:
-  """``eval_row(params)``: the evaluation entries of a metrics row."""
+def _evaluator(task: Task, mesh=None) -> Callable[[Any], dict[str, float]]:
+  """``eval_row(params)``: the evaluation entries of a metrics row.
+
+  On a ``mesh``, the clients' test data is sharded like the training
+  population and the central test set (one client) is replicated.
+  """
+  import fedjax_lite as fl
   from fedjax_lite import evaluation
 
   ds = task.dataset
   evaluate = evaluation.build_evaluator(task.metrics)
   central = None if ds.central_test is None else evaluation.as_single_client(ds.central_test)
+  test = ds.test
+  if mesh is not None:
+    test = None if test is None else fl.shard_clients(test, mesh)
+    central = None if central is None else fl.replicate(central, mesh)
 
   def eval_row(params) -> dict[str, float]:
     row = {}
-    if ds.test is not None:
-      s = evaluate(params, ds.test)
+    if test is not None:
+      s = evaluate(params, test)
       row.update({"eval_loss": s["loss"], "eval_accuracy": s["accuracy"]})
       row.update({f"eval_{k}": v for k, v in s.items() if k.startswith("accuracy_")})
     if central is not None:
@@ -887,14 +1152,14 @@ def _append_row(path: Path, row: dict[str, Any]) -> None:
     f.write(json.dumps(row) + "\n")
 
 
-def _read_rows(path: Path) -> list[dict[str, Any]]:
-  return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
-
-
 def _finish_run(config: dict[str, Any], out: Path, ds, dp: DPSetup | None,
-                rounds_completed: int, wall: float) -> dict[str, Any]:
-  """Writes ``summary.json`` and ``curves.png`` of a run from its metrics.jsonl."""
-  rows = _read_rows(out / "metrics.jsonl")
+                rounds_completed: int, wall: float, rows: list[dict[str, Any]], *,
+                write: bool = True) -> dict[str, Any]:
+  """The summary of a run from its metrics ``rows``; with ``write``, also its files.
+
+  The files are ``summary.json`` and ``curves.png``; in a multi-process run
+  only process 0 writes them, and every process returns the same summary.
+  """
   evals = [r for r in rows if "eval_accuracy" in r]
   summary = {
       "rounds_completed": rounds_completed,
@@ -911,6 +1176,8 @@ def _finish_run(config: dict[str, Any], out: Path, ds, dp: DPSetup | None,
           "privacy": dp.describe()} if dp else {}),
       "out": str(out),
   }
+  if not write:
+    return summary
   (out / "summary.json").write_text(json.dumps(summary, indent=1))
   if rows:
     plot_curves(rows, out / "curves.png", title=f"{config['dataset']} / {config['model']} / "
@@ -1004,11 +1271,15 @@ def _client_optimizer(config):
   return optax.sgd(config["client_lr"])
 
 
-def _truncate_metrics(path: Path, upto_round: int) -> None:
-  """Drops metrics of rounds at or after ``upto_round`` (not in the checkpoint)."""
+def _resume_rows(path: Path, upto_round: int, *, write: bool = True) -> list[dict[str, Any]]:
+  """The metrics rows of rounds before ``upto_round`` (those in the checkpoint).
+
+  With ``write``, the file is cut to them (the rows at or after
+  ``upto_round`` are not in the checkpoint and will be computed again).
+  """
   if not path.exists():
-    return
-  keep = []
+    return []
+  keep, rows = [], []
   for line in path.read_text().splitlines():
     try:
       row = json.loads(line)
@@ -1016,7 +1287,10 @@ def _truncate_metrics(path: Path, upto_round: int) -> None:
       continue
     if row["round"] < upto_round:
       keep.append(line)
-  path.write_text("".join(line + "\n" for line in keep))
+      rows.append(row)
+  if write:
+    path.write_text("".join(line + "\n" for line in keep))
+  return rows
 
 
 def plot_curves(rows: list[dict[str, Any]], path: Path, title: str = "") -> None:
