@@ -20,13 +20,24 @@ def test_cli_reports_config_errors(tmp_path, capsys):
     cli.main(["run", "--no-such-flag"])
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("workload,devices", [("w1", None), ("w2", None), ("w2", 3)])
-def test_benchmark_quick_prints_json_and_checks_results(workload, devices):
-  extra = [] if devices is None else ["--devices", str(devices)]
-  out = subprocess.run([sys.executable, "-m", "benchmarks", "--workload", workload, "--quick"]
-                       + extra, capture_output=True, text=True, timeout=600, check=True).stdout
-  rows = [json.loads(x) for x in out.splitlines()]
+@pytest.fixture(scope="module")
+def report(tmp_path_factory):
+  """``--all --quick --report DIR`` run once: (DIR, its JSON rows by workload).
+
+  The per-workload tests below check that run's lines, so the suite runs every
+  workload once (each workload's own ``--workload`` path is the same code).
+  """
+  out = tmp_path_factory.mktemp("report")
+  subprocess.run([sys.executable, "-m", "benchmarks", "--all", "--report", str(out),
+                  "--quick"], capture_output=True, text=True, timeout=900, check=True)
+  rows = [json.loads(x) for x in (out / "results.jsonl").read_text().splitlines()]
+  by_workload: dict[str, list[dict]] = {}
+  for r in rows:
+    by_workload.setdefault(r["workload"], []).append(r)
+  return out, by_workload
+
+
+def check_round_rows(rows, workload, devices):
   impls = {r["impl"]: r for r in rows if "impl" in r}
   assert set(impls) == {"loop", "loop_device", "vmap_all", "vmap_chunked"}
   for r in impls.values():
@@ -36,16 +47,28 @@ def test_benchmark_quick_prints_json_and_checks_results(workload, devices):
       assert r[field] > 0, (r["impl"], field)
     assert r["sec_per_round_min"] <= r["sec_per_round_median"] <= r["sec_per_round_max"]
   assert impls["loop"]["speedup_vs_baseline"] == 1.0
-  assert impls["vmap_chunked"]["devices"] == (devices or 1)  # the results check covers sharding
+  assert impls["vmap_chunked"]["devices"] == devices  # the results check covers sharding
   assert rows[-1] == {"workload": workload, "check": "params_match_loop",
                       "impls": sorted(impls), "rounds": 2, "atol": 1e-5, "ok": True}
 
 
 @pytest.mark.slow
-def test_dp_benchmark_quick_prints_overheads():
-  out = subprocess.run([sys.executable, "-m", "benchmarks", "--workload", "w4", "--quick"],
-                       capture_output=True, text=True, timeout=600, check=True).stdout
-  rows = [json.loads(x) for x in out.splitlines()]
+@pytest.mark.parametrize("workload", ["w1", "w2"])
+def test_round_benchmarks_print_json_and_check_results(report, workload):
+  check_round_rows(report[1][workload], workload, 1)
+
+
+@pytest.mark.slow
+def test_round_benchmark_sharded_over_devices_checks_results():
+  out = subprocess.run([sys.executable, "-m", "benchmarks", "--workload", "w2", "--quick",
+                        "--devices", "3"], capture_output=True, text=True, timeout=600,
+                       check=True).stdout
+  check_round_rows([json.loads(x) for x in out.splitlines()], "w2", 3)
+
+
+@pytest.mark.slow
+def test_dp_benchmark_prints_overheads(report):
+  rows = report[1]["w4"]
   assert {(r["shape"], r["impl"]) for r in rows} == {
       (s, i) for s in ("w2", "w1") for i in ("no_dp", "gaussian", "laplace")}
   for r in rows:
@@ -56,10 +79,8 @@ def test_dp_benchmark_quick_prints_overheads():
 
 
 @pytest.mark.slow
-def test_sweep_benchmark_quick_checks_results():
-  out = subprocess.run([sys.executable, "-m", "benchmarks", "--workload", "w5", "--quick",
-                        "--json"], capture_output=True, text=True, timeout=600, check=True).stdout
-  rows = [json.loads(x) for x in out.splitlines()]
+def test_sweep_benchmark_checks_results(report):
+  rows = report[1]["w5"]
   impls = {r["impl"]: r for r in rows if "impl" in r}
   assert set(impls) == {"sequential", "run_sweep"}
   assert all(r["sec_per_round_all_experiments"] > 0 for r in impls.values())
@@ -68,10 +89,8 @@ def test_sweep_benchmark_quick_checks_results():
 
 
 @pytest.mark.slow
-def test_scale_benchmark_quick_runs_each_size_in_its_own_process():
-  out = subprocess.run([sys.executable, "-m", "benchmarks", "--workload", "w3", "--quick"],
-                       capture_output=True, text=True, timeout=600, check=True).stdout
-  rows = [json.loads(x) for x in out.splitlines()]
+def test_scale_benchmark_runs_each_size_in_its_own_process(report):
+  rows = report[1]["w3"]
   assert [r["clients_per_round"] for r in rows] == [10, 100]
   for r in rows:
     assert r["sec_per_client"] > 0 and r["peak_rss_mib"] >= r["rss_after_data_mib"] > 0
@@ -79,19 +98,17 @@ def test_scale_benchmark_quick_runs_each_size_in_its_own_process():
 
 
 @pytest.mark.slow
-def test_all_workloads_report(tmp_path):
-  subprocess.run([sys.executable, "-m", "benchmarks", "--all", "--report", str(tmp_path),
-                  "--quick"], capture_output=True, text=True, timeout=900, check=True)
-  rows = [json.loads(x) for x in (tmp_path / "results.jsonl").read_text().splitlines()]
-  assert {r["workload"] for r in rows} == {"w1", "w2", "w3", "w4", "w5"}
-  checks = [r for r in rows if "check" in r]
+def test_all_workloads_report(report):
+  out, by_workload = report
+  assert set(by_workload) == {"w1", "w2", "w3", "w4", "w5"}
+  checks = [r for rows in by_workload.values() for r in rows if "check" in r]
   assert len(checks) == 3 and all(c["ok"] for c in checks)  # w1, w2, w5
-  md = (tmp_path / "report.md").read_text()
+  md = (out / "report.md").read_text()
   for w in ("W1", "W2", "W3", "W4", "W5"):
     assert f"## {w}" in md
   assert md.count("passed") == 3
   for png in ("scaling.png", "memory.png"):
-    assert (tmp_path / png).read_bytes()[:4] == b"\x89PNG"
+    assert (out / png).read_bytes()[:4] == b"\x89PNG"
 
 
 @pytest.mark.slow
