@@ -15,6 +15,14 @@ clients (memory bounded by a chunk, not by the cohort):
 * ``finalize(weighted_sum, total_weight, stats_sum, state, key) ->
   (aggregate, state, metrics)``: turns the sums into the aggregate delta
   (e.g. divide, or add noise and divide by a fixed denominator).
+* ``combine(deltas, weights, stats_sum, state, key) -> (aggregate, state,
+  metrics)`` (optional, ``None`` for streaming aggregators): for aggregators
+  that need every client's delta at once (coordinate-wise median, trimmed
+  mean, Krum). When it is set, the round keeps the cohort's ``per_client``
+  outputs stacked -- ``deltas`` with leaves ``[K, ...]`` and ``weights``
+  ``float[K]`` in cohort order, clients that must not count with weight 0
+  and a zero delta -- and calls ``combine`` instead of ``finalize``. Memory
+  then holds the cohort's ``K`` deltas.
 
 Wrapping aggregators (differential privacy, compression) compose by
 transforming these three functions, as TensorFlow Federated's aggregation
@@ -41,6 +49,7 @@ class Aggregator(NamedTuple):
   init: Callable[[Params], Any]
   per_client: Callable[[Params, Any, Any, Any], tuple[Params, Any, Any]]
   finalize: Callable[[Params, Any, Any, Any, Any], tuple[Params, Any, dict[str, Any]]]
+  combine: Callable[[Params, Any, Any, Any, Any], tuple[Params, Any, dict[str, Any]]] | None = None
 
 
 def weighted_sum(stacked: Params, weights: Any) -> Params:

@@ -47,11 +47,18 @@ class ClientOutput(NamedTuple):
     metrics: dict of float32 scalars: ``train_loss`` (mean loss over every
       example visited in local training, 0 for an empty client),
       ``num_examples`` and ``num_steps`` (optimizer steps taken).
+    state: the client's new persistent state (SCAFFOLD's control variate,
+      Ditto's personal model, an error-feedback residual), or ``None`` for a
+      stateless client update. A stateful client update is called as
+      ``client_update(broadcast, client_data, key, client_state)``; the round
+      gathers the cohort's states from the population's stacked store and
+      scatters these back (see :func:`fedjax_lite.build_federated_algorithm`).
   """
 
   delta: Params
   weight: Any
   metrics: dict[str, Any]
+  state: Any = None
 
 
 ClientUpdate = Callable[[Params, FederatedData, PRNGKey], ClientOutput]
