@@ -4,7 +4,7 @@ Public API (everything here is a pure function or a NamedTuple of them):
 
 * data: :class:`FederatedData`, :func:`from_clients`, :func:`from_arrays`,
   :func:`take`, :func:`example_mask`
-* clients: :func:`build_client_update`, :class:`ClientOutput`,
+* clients: :func:`build_client_update`, :class:`ClientOutput`, :func:`local_train`,
   :func:`masked_mean_grad`, :func:`shuffle_order`
 * aggregation: :class:`Aggregator`, :func:`mean_aggregator`,
   :func:`weighted_mean`, :func:`uniform_mean`, :func:`weighted_sum`
@@ -47,7 +47,9 @@ from fedjax_lite.algorithm import (
 )
 from fedjax_lite.client import (
     ClientOutput,
+    LocalResult,
     build_client_update,
+    local_train,
     masked_mean_grad,
     per_example_losses,
     shuffle_order,
@@ -76,6 +78,7 @@ __all__ = [
     "ClientOutput",
     "FederatedAlgorithm",
     "FederatedData",
+    "LocalResult",
     "ServerState",
     "build_client_update",
     "auto_chunk_size",
@@ -94,6 +97,7 @@ __all__ = [
     "example_mask",
     "from_arrays",
     "from_clients",
+    "local_train",
     "masked_mean_grad",
     "mean_aggregator",
     "models",

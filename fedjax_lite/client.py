@@ -208,6 +208,119 @@ def check_loss_fn(loss_fn: LossFn, params: Params, batch: Batch) -> None:
         f"{out}. Reduce per-example losses with .mean().")
 
 
+class LocalResult(NamedTuple):
+  """The outcome of :func:`local_train` on one client.
+
+  Attributes:
+    params: the parameters after local training.
+    loss_sum: float32 scalar, the sum of the losses of every real example
+      visited (over all steps taken).
+    num_steps: int32 scalar, optimizer steps taken.
+    num_examples_visited: int32 scalar, real examples in those steps.
+  """
+
+  params: Params
+  loss_sum: Any
+  num_steps: Any
+  num_examples_visited: Any
+
+
+def local_train(
+    loss_fn: LossFn,
+    optimizer: optax.GradientTransformation,
+    params: Params,
+    client_data: FederatedData,
+    key: PRNGKey,
+    *,
+    num_epochs: int,
+    batch_size: int,
+    grad_mode: str = "auto",
+    grad_correction: Callable[[Params, Params], Params] | None = None,
+    max_steps: Any = None,
+) -> LocalResult:
+  """Minibatch training of one (padded) client from ``params``; pure.
+
+  The shared local loop of every client-side algorithm: ``num_epochs``
+  epochs over the client's real examples in a per-epoch shuffled order (keys
+  as in the module docstring, from ``key`` which must already be the
+  *client's* key), one optimizer step per batch, padded batches and steps
+  changing nothing.
+
+  Args:
+    loss_fn: ``loss(params, batch) -> scalar`` (mean over its batch).
+    optimizer: optax optimizer; its state starts fresh.
+    params: the starting parameters.
+    client_data: one client's slice of a :class:`FederatedData`.
+    key: the client's PRNG key (e.g. ``fold_in(round_key, client_id)``).
+    num_epochs: local epochs (static, >= 1).
+    batch_size: examples per step (static, >= 1).
+    grad_mode: see :func:`masked_mean_grad` and :func:`build_client_update`.
+    grad_correction: optional ``correction(grads, params) -> grads`` applied
+      to every step's gradient before the optimizer (FedProx's proximal term
+      ``+ mu (params - server_params)``, SCAFFOLD's ``- c_i + c``, Mime's
+      momentum mix); it may close over per-client values (it runs inside the
+      vmapped client function).
+    max_steps: optional int scalar (may be traced, per client): steps past it
+      are skipped, as for an empty batch (heterogeneous local work,
+      stragglers). ``None``: every step of the epochs.
+
+  Returns:
+    A :class:`LocalResult`.
+  """
+  arrays = client_data.arrays
+  n = client_data.num_examples
+  max_n = next(iter(arrays.values())).shape[0]
+  check_loss_fn(loss_fn, params, arrays)
+  steps_per_epoch = math.ceil(max_n / batch_size)
+  padded_len = steps_per_epoch * batch_size
+  mode = resolve_grad_mode(grad_mode, params)
+
+  # Every epoch's order up front (one batched draw instead of one per epoch),
+  # cut into [num_epochs * steps_per_epoch, batch_size] batch indices.
+  # Positions past the client's count are padding, masked in each step.
+  orders = jax.vmap(lambda e: shuffle_order(jax.random.fold_in(key, e), n, max_n))(
+      jnp.arange(num_epochs))
+  orders = jnp.pad(orders, ((0, 0), (0, padded_len - max_n)))
+  batch_indices = orders.reshape(num_epochs * steps_per_epoch, batch_size)
+  positions = jnp.tile(jnp.arange(padded_len).reshape(steps_per_epoch, batch_size),
+                       (num_epochs, 1))
+  # The index of each step among the client's real steps (padded steps of an
+  # epoch are not counted), for max_steps.
+  real_per_epoch = (n + batch_size - 1) // batch_size
+  step_number = (jnp.arange(num_epochs)[:, None] * real_per_epoch
+                 + jnp.arange(steps_per_epoch)[None, :]).reshape(-1)
+
+  def step(carry, xs):
+    params, opt_state, loss_sum, steps, visited = carry
+    idx, pos, number = xs
+    mask = pos < n
+    active = pos[0] < n  # the batch holds at least one real example
+    if max_steps is not None:
+      active = active & (number < max_steps)
+    batch = jax.tree.map(lambda x: jnp.take(x, idx, axis=0), arrays)
+    grads, total = masked_mean_grad(loss_fn, params, batch, mask, mode)
+    if grad_correction is not None:
+      grads = grad_correction(grads, params)
+    updates, new_opt_state = optimizer.update(grads, opt_state, params)
+    new_params = optax.apply_updates(params, updates)
+    keep = lambda new, old: jnp.where(active, new, old)
+    params = jax.tree.map(keep, new_params, params)
+    opt_state = jax.tree.map(keep, new_opt_state, opt_state)
+    return (params, opt_state, loss_sum + jnp.where(active, total, 0.0),
+            steps + active.astype(jnp.int32),
+            visited + jnp.where(active, jnp.sum(mask), 0).astype(jnp.int32)), None
+
+  zero = jnp.zeros((), jnp.int32)
+  init = (params, optimizer.init(params), jnp.zeros((), jnp.float32), zero, zero)
+  # The first step starts from the given parameters, which (for the server's
+  # parameters) every client shares: taken outside the scan, under jax.vmap its
+  # forward and input-gradient products stay shared-weight products.
+  carry, _ = step(init, (batch_indices[0], positions[0], step_number[0]))
+  (params, _, loss_sum, steps, visited), _ = jax.lax.scan(
+      step, carry, (batch_indices[1:], positions[1:], step_number[1:]))
+  return LocalResult(params, loss_sum, steps, visited)
+
+
 def build_client_update(
     loss_fn: LossFn,
     optimizer: optax.GradientTransformation,
@@ -265,53 +378,16 @@ def build_client_update(
         f"{optimizer!r}.")
 
   def client_update(server_params, client_data: FederatedData, key) -> ClientOutput:
-    arrays = client_data.arrays
     n = client_data.num_examples
-    max_n = next(iter(arrays.values())).shape[0]
-    check_loss_fn(loss_fn, server_params, arrays)
-    steps_per_epoch = math.ceil(max_n / batch_size)
-    padded_len = steps_per_epoch * batch_size
     client_key = jax.random.fold_in(key, client_data.client_ids)
-    mode = resolve_grad_mode(grad_mode, server_params)
-
-    # Every epoch's order up front (one batched draw instead of one per epoch),
-    # cut into [num_epochs * steps_per_epoch, batch_size] batch indices.
-    # Positions past the client's count are padding, masked in each step.
-    orders = jax.vmap(
-        lambda e: shuffle_order(jax.random.fold_in(client_key, e), n, max_n))(
-            jnp.arange(num_epochs))
-    orders = jnp.pad(orders, ((0, 0), (0, padded_len - max_n)))
-    batch_indices = orders.reshape(num_epochs * steps_per_epoch, batch_size)
-    positions = jnp.tile(jnp.arange(padded_len).reshape(steps_per_epoch, batch_size),
-                         (num_epochs, 1))
-
-    def step(carry, xs):
-      params, opt_state, loss_sum = carry
-      idx, pos = xs
-      mask = pos < n
-      batch = jax.tree.map(lambda x: jnp.take(x, idx, axis=0), arrays)
-      grads, total = masked_mean_grad(loss_fn, params, batch, mask, mode)
-      updates, new_opt_state = optimizer.update(grads, opt_state, params)
-      new_params = optax.apply_updates(params, updates)
-      active = pos[0] < n  # the batch holds at least one real example
-      keep = lambda new, old: jnp.where(active, new, old)
-      params = jax.tree.map(keep, new_params, params)
-      opt_state = jax.tree.map(keep, new_opt_state, opt_state)
-      return (params, opt_state, loss_sum + total), None
-
-    init = (server_params, optimizer.init(server_params), jnp.zeros((), jnp.float32))
-    # The first step starts from the server parameters, which every client
-    # shares: taken outside the scan, under jax.vmap its forward and
-    # input-gradient products stay shared-weight products over the whole chunk.
-    carry, _ = step(init, (batch_indices[0], positions[0]))
-    (params, _, loss_sum), _ = jax.lax.scan(step, carry, (batch_indices[1:], positions[1:]))
-    delta = jax.tree.map(jnp.subtract, params, server_params)
+    result = local_train(loss_fn, optimizer, server_params, client_data, client_key,
+                         num_epochs=num_epochs, batch_size=batch_size, grad_mode=grad_mode)
+    delta = jax.tree.map(jnp.subtract, result.params, server_params)
     n_f = n.astype(jnp.float32)
-    steps = num_epochs * ((n + batch_size - 1) // batch_size)
     metrics = {
-        "train_loss": loss_sum / jnp.maximum(n_f * num_epochs, 1.0),
+        "train_loss": result.loss_sum / jnp.maximum(n_f * num_epochs, 1.0),
         "num_examples": n_f,
-        "num_steps": steps.astype(jnp.float32),
+        "num_steps": result.num_steps.astype(jnp.float32),
     }
     return ClientOutput(delta, n_f, metrics)
 
