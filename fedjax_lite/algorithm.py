@@ -51,24 +51,33 @@ class ServerState(NamedTuple):
     opt_state: the server optimizer's state.
     aggregator_state: the aggregator's state (empty for the plain mean).
     round: ``int32`` scalar, the number of rounds applied so far.
+    client_states: for a stateful algorithm (``client_state_init``), every
+      client's persistent state stacked ``[N, ...]`` and indexed by client id
+      (SCAFFOLD's control variates, Ditto's personal models); else ``()``.
+    extra: the algorithm's server-side state (``extra_init``: SCAFFOLD's
+      server control variate, Mime's momentum); else ``()``.
   """
 
   params: Params
   opt_state: Any
   aggregator_state: Any
   round: Any
+  client_states: Any = ()
+  extra: Any = ()
 
 
 class FederatedAlgorithm(NamedTuple):
   """A federated algorithm as two pure functions.
 
   Attributes:
-    init: ``init(params) -> ServerState``.
+    init: ``init(params) -> ServerState``; a stateful algorithm's
+      ``init(params, num_clients=N)`` also creates the population's stacked
+      client states.
     round: ``round(state, cohort, key) -> (state, metrics)``; see
       :func:`build_federated_algorithm` for the metrics.
   """
 
-  init: Callable[[Params], ServerState]
+  init: Callable[..., ServerState]
   round: Callable[[ServerState, FederatedData, PRNGKey], tuple[ServerState, dict[str, Any]]]
 
 
@@ -85,6 +94,11 @@ def build_federated_algorithm(
     jit: bool = True,
     mesh: Mesh | None = None,
     client_axis: str = CLIENT_AXIS,
+    client_state_init: Callable[[Params], Any] | None = None,
+    broadcast: Callable[[ServerState], Any] | None = None,
+    server_update: Callable[[ServerState, Any, dict[str, Any], PRNGKey],
+                            tuple[Params, Any, Any]] | None = None,
+    extra_init: Callable[[Params], Any] | None = None,
 ) -> FederatedAlgorithm:
   """Composes a client update, an aggregator and a server optimizer.
 
@@ -123,6 +137,25 @@ def build_federated_algorithm(
       replicates the state on the mesh (every process of a multi-process run
       must pass the same params). Default: no sharding.
     client_axis: the mesh axis the clients are sharded over.
+    client_state_init: makes the algorithm *stateful*:
+      ``client_state_init(params) -> one client's initial state``.
+      ``init(params, num_clients=N)`` then stores ``N`` copies stacked in
+      ``ServerState.client_states``, indexed by client id (the population's
+      ids must be ``0..N-1``, the default of :func:`fedjax_lite.from_clients`).
+      Each round gathers the cohort's states inside the program, calls
+      ``client_update(broadcast, client_data, key, client_state)``, and
+      writes back ``ClientOutput.state`` for the clients that had data and
+      finite outputs (others, padding and unused Poisson slots included, keep
+      theirs).
+    broadcast: ``broadcast(state) -> what clients receive`` as their first
+      argument (default: ``state.params``), e.g. the params with SCAFFOLD's
+      server control variate.
+    server_update: ``server_update(state, aggregate, metrics, key) ->
+      (params, opt_state, extra)`` replaces the default server step
+      (``server_optimizer`` applied to ``-aggregate``); ``metrics`` are the
+      round's summed client metrics (``num_clients``, ...), ``key`` a key of
+      its own. Needed when client messages are not plain parameter deltas.
+    extra_init: ``extra_init(params) -> ServerState.extra`` (default ``()``).
 
   Returns:
     A :class:`FederatedAlgorithm`. ``round`` returns metrics with float32
@@ -151,17 +184,40 @@ def build_federated_algorithm(
     raise ValueError(f"`mesh` has axes {tuple(mesh.shape)}; `client_axis`={client_axis!r} is not "
                      "one of them.")
 
-  def init(params) -> ServerState:
+  stateful = client_state_init is not None
+
+  def init(params, num_clients: int | None = None) -> ServerState:
     # Under a trace (e.g. run_sweep's jitted init) placement is the caller's.
     place = mesh is not None and not any(
         isinstance(x, jax.core.Tracer) for x in jax.tree.leaves(params))
     params = jax.tree.map(jnp.asarray, replicate(params, mesh) if place else params)
+    client_states = ()
+    if stateful:
+      if num_clients is None:
+        raise ValueError(
+            "this algorithm keeps a state per client: call init(params, num_clients=N) with "
+            "the population's size N (its client ids must be 0..N-1).")
+      _check_int("num_clients", num_clients, minimum=1)
+      client_states = jax.tree.map(
+          lambda x: jnp.broadcast_to(jnp.asarray(x), (num_clients,) + jnp.shape(x)).copy(),
+          client_state_init(params))
+    elif num_clients is not None:
+      _check_int("num_clients", num_clients, minimum=1)
+    extra = () if extra_init is None else extra_init(params)
     state = ServerState(params, server_optimizer.init(params), aggregator.init(params),
-                        jnp.zeros((), jnp.int32))
+                        jnp.zeros((), jnp.int32), client_states, extra)
     return replicate(state, mesh) if place else state
 
-  def client_sums(params, agg_state, cohort: FederatedData, client_key, agg_client_key):
-    """The cohort's streamed sums ``(total, total_weight, stats)`` and per-client metrics."""
+  stacked = aggregator.combine is not None
+
+  def client_sums(sent, params, agg_state, cohort: FederatedData, cohort_states, client_key,
+                  agg_client_key):
+    """The cohort's streamed sums ``(total, total_weight, stats)`` and per-client outputs.
+
+    The per-client outputs (cohort order) are a dict: ``metrics``; with
+    ``stateful``, ``states`` (the new client states); with ``stacked``,
+    ``deltas`` and ``weights`` (the aggregator's per_client outputs).
+    """
     k = cohort.num_clients
     if chunk_size == "auto":
       chunk = min(auto_chunk_size(params, cohort), k)
@@ -175,12 +231,19 @@ def build_federated_algorithm(
       # an empty client (0 examples: zero delta, weight 0) and are dropped below.
       idx = i * chunk + jnp.arange(chunk)
       clamped = jnp.minimum(idx, k - 1)
-      part = jax.tree.map(lambda x: jnp.take(x, clamped, axis=0, mode="clip"), cohort)
-      return part._replace(num_examples=jnp.where(idx < k, part.num_examples, 0))
+      part, states = jax.tree.map(lambda x: jnp.take(x, clamped, axis=0, mode="clip"),
+                                  (cohort, cohort_states))
+      return part._replace(num_examples=jnp.where(idx < k, part.num_examples, 0)), states
 
-    def run_chunk(carry, chunk_data):
-      out = jax.vmap(client_update, in_axes=(None, 0, None))(params, chunk_data, client_key)
+    def run_chunk(carry, chunk_in):
+      chunk_data, chunk_states = chunk_in
+      if stateful:
+        out = jax.vmap(client_update, in_axes=(None, 0, None, 0))(sent, chunk_data, client_key,
+                                                                  chunk_states)
+      else:
+        out = jax.vmap(client_update, in_axes=(None, 0, None))(sent, chunk_data, client_key)
       keys = jax.vmap(lambda i: jax.random.fold_in(agg_client_key, i))(chunk_data.client_ids)
+      new_states = out.state if stateful else ()
 
       def aggregate_chunk(finite):
         delta = jax.tree.map(lambda d: jnp.where(_bcast(finite, d), d, 0).astype(d.dtype),
@@ -188,56 +251,73 @@ def build_federated_algorithm(
         weight = jnp.where(finite, out.weight, 0.0)
         delta, weight, stats = jax.vmap(aggregator.per_client, in_axes=(0, 0, None, 0))(
             delta, weight, agg_state, keys)
+        kept = (delta, weight) if stacked else ()
         return (weighted_sum(delta, weight), jnp.sum(weight),
-                jax.tree.map(lambda x: jnp.sum(x, axis=0), stats), finite)
+                jax.tree.map(lambda x: jnp.sum(x, axis=0), stats), finite, kept)
 
-      # A chunk whose summed deltas and weights are finite has no NaN/Inf
-      # entry, so the per-client check (a pass over every client's delta) runs
-      # only for the rare chunk that fails this cheap one (a product with ones,
-      # much faster on CPU than a reduction over the client axis).
+      # A chunk whose summed deltas, weights (and new client states) are finite
+      # has no NaN/Inf entry, so the per-client check (a pass over every
+      # client's outputs) runs only for the rare chunk that fails this cheap
+      # one (a product with ones, much faster on CPU than a reduction over the
+      # client axis).
       every_client = jnp.ones(out.weight.shape, bool)
-      chunk_sum = (weighted_sum(out.delta, every_client.astype(jnp.float32)), out.weight)
-      chunk_total, chunk_weight, chunk_stats, finite = jax.lax.cond(
+      ones = every_client.astype(jnp.float32)
+      chunk_sum = (weighted_sum(out.delta, ones), out.weight, weighted_sum(new_states, ones))
+      chunk_total, chunk_weight, chunk_stats, finite, kept = jax.lax.cond(
           _all_finite(chunk_sum), lambda: aggregate_chunk(every_client),
-          lambda: aggregate_chunk(jax.vmap(_all_finite)((out.delta, out.weight))))
+          lambda: aggregate_chunk(jax.vmap(_all_finite)((out.delta, out.weight, new_states))))
       total, total_weight, stats_sum = carry
       total = jax.tree.map(jnp.add, total, chunk_total)
       stats_sum = jax.tree.map(jnp.add, stats_sum, chunk_stats)
       client_metrics = dict(out.metrics)
       client_metrics["nonfinite"] = ~finite
-      return (total, total_weight + chunk_weight, stats_sum), client_metrics
+      outputs = {"metrics": client_metrics}
+      if stateful:
+        outputs["states"] = new_states
+      if stacked:
+        outputs["deltas"], outputs["weights"] = kept
+      return (total, total_weight + chunk_weight, stats_sum), outputs
 
+    delta_shape = jax.eval_shape(lambda c: _one_delta(client_update, stateful, sent, c,
+                                                      client_key), chunk_of(0))
     stats_shape = jax.eval_shape(
         lambda d: aggregator.per_client(d, jnp.zeros((), jnp.float32), agg_state,
-                                        jax.random.key(0))[2], params)
-    carry0 = (jax.tree.map(jnp.zeros_like, params), jnp.zeros((), jnp.float32),
+                                        jax.random.key(0))[2], delta_shape)
+    carry0 = (jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), delta_shape),
+              jnp.zeros((), jnp.float32),
               jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), stats_shape))
-    metrics_shape = jax.eval_shape(
-        lambda c: run_chunk(carry0, c)[1], chunk_of(0))
+    outputs_shape = jax.eval_shape(lambda c: run_chunk(carry0, c)[1], chunk_of(0))
 
-    def skip_chunk(carry, chunk_data):
-      del chunk_data
-      return carry, jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), metrics_shape)
+    def skip_chunk(carry, chunk_in):
+      # Zeros: metrics of empty clients, weight 0 (their states are not written).
+      del chunk_in
+      return carry, jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), outputs_shape)
 
     def chunk_step(carry, i):
       # Chunks with no client data (e.g. the unused slots of a Poisson-sampled
       # cohort) are skipped outright.
-      chunk_data = chunk_of(i)
-      has_data = jnp.any(chunk_data.num_examples > 0)
-      return jax.lax.cond(has_data, run_chunk, skip_chunk, carry, chunk_data)
+      chunk_in = chunk_of(i)
+      has_data = jnp.any(chunk_in[0].num_examples > 0)
+      return jax.lax.cond(has_data, run_chunk, skip_chunk, carry, chunk_in)
 
     sums, per_client = jax.lax.scan(chunk_step, carry0, jnp.arange(num_chunks))
     return sums, jax.tree.map(lambda x: x.reshape((-1,) + x.shape[2:])[:k], per_client)
 
-  def sharded_client_sums(params, agg_state, cohort: FederatedData, client_key, agg_client_key):
+  def sharded_client_sums(sent, params, agg_state, cohort: FederatedData, cohort_states,
+                          client_key, agg_client_key):
     # Each device runs client_sums on its slice of the (padded) cohort; one
-    # psum combines the sums and one all_gather the per-client metrics, so
+    # psum combines the sums and one all_gather the per-client outputs, so
     # everything after this is replicated and identical to one device's.
     k = cohort.num_clients
-    padded = pad_clients(cohort, mesh.shape[client_axis])
+    devices = mesh.shape[client_axis]
+    padded = pad_clients(cohort, devices)
+    padded_states = jax.tree.map(
+        lambda x: jnp.pad(x, [(0, padded.num_clients - k)] + [(0, 0)] * (x.ndim - 1)),
+        cohort_states)
 
-    def local(params, agg_state, part, client_key, agg_client_key):
-      sums, per_client = client_sums(params, agg_state, part, client_key, agg_client_key)
+    def local(sent, params, agg_state, part, part_states, client_key, agg_client_key):
+      sums, per_client = client_sums(sent, params, agg_state, part, part_states, client_key,
+                                     agg_client_key)
       return (jax.lax.psum(sums, client_axis),
               jax.lax.all_gather(per_client, client_axis, tiled=True))
 
@@ -246,32 +326,62 @@ def build_federated_algorithm(
     # replicated values, which is fine here (the outputs are replicated by
     # the psum and all_gather) but which the varying-axes checker rejects.
     sums, per_client = jax.shard_map(
-        local, mesh=mesh, in_specs=(replicated, replicated, sharded, replicated, replicated),
-        out_specs=(replicated, replicated), check_vma=False)(params, agg_state, padded, client_key,
-                                            agg_client_key)
+        local, mesh=mesh,
+        in_specs=(replicated, replicated, replicated, sharded, sharded, replicated, replicated),
+        out_specs=(replicated, replicated), check_vma=False)(
+            sent, params, agg_state, padded, padded_states, client_key, agg_client_key)
     return sums, jax.tree.map(lambda x: x[:k], per_client)
 
   def round_fn(state: ServerState, cohort: FederatedData, key) -> tuple[ServerState, dict]:
     _check_cohort(cohort)
     client_key, server_key = jax.random.split(key)
     agg_client_key, agg_key = jax.random.split(server_key)
+    update_key = jax.random.fold_in(server_key, 2)
     params, agg_state = state.params, state.aggregator_state
+    sent = params if broadcast is None else broadcast(state)
+    if stateful:
+      population = jax.tree.leaves(state.client_states)[0].shape[0]
+      ids = cohort.client_ids
+      cohort_states = jax.tree.map(
+          lambda x: jnp.take(x, jnp.clip(ids, 0, population - 1), axis=0), state.client_states)
+    else:
+      cohort_states = ()
     sums_fn = client_sums if mesh is None else sharded_client_sums
-    (total, total_weight, stats_sum), per_client = sums_fn(params, agg_state, cohort, client_key,
-                                                           agg_client_key)
+    (total, total_weight, stats_sum), outputs = sums_fn(
+        sent, params, agg_state, cohort, cohort_states, client_key, agg_client_key)
+    per_client = outputs["metrics"]
 
-    aggregate, new_agg_state, agg_metrics = aggregator.finalize(
-        total, total_weight, stats_sum, agg_state, agg_key)
-    pseudo_grad = jax.tree.map(jnp.negative, aggregate)
-    updates, new_opt_state = server_optimizer.update(pseudo_grad, state.opt_state, params)
-    new_state = ServerState(optax.apply_updates(params, updates), new_opt_state, new_agg_state,
-                            state.round + 1)
+    if stacked:
+      aggregate, new_agg_state, agg_metrics = aggregator.combine(
+          outputs["deltas"], outputs["weights"], stats_sum, agg_state, agg_key)
+    else:
+      aggregate, new_agg_state, agg_metrics = aggregator.finalize(
+          total, total_weight, stats_sum, agg_state, agg_key)
+    metrics = _summarize(per_client)
+    if server_update is None:
+      pseudo_grad = jax.tree.map(jnp.negative, aggregate)
+      updates, new_opt_state = server_optimizer.update(pseudo_grad, state.opt_state, params)
+      new_params, new_extra = optax.apply_updates(params, updates), state.extra
+    else:
+      new_params, new_opt_state, new_extra = server_update(state, aggregate, dict(metrics),
+                                                           update_key)
+    client_states = state.client_states
+    if stateful:
+      # Written back: clients with data and finite outputs whose id is a
+      # position of the store (not padding, not an unused Poisson slot).
+      write = ((cohort.num_examples > 0) & ~per_client["nonfinite"] & (ids >= 0)
+               & (ids < population))
+      target = jnp.where(write, ids, population)  # out of bounds: dropped
+      client_states = jax.tree.map(
+          lambda store, new: store.at[target].set(new.astype(store.dtype), mode="drop"),
+          state.client_states, outputs["states"])
+    new_state = ServerState(new_params, new_opt_state, new_agg_state, state.round + 1,
+                            client_states, new_extra)
 
     bad = per_client["nonfinite"]
     num_bad = jnp.sum(bad)
     applied = num_bad == 0 if nonfinite == "raise" else jnp.bool_(True)
     new_state = jax.tree.map(lambda new, old: jnp.where(applied, new, old), new_state, state)
-    metrics = _summarize(per_client)
     metrics.update({
         "num_nonfinite_clients": num_bad.astype(jnp.float32),
         "applied": applied.astype(jnp.float32),
@@ -379,6 +489,14 @@ def _check_cohort(cohort: FederatedData) -> None:
     lengths.add(x.shape[1])
   if len(lengths) != 1:
     raise ValueError(f"`cohort.arrays` disagree on the padded example axis: {sorted(lengths)}.")
+
+
+def _one_delta(client_update, stateful, sent, chunk_in, client_key):
+  """One client's message (for its shape): the first client of a chunk."""
+  data, states = jax.tree.map(lambda x: x[0], chunk_in)
+  if stateful:
+    return client_update(sent, data, client_key, states).delta
+  return client_update(sent, data, client_key).delta
 
 
 def _all_finite(tree) -> Any:

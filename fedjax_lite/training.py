@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 from fedjax_lite.algorithm import FederatedAlgorithm, ServerState, raise_if_nonfinite
 from fedjax_lite.data import FederatedData, _check_int, take
 from fedjax_lite.sampling import Sampler, fixed_size_sampler
-from fedjax_lite.sharding import num_real_clients
+from fedjax_lite.sharding import PADDING_CLIENT_ID, num_real_clients
 
 
 def _on_device(tree: Any) -> Any:
@@ -47,6 +47,31 @@ def _resolve_sampler(num_clients: int, cohort_size: int | None,
     raise ValueError(f"`sampler` draws from {sampler.num_clients} clients but the population "
                      f"has {num_clients}.")
   return sampler
+
+
+def check_client_states(state: ServerState, population: FederatedData, *,
+                        stacked: bool = False) -> None:
+  """Checks that a stateful algorithm's client-state store fits the population.
+
+  The store (``state.client_states``, leading axis ``N``; after the
+  experiment axis for ``stacked`` sweep states) is indexed by client id, so
+  the population's real clients must be exactly ids ``0..N-1``.
+
+  Raises:
+    ValueError: naming the mismatch and the fix.
+  """
+  leaves = jax.tree.leaves(state.client_states)
+  if not leaves:
+    return
+  store = leaves[0].shape[1 if stacked else 0]
+  ids = np.asarray(jax.device_get(population.client_ids))
+  ids = np.sort(ids[ids != PADDING_CLIENT_ID])
+  if len(ids) != store or not np.array_equal(ids, np.arange(store)):
+    raise ValueError(
+        f"the algorithm keeps a state for each of {store} clients, indexed by client id, but the "
+        f"population has {len(ids)} clients with ids from {ids.min() if len(ids) else None} to "
+        f"{ids.max() if len(ids) else None}: build the population with ids 0..N-1 (the default "
+        "of fl.from_clients / fl.from_arrays) and init(params, num_clients=N) with its size.")
 
 
 def sampled_round(algorithm: FederatedAlgorithm, sampler: Sampler, key: Any, state: ServerState,
@@ -127,6 +152,7 @@ def run_rounds(
   _check_int("num_rounds", num_rounds, minimum=0)
   sampler = _resolve_sampler(num_real_clients(population), cohort_size, sampler)
   population = _on_device(population)
+  check_client_states(state, population)
   state = jax.tree.map(jnp.copy, state)  # the caller's buffers are never donated
   step = jax.jit(lambda state, population, r: sampled_round(algorithm, sampler, key, state,
                                                            population, r), donate_argnums=0)
@@ -151,8 +177,10 @@ def run_rounds(
       row.update({k: float(v) for k, v in metrics.items() if k != "clients"})
       row["seconds"] = seconds
       history.append(row)
-      _report_round(bar, callback, r, state, row,
-                    {"loss": f"{row['train_loss']:.4f}", "clients": int(row["num_clients"])})
+      shown = {"clients": int(row["num_clients"])}
+      if "train_loss" in row:
+        shown = {"loss": f"{row['train_loss']:.4f}", **shown}
+      _report_round(bar, callback, r, state, row, shown)
   finally:
     bar.close()
   return state, history
@@ -259,7 +287,8 @@ def run_sweep(
     return new_state, {k: v for k, v in metrics.items() if k != "clients"}
   step = jax.jit(jax.vmap(one_round, in_axes=(0, 0, 0, None, None)), donate_argnums=0)
   if states is None:
-    init = lambda h, p: make_algorithm(h).init(p)
+    num_clients = num_real_clients(population)
+    init = lambda h, p: make_algorithm(h).init(p, num_clients=num_clients)
     states = jax.jit(jax.vmap(init, in_axes=(0, 0 if stacked_params else None)))(hparams,
                                                                                     params)
     first = 0
@@ -270,6 +299,7 @@ def run_sweep(
       raise ValueError(f"`states` are at different rounds {rounds.tolist()}; a sweep continues "
                        "all its experiments from one round.")
     first = int(rounds.flat[0]) if rounds.size else 0
+  check_client_states(states, population, stacked=True)
   history = []
   bar = tqdm(total=num_rounds, disable=None if progress is None else not progress,
              desc="rounds", unit="round")
@@ -286,7 +316,8 @@ def run_sweep(
       row["seconds"] = np.float64(seconds)  # wall time of the round of all S experiments
       history.append(row)
       _report_round(bar, callback, r, states, row,
-                    {"loss": f"{float(np.mean(row['train_loss'])):.4f}"})
+                    {"loss": f"{float(np.mean(row['train_loss'])):.4f}"}
+                    if "train_loss" in row else {})
   finally:
     bar.close()
   return states, history
