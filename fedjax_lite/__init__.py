@@ -16,18 +16,25 @@ Public API (everything here is a pure function or a NamedTuple of them):
 * scaling out: :func:`client_mesh`, :func:`shard_clients`, :func:`pad_clients`,
   :func:`replicate`, :func:`num_real_clients`, :func:`initialize_distributed`
   (:mod:`fedjax_lite.sharding`; pass ``mesh=`` to the round)
+* algorithms beyond FedAvg: :mod:`fedjax_lite.algorithms` (SCAFFOLD,
+  Mime-Lite, ...)
+* robust aggregation and attack simulators: :mod:`fedjax_lite.robust`
+  (median, trimmed mean, Krum, norm bounding), :mod:`fedjax_lite.attacks`
 * data sets, models, evaluation, checkpoints: :mod:`fedjax_lite.datasets`,
   :mod:`fedjax_lite.models`, :mod:`fedjax_lite.evaluation`,
   :mod:`fedjax_lite.checkpoint`
 """
 
 from fedjax_lite import (
+    algorithms,
+    attacks,
     checkpoint,
     client,
     datasets,
     evaluation,
     models,
     privacy,
+    robust,
     server,
     sharding,
 )
@@ -75,6 +82,9 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Aggregator",
+    "algorithms",
+    "attacks",
+    "robust",
     "ClientOutput",
     "FederatedAlgorithm",
     "FederatedData",

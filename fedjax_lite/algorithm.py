@@ -162,9 +162,10 @@ def build_federated_algorithm(
     scalars ``train_loss`` (example-weighted mean over finite clients),
     ``num_clients`` (finite clients with at least one example),
     ``num_examples``, ``num_nonfinite_clients``, ``applied`` (1.0 if the server
-    step was applied), the aggregator's metrics under ``aggregator/...``,
-    and ``clients``: a dict of per-client arrays ``[K]`` in cohort order (each
-    client metric, plus ``nonfinite``).
+    step was applied), the aggregator's scalar metrics under
+    ``aggregator/...``, and ``clients``: a dict of per-client arrays ``[K]``
+    in cohort order (each client metric, ``nonfinite``, and the aggregator's
+    per-client metrics, e.g. ``aggregator/selected``).
 
   Raises:
     ValueError, TypeError: for a bad ``chunk_size``, ``nonfinite`` policy or
@@ -387,7 +388,11 @@ def build_federated_algorithm(
         "applied": applied.astype(jnp.float32),
         "clients": per_client,
     })
-    metrics.update({f"aggregator/{name}": v for name, v in agg_metrics.items()})
+    for name, v in agg_metrics.items():
+      if jnp.ndim(v) == 1 and jnp.shape(v)[0] == cohort.num_clients:
+        per_client[f"aggregator/{name}"] = v  # one value per client, e.g. Krum's selection
+      else:
+        metrics[f"aggregator/{name}"] = v
     return new_state, metrics
 
   return FederatedAlgorithm(init, jax.jit(round_fn) if jit else round_fn)

@@ -4,4 +4,28 @@ Every module offers its client update builder and a factory returning the
 whole algorithm, composed from the round's extension points (stateful client
 updates, broadcast, server update) so that DP aggregators, robust
 aggregators, compression and sharding compose with it.
+
+* :func:`scaffold` (Karimireddy et al. 2020), stateful: ``init(params,
+  num_clients=N)``
+* :func:`mime_lite` (Karimireddy et al. 2021)
 """
+
+from fedjax_lite.algorithms.mime import (
+    build_mime_lite_client_update,
+    mime_lite,
+    mime_lite_server_update,
+)
+from fedjax_lite.algorithms.scaffold import (
+    build_scaffold_client_update,
+    scaffold,
+    scaffold_server_update,
+)
+
+__all__ = [
+    "build_mime_lite_client_update",
+    "build_scaffold_client_update",
+    "mime_lite",
+    "mime_lite_server_update",
+    "scaffold",
+    "scaffold_server_update",
+]

@@ -1,0 +1,240 @@
+"""SCAFFOLD: local SGD corrected by control variates (option II).
+
+References:
+  Karimireddy, Kale, Mohri, Reddi, Stich, Suresh. "SCAFFOLD: Stochastic
+  Controlled Averaging for Federated Learning", ICML 2020.
+  https://arxiv.org/abs/1910.06378
+
+Every client ``i`` of the population keeps a control variate ``c_i`` (a
+pytree like the params, zeros initially) in ``ServerState.client_states``;
+the server keeps ``c`` (zeros initially) in ``ServerState.extra``. A round
+(the paper's Algorithm 1 with option II):
+
+* the server broadcasts ``{"params": x, "control": c}``;
+* client ``i`` runs ``K_i`` steps of SGD with learning rate ``eta_l`` from
+  ``y = x`` on the corrected gradient ``g(y) - c_i + c``
+  (``K_i = num_epochs * ceil(n_i / batch_size)``, its actual step count),
+  then sets ``c_i+ = c_i - c + (x - y) / (K_i eta_l)`` and sends the message
+  ``{"params": y - x, "control": c_i+ - c_i}``; a client without steps keeps
+  ``c_i`` and sends zeros (with weight 0);
+* the server averages the messages with the aggregator and updates
+  ``x <- x + eta_g mean(dy)`` (the server optimizer applied to
+  ``-mean(dy)``; :func:`fedjax_lite.server.fedavg` with ``eta_g = 1`` by
+  default) and ``c <- c + (|S| / N) mean(dc)``, ``|S|`` the round's number of
+  participating clients and ``N`` the population size.
+
+Both means use the aggregator's weighting, by default the number of examples
+(:func:`fedjax_lite.mean_aggregator`). The paper averages uniformly; pass
+``aggregator=fl.mean_aggregator("uniform")`` for that, which also keeps
+``c`` exactly equal to the mean of all ``N`` client control variates.
+
+Differential privacy: with a DP aggregator (:mod:`fedjax_lite.privacy`) the
+*whole message* ``{"params": dy, "control": dc}`` is one vector that is
+clipped jointly to the clip norm and noised, so the clip bounds the joint
+message norm -- each client's influence on everything the server receives --
+and the accounting of :mod:`fedjax_lite.privacy` stays valid. Note that
+``dc`` has the scale of a gradient while ``dy`` has that of ``K eta_l``
+gradients, so the control part usually dominates the norm. The server's
+``|S|`` is the true count of participants, which DP does not protect under
+Poisson sampling; pass ``cohort_size=expected_cohort_size`` to use the fixed
+denominator instead, so that the server update is post-processing of the
+noised release alone.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+from jax.sharding import Mesh
+
+from fedjax_lite import server as server_lib
+from fedjax_lite.aggregation import Aggregator
+from fedjax_lite.algorithm import FederatedAlgorithm, ServerState, build_federated_algorithm
+from fedjax_lite.client import GRAD_MODES, ClientOutput, LossFn, local_train
+from fedjax_lite.data import FederatedData, _check_int
+
+Params = Any
+
+
+def _check_common(loss_fn, client_lr, num_epochs, batch_size, grad_mode):
+  if not callable(loss_fn):
+    raise TypeError(f"`loss_fn` must be callable loss(params, batch); got {loss_fn!r}.")
+  if isinstance(client_lr, bool) or not isinstance(client_lr, (int, float)) or not client_lr > 0:
+    raise ValueError(f"`client_lr` must be a positive float (e.g. 0.1); got {client_lr!r}.")
+  _check_int("num_epochs", num_epochs, minimum=1)
+  _check_int("batch_size", batch_size, minimum=1)
+  if grad_mode not in GRAD_MODES:
+    raise ValueError(f"`grad_mode` must be one of {GRAD_MODES}; got {grad_mode!r}.")
+
+
+def build_scaffold_client_update(
+    loss_fn: LossFn,
+    *,
+    client_lr: float,
+    num_epochs: int,
+    batch_size: int,
+    grad_mode: str = "auto",
+):
+  """SCAFFOLD's stateful client update (option II control variates).
+
+  See the module docstring for the algorithm (Karimireddy, Kale, Mohri, Reddi,
+  Stich, Suresh, "SCAFFOLD: Stochastic Controlled Averaging for Federated
+  Learning", ICML 2020).
+
+  Args:
+    loss_fn: ``loss(params, batch) -> scalar``, the mean loss of a batch.
+    client_lr: ``eta_l``, the local SGD learning rate (> 0).
+    num_epochs: local epochs (>= 1).
+    batch_size: examples per local step (>= 1).
+    grad_mode: see :func:`fedjax_lite.build_client_update`.
+
+  Returns:
+    ``client_update(broadcast, client_data, key, client_state) ->
+    ClientOutput`` where ``broadcast = {"params": x, "control": c}``,
+    ``client_state`` is the client's ``c_i`` (a pytree like the params),
+    ``key`` the round's client key (the client folds in its id). The output's
+    ``delta`` is ``{"params": y - x, "control": c_i+ - c_i}``, its ``state``
+    ``c_i+``, its weight the client's number of examples and its metrics
+    ``train_loss``, ``num_examples``, ``num_steps``.
+
+  Raises:
+    TypeError, ValueError: for a non-callable ``loss_fn``, a non-positive
+      ``client_lr``, ``num_epochs`` or ``batch_size``, or an unknown
+      ``grad_mode``.
+  """
+  _check_common(loss_fn, client_lr, num_epochs, batch_size, grad_mode)
+  sgd = optax.sgd(client_lr)
+
+  def client_update(broadcast, client_data: FederatedData, key, client_state) -> ClientOutput:
+    x, c, c_i = broadcast["params"], broadcast["control"], client_state
+    client_key = jax.random.fold_in(key, client_data.client_ids)
+    correction = lambda g, y: jax.tree.map(lambda g, ci, c: g - ci + c, g, c_i, c)
+    result = local_train(loss_fn, sgd, x, client_data, client_key, num_epochs=num_epochs,
+                         batch_size=batch_size, grad_mode=grad_mode, grad_correction=correction)
+    steps = result.num_steps
+    trained = steps > 0
+    denom = jnp.maximum(steps, 1).astype(jnp.float32) * client_lr
+
+    def new_control(ci, c, x, y):
+      fresh = ci - c + (x - y) / denom.astype(x.dtype)
+      return jnp.where(trained, fresh, ci).astype(ci.dtype)
+
+    c_new = jax.tree.map(new_control, c_i, c, x, result.params)
+    delta = {
+        "params": jax.tree.map(lambda y, x: jnp.where(trained, y - x, 0).astype(x.dtype),
+                               result.params, x),
+        "control": jax.tree.map(lambda new, old: new - old, c_new, c_i),
+    }
+    n_f = client_data.num_examples.astype(jnp.float32)
+    metrics = {
+        "train_loss": result.loss_sum / jnp.maximum(n_f * num_epochs, 1.0),
+        "num_examples": n_f,
+        "num_steps": steps.astype(jnp.float32),
+    }
+    return ClientOutput(delta, jnp.where(trained, n_f, 0.0), metrics, c_new)
+
+  return client_update
+
+
+def scaffold_server_update(server_optimizer: optax.GradientTransformation,
+                           cohort_size: float | None = None):
+  """SCAFFOLD's server step, for ``build_federated_algorithm(server_update=...)``.
+
+  Args:
+    server_optimizer: optax transformation applied to ``-mean(dy)`` (``eta_g``).
+    cohort_size: ``|S|`` in ``c <- c + (|S| / N) mean(dc)``; ``None`` (the
+      default) uses the round's number of participating clients
+      (``metrics["num_clients"]``), a number uses that fixed value (e.g. the
+      DP aggregator's ``expected_cohort_size``).
+
+  Returns:
+    ``server_update(state, aggregate, metrics, key) -> (params, opt_state,
+    c)`` where ``aggregate = {"params": mean dy, "control": mean dc}``,
+    ``state.extra`` is ``c`` and ``N`` is the leading dimension of
+    ``state.client_states``.
+  """
+
+  def server_update(state: ServerState, aggregate, metrics, key):
+    del key
+    pseudo_grad = jax.tree.map(jnp.negative, aggregate["params"])
+    updates, opt_state = server_optimizer.update(pseudo_grad, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    population = jax.tree.leaves(state.client_states)[0].shape[0]
+    size = metrics["num_clients"] if cohort_size is None else cohort_size
+    scale = jnp.asarray(size, jnp.float32) / population
+    control = jax.tree.map(lambda c, d: (c + scale.astype(c.dtype) * d).astype(c.dtype),
+                           state.extra, aggregate["control"])
+    return params, opt_state, control
+
+  return server_update
+
+
+def scaffold(
+    loss_fn: LossFn,
+    *,
+    client_lr: float,
+    num_epochs: int,
+    batch_size: int,
+    server_optimizer: optax.GradientTransformation | None = None,
+    aggregator: Aggregator | None = None,
+    cohort_size: float | None = None,
+    grad_mode: str = "auto",
+    chunk_size: int | str | None = "auto",
+    mesh: Mesh | None = None,
+    jit: bool = True,
+    nonfinite: str = "raise",
+) -> FederatedAlgorithm:
+  """SCAFFOLD with option II control variates, as a federated algorithm.
+
+  Karimireddy, Kale, Mohri, Reddi, Stich, Suresh. "SCAFFOLD: Stochastic
+  Controlled Averaging for Federated Learning", ICML 2020. See the module
+  docstring for the round, the weighting and differential privacy.
+
+  The algorithm is stateful: call ``algo.init(params, num_clients=N)`` with
+  the population size ``N`` (client ids ``0..N-1``); ``state.client_states``
+  then holds every client's ``c_i`` stacked ``[N, ...]`` and ``state.extra``
+  the server's ``c``. Clients not in a round's cohort keep their ``c_i``.
+
+  Args:
+    loss_fn: ``loss(params, batch) -> scalar``, the mean loss of a batch.
+    client_lr: ``eta_l`` (> 0).
+    num_epochs: local epochs (>= 1).
+    batch_size: examples per local step (>= 1).
+    server_optimizer: applied to ``-mean(dy)``; default
+      :func:`fedjax_lite.server.fedavg` (``eta_g = 1``).
+    aggregator: how messages are averaged (both parts with the same
+      weights); default :func:`fedjax_lite.mean_aggregator` (example counts).
+    cohort_size: ``None`` (``|S|`` = the round's participating clients) or a
+      fixed ``|S|``; see :func:`scaffold_server_update`.
+    grad_mode: see :func:`fedjax_lite.build_client_update`.
+    chunk_size, mesh, jit, nonfinite: see
+      :func:`fedjax_lite.build_federated_algorithm`.
+
+  Returns:
+    A :class:`fedjax_lite.FederatedAlgorithm`; ``round`` returns the usual
+    metrics.
+
+  Raises:
+    TypeError, ValueError: for bad arguments (see
+      :func:`build_scaffold_client_update` and
+      :func:`fedjax_lite.build_federated_algorithm`), or a non-positive
+      ``cohort_size``.
+  """
+  if cohort_size is not None and not (
+      isinstance(cohort_size, (int, float)) and not isinstance(cohort_size, bool)
+      and cohort_size > 0):
+    raise ValueError(f"`cohort_size` must be None or a positive number; got {cohort_size!r}.")
+  client_update = build_scaffold_client_update(
+      loss_fn, client_lr=client_lr, num_epochs=num_epochs, batch_size=batch_size,
+      grad_mode=grad_mode)
+  if server_optimizer is None:
+    server_optimizer = server_lib.fedavg()
+  zeros = lambda params: jax.tree.map(jnp.zeros_like, params)
+  return build_federated_algorithm(
+      client_update, server_optimizer, aggregator=aggregator, chunk_size=chunk_size,
+      nonfinite=nonfinite, jit=jit, mesh=mesh, client_state_init=zeros,
+      broadcast=lambda state: {"params": state.params, "control": state.extra},
+      server_update=scaffold_server_update(server_optimizer, cohort_size), extra_init=zeros)
