@@ -20,6 +20,8 @@ Public API (everything here is a pure function or a NamedTuple of them):
   Mime-Lite, ...)
 * robust aggregation and attack simulators: :mod:`fedjax_lite.robust`
   (median, trimmed mean, Krum, norm bounding), :mod:`fedjax_lite.attacks`
+* compression: :mod:`fedjax_lite.compression` (stochastic quantization,
+  top-k with error feedback)
 * data sets, models, evaluation, checkpoints: :mod:`fedjax_lite.datasets`,
   :mod:`fedjax_lite.models`, :mod:`fedjax_lite.evaluation`,
   :mod:`fedjax_lite.checkpoint`
@@ -30,6 +32,7 @@ from fedjax_lite import (
     attacks,
     checkpoint,
     client,
+    compression,
     datasets,
     evaluation,
     models,
@@ -84,6 +87,7 @@ __all__ = [
     "Aggregator",
     "algorithms",
     "attacks",
+    "compression",
     "robust",
     "ClientOutput",
     "FederatedAlgorithm",
