@@ -20,6 +20,8 @@ Public API (everything here is a pure function or a NamedTuple of them):
   Mime-Lite, ...)
 * robust aggregation and attack simulators: :mod:`fedjax_lite.robust`
   (median, trimmed mean, Krum, norm bounding), :mod:`fedjax_lite.attacks`
+* personalization: :mod:`fedjax_lite.personalization` (local fine-tuning
+  evaluation, per-client models)
 * compression: :mod:`fedjax_lite.compression` (stochastic quantization,
   top-k with error feedback)
 * data sets, models, evaluation, checkpoints: :mod:`fedjax_lite.datasets`,
@@ -36,6 +38,7 @@ from fedjax_lite import (
     datasets,
     evaluation,
     models,
+    personalization,
     privacy,
     robust,
     server,
@@ -88,6 +91,7 @@ __all__ = [
     "algorithms",
     "attacks",
     "compression",
+    "personalization",
     "robust",
     "ClientOutput",
     "FederatedAlgorithm",

@@ -8,13 +8,23 @@ aggregators, compression and sharding compose with it.
 * :func:`scaffold` (Karimireddy et al. 2020), stateful: ``init(params,
   num_clients=N)``
 * :func:`mime_lite` (Karimireddy et al. 2021)
+* :func:`ditto` (Li et al. 2021), stateful (personal models);
+  :func:`evaluate_personal`
+* :func:`qffl` (q-FedAvg, Li et al. 2020)
 """
 
+from fedjax_lite.algorithms.ditto import (
+    build_ditto_client_update,
+    ditto,
+    evaluate_personal,
+    personal_models,
+)
 from fedjax_lite.algorithms.mime import (
     build_mime_lite_client_update,
     mime_lite,
     mime_lite_server_update,
 )
+from fedjax_lite.algorithms.qffl import build_qffl_client_update, qffl, qffl_server_update
 from fedjax_lite.algorithms.scaffold import (
     build_scaffold_client_update,
     scaffold,
@@ -22,6 +32,13 @@ from fedjax_lite.algorithms.scaffold import (
 )
 
 __all__ = [
+    "build_ditto_client_update",
+    "build_qffl_client_update",
+    "ditto",
+    "evaluate_personal",
+    "personal_models",
+    "qffl",
+    "qffl_server_update",
     "build_mime_lite_client_update",
     "build_scaffold_client_update",
     "mime_lite",
