@@ -23,7 +23,37 @@ from fedjax_lite.checkpoint import CheckpointError
 _OPTIONS = [
     ("--dataset", str, f"one of {', '.join(experiment.DATASETS)}"),
     ("--model", str, f"one of {', '.join(experiment.MODELS)}"),
-    ("--algorithm", str, f"server optimizer: {', '.join(experiment.ALGORITHMS)}"),
+    ("--algorithm", str, f"one of {', '.join(experiment.ALGORITHMS)} (the first five are "
+     "FedAvg with that server optimizer)"),
+    ("--server-optimizer", str, "server step of fedprox..qffl: fedavg (SGD at --server-lr, "
+     "default 1), fedavgm, fedadam, fedyogi or fedadagrad"),
+    ("--mu", float, "FedProx's proximal coefficient mu"),
+    ("--q", float, "q-FFL's fairness exponent q"),
+    ("--ditto-lambda", float, "Ditto's lambda pulling personal models to the global one"),
+    ("--personal-lr", float, "Ditto's personal-model learning rate (default: --client-lr)"),
+    ("--personal-epochs", int, "Ditto's local epochs on the personal model"),
+    ("--mime-beta", float, "Mime-Lite's server momentum beta"),
+    ("--local-work", str, "local steps per client: full (every step of the epochs), "
+     "fixed:S, sampled:MIN-MAX (uniform per client and round) or proportional:R (R steps per "
+     "example)"),
+    ("--stragglers", float, "fraction of clients per round that are stragglers (FedProx "
+     "paper's setting: a random number of steps in [1, all])"),
+    ("--straggler-mode", str, "drop (stragglers' updates are dropped, FedAvg) or partial "
+     "(their partial work is aggregated, FedProx)"),
+    ("--aggregator", str, "mean, median, trimmed_mean or krum (robust ones are not for --dp)"),
+    ("--trim-beta", float, "trimmed mean: fraction trimmed at each end"),
+    ("--num-byzantine", int, "Krum: assumed number of Byzantine clients f"),
+    ("--multi-krum", int, "Krum: average the m best-scored clients (Multi-Krum; 1 = Krum)"),
+    ("--norm-bound", float, "clip every client update to this L2 norm before aggregating"),
+    ("--quantize-bits", int, "stochastic uniform quantization of updates to this many bits"),
+    ("--topk-fraction", float, "top-k sparsification with error feedback: fraction of "
+     "coordinates sent"),
+    ("--attack", str, "simulate malicious clients: none, sign_flip, gaussian or scaled"),
+    ("--attack-fraction", float, "fraction of clients that are malicious (a fixed set)"),
+    ("--attack-scale", float, "sign_flip/scaled: factor; gaussian: noise std"),
+    ("--attack-seed", int, "seed choosing the malicious clients"),
+    ("--fine-tune-epochs", int, "also evaluate after this many local epochs of fine-tuning "
+     "on each client's train split (0: off)"),
     ("--rounds", int, "total rounds"),
     ("--clients-per-round", int, "cohort size"),
     ("--local-epochs", int, "local epochs per round"),
@@ -92,6 +122,8 @@ def _run_parser(sub) -> argparse.ArgumentParser:
                  help="continue the run in --out from its checkpoint")
   p.add_argument("--overwrite", action="store_const", const=True, default=None,
                  help="replace the outputs in a non-empty --out")
+  p.add_argument("--eval-train", action="store_const", const=True, default=None,
+                 help="also evaluate the global model on the training clients (train_eval_*)")
   p.add_argument("--adaptive-clip", action="store_const", const=True, default=None,
                  help="adaptive clipping (Andrew et al. 2021), gaussian only")
   p.add_argument("--local-dp", action="store_const", const=True, default=None,

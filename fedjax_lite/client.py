@@ -17,6 +17,12 @@ Each epoch then walks that order in batches of ``batch_size`` (the last batch
 of an epoch may be partial), taking one optimizer step per batch: exactly
 ``ceil(n / batch_size)`` steps per epoch. Padded batch rows and padded steps
 change nothing.
+
+Heterogeneous local work (:class:`LocalWork`: :func:`fixed`, :func:`sampled`,
+:func:`proportional`, :func:`stragglers`) caps a client's steps per round.
+Its randomness comes from the work key ``fold_in(client_key,
+LOCAL_WORK_FOLD)`` (a constant no epoch index reaches), so it too depends
+only on the round key and the client id.
 """
 
 from __future__ import annotations
@@ -321,6 +327,270 @@ def local_train(
   return LocalResult(params, loss_sum, steps, visited)
 
 
+# The data folded into the client's key for its local-work draws: far above
+# any epoch index (epochs use fold_in(client_key, e)), so the draws are
+# independent of the example orders.
+LOCAL_WORK_FOLD = 0x7F4C5700
+
+STRAGGLER_MODES = ("drop", "partial")
+STRAGGLER_UNITS = ("steps", "epochs")
+
+
+class LocalWork(NamedTuple):
+  """A per-client, per-round budget of local steps (heterogeneous local work).
+
+  Given to :func:`build_client_update` (``local_work=``), it caps each
+  client's optimizer steps in a round through :func:`local_train`'s
+  ``max_steps``, inside the one vmapped program. Build one with
+  :func:`fixed`, :func:`sampled`, :func:`proportional` or
+  :func:`stragglers`, or write your own ``budget``.
+
+  Attributes:
+    budget: ``budget(key, num_examples, steps_per_epoch, num_epochs) ->
+      (max_steps, straggler)``, pure and jit-safe: ``key`` is the client's
+      work key ``fold_in(fold_in(round_client_key, client_id),
+      LOCAL_WORK_FOLD)``, ``num_examples`` and ``steps_per_epoch =
+      ceil(num_examples / batch_size)`` int32 scalars, ``num_epochs`` the
+      static local epochs; it returns the int step budget (clipped to
+      ``[0, num_epochs * steps_per_epoch]`` by the caller) and a bool, whether
+      the client is a straggler this round.
+    drop_stragglers: drop the clients flagged as stragglers (zero delta,
+      weight 0, no steps) instead of aggregating their partial work.
+  """
+
+  budget: Callable[[PRNGKey, Any, Any, int], tuple[Any, Any]]
+  drop_stragglers: bool = False
+
+
+class WorkBudget(NamedTuple):
+  """One client's local work in one round (see :func:`local_work_budget`).
+
+  Attributes:
+    max_steps: int32 scalar, the step budget (0 for a dropped client); at most
+      the client's full ``num_epochs * ceil(n / batch_size)`` steps.
+    straggler: bool scalar, the client (with data) is a straggler.
+    dropped: bool scalar, the client (with data) is dropped this round.
+  """
+
+  max_steps: Any
+  straggler: Any
+  dropped: Any
+
+
+def _is_concrete(value: Any) -> bool:
+  return not isinstance(value, jax.core.Tracer)
+
+
+def _check_real(name: str, value: Any, *, low: float, high: float = math.inf,
+                low_open: bool = False, hint: str = "") -> None:
+  """Checks a (possibly traced) real hyperparameter; tracers pass unchecked."""
+  if not _is_concrete(value):
+    return
+  if isinstance(value, bool):
+    raise TypeError(f"`{name}` must be a number; got bool {value!r}.")
+  try:
+    v = float(value)
+  except (TypeError, ValueError):
+    raise TypeError(f"`{name}` must be a number; got {type(value).__name__} {value!r}.") from None
+  if not (v > low if low_open else v >= low) or not v <= high:
+    lo = "(" if low_open else "["
+    hi = "]" if math.isfinite(high) else ")"
+    raise ValueError(f"`{name}` must be in {lo}{low}, {high}{hi}; got {value!r}.{hint}")
+
+
+def fixed(steps: int) -> LocalWork:
+  """Every client takes ``steps`` local steps (or all its steps, if fewer).
+
+  Args:
+    steps: steps per client per round (>= 1); a client with fewer steps in
+      its ``num_epochs`` epochs takes all of them.
+
+  Returns:
+    A :class:`LocalWork`.
+
+  Raises:
+    TypeError, ValueError: for a non-int or non-positive ``steps``.
+  """
+  steps = _check_int("steps", steps, minimum=1)
+
+  def budget(key, num_examples, steps_per_epoch, num_epochs):
+    del key, num_examples, steps_per_epoch, num_epochs
+    return jnp.int32(steps), jnp.bool_(False)
+
+  return LocalWork(budget)
+
+
+def sampled(min_steps: int, max_steps: int) -> LocalWork:
+  """Each client draws its steps uniformly from ``[min_steps, max_steps]`` each round.
+
+  The draw is ``jax.random.randint(work_key, (), min_steps, max_steps + 1)``
+  with the client's work key (see :class:`LocalWork`), capped at the
+  client's full ``num_epochs * ceil(n / batch_size)`` steps.
+
+  Args:
+    min_steps: smallest budget (>= 1).
+    max_steps: largest budget (>= ``min_steps``).
+
+  Returns:
+    A :class:`LocalWork`.
+
+  Raises:
+    TypeError, ValueError: for non-int bounds, ``min_steps < 1`` or
+      ``max_steps < min_steps``.
+  """
+  min_steps = _check_int("min_steps", min_steps, minimum=1)
+  max_steps = _check_int("max_steps", max_steps, minimum=min_steps)
+
+  def budget(key, num_examples, steps_per_epoch, num_epochs):
+    del num_examples, steps_per_epoch, num_epochs
+    return jax.random.randint(key, (), min_steps, max_steps + 1), jnp.bool_(False)
+
+  return LocalWork(budget)
+
+
+def proportional(*, steps_per_example: float | None = None,
+                 fraction: float | None = None) -> LocalWork:
+  """A budget proportional to the client's data (or to its full local work).
+
+  Exactly one of:
+
+  * ``steps_per_example``: ``ceil(steps_per_example * n)`` steps for a
+    client with ``n`` examples;
+  * ``fraction``: ``ceil(fraction * full)`` steps, ``full = num_epochs *
+    ceil(n / batch_size)``.
+
+  Both are computed in float32 and rounded up after a relative ``1e-6``
+  slack (so float rounding cannot turn ``0.3 * 10`` into 4), at least 1 step
+  for a client with data and at most ``full``. No randomness.
+
+  Args:
+    steps_per_example: steps per example (> 0).
+    fraction: fraction of the full local work, in ``(0, 1]``.
+
+  Returns:
+    A :class:`LocalWork`.
+
+  Raises:
+    ValueError: unless exactly one argument is given, or if it is out of range.
+  """
+  if (steps_per_example is None) == (fraction is None):
+    raise ValueError("give exactly one of `steps_per_example` and `fraction`; got "
+                     f"steps_per_example={steps_per_example!r}, fraction={fraction!r}.")
+  if fraction is not None:
+    _check_real("fraction", fraction, low=0.0, high=1.0, low_open=True)
+  else:
+    _check_real("steps_per_example", steps_per_example, low=0.0, low_open=True)
+
+  def budget(key, num_examples, steps_per_epoch, num_epochs):
+    del key
+    if fraction is not None:
+      x = jnp.asarray(fraction, jnp.float32) * (steps_per_epoch * num_epochs).astype(jnp.float32)
+    else:
+      x = jnp.asarray(steps_per_example, jnp.float32) * num_examples.astype(jnp.float32)
+    steps = jnp.ceil(x * jnp.float32(1.0 - 1e-6)).astype(jnp.int32)
+    return jnp.maximum(steps, 1), jnp.bool_(False)
+
+  return LocalWork(budget)
+
+
+def stragglers(fraction: float, mode: str = "drop", *, unit: str = "steps") -> LocalWork:
+  """Stragglers as in the experiments of the FedProx paper.
+
+  Each round, each client is a straggler with probability ``fraction``. A
+  straggler has time for only part of its work: a uniformly random number of
+  steps in ``[1, full]`` (``full = num_epochs * ceil(n / batch_size)``), or
+  with ``unit="epochs"`` a uniformly random number of whole epochs in ``[1,
+  num_epochs]`` (as the paper's code does). Other clients do their full work.
+
+  * ``mode="drop"``: stragglers are dropped (zero delta, weight 0, no steps),
+    what FedAvg does in the paper;
+  * ``mode="partial"``: their partial work is aggregated like any other
+    client's (FedProx).
+
+  Randomness: with the client's work key ``w`` (see :class:`LocalWork`),
+  ``k_flag, k_steps = jax.random.split(w)``; the client is a straggler iff
+  ``jax.random.uniform(k_flag) < fraction``, and its partial budget is
+  ``jax.random.randint(k_steps, (), 1, full + 1)`` (steps) or
+  ``jax.random.randint(k_steps, (), 1, num_epochs + 1) * ceil(n /
+  batch_size)`` (epochs). Both modes draw the same stragglers for the same
+  round key, and nothing depends on the chunking or the cohort order. (The
+  paper picks an exact share of each round's cohort instead; per-client
+  draws keep clients independent.)
+
+  References:
+    Li, Sahu, Zaheer, Sanjabi, Talwalkar, Smith. "Federated Optimization in
+    Heterogeneous Networks", MLSys 2020. https://arxiv.org/abs/1812.06127
+
+  Args:
+    fraction: probability that a client straggles in a round, in ``[0, 1]``.
+    mode: ``"drop"`` or ``"partial"``.
+    unit: ``"steps"`` or ``"epochs"``: the granularity of a straggler's work.
+
+  Returns:
+    A :class:`LocalWork`; the client update then reports the per-client
+    metrics ``num_stragglers`` and ``num_dropped_stragglers`` (0 or 1,
+    summed by the round).
+
+  Raises:
+    ValueError: for ``fraction`` outside ``[0, 1]``, an unknown ``mode`` or
+      ``unit``.
+  """
+  _check_real("fraction", fraction, low=0.0, high=1.0)
+  if mode not in STRAGGLER_MODES:
+    raise ValueError(f"`mode` must be one of {STRAGGLER_MODES}; got {mode!r}.")
+  if unit not in STRAGGLER_UNITS:
+    raise ValueError(f"`unit` must be one of {STRAGGLER_UNITS}; got {unit!r}.")
+
+  def budget(key, num_examples, steps_per_epoch, num_epochs):
+    del num_examples
+    k_flag, k_steps = jax.random.split(key)
+    straggler = jax.random.uniform(k_flag) < fraction
+    full = steps_per_epoch * num_epochs
+    if unit == "steps":
+      partial = jax.random.randint(k_steps, (), 1, jnp.maximum(full, 1) + 1)
+    else:
+      partial = jax.random.randint(k_steps, (), 1, num_epochs + 1) * steps_per_epoch
+    return jnp.where(straggler, partial, full), straggler
+
+  return LocalWork(budget, drop_stragglers=mode == "drop")
+
+
+def local_work_budget(local_work: LocalWork | None, client_key: PRNGKey, num_examples: Any, *,
+                      num_epochs: int, batch_size: int) -> WorkBudget:
+  """One client's step budget for a round; pure and jit-safe.
+
+  Args:
+    local_work: a :class:`LocalWork`, or ``None`` (every step of the epochs).
+    client_key: the client's key ``fold_in(round_client_key, client_id)``;
+      the budget draws from ``fold_in(client_key, LOCAL_WORK_FOLD)``.
+    num_examples: int scalar, the client's real examples.
+    num_epochs: static local epochs.
+    batch_size: static examples per step.
+
+  Returns:
+    A :class:`WorkBudget`; ``straggler`` and ``dropped`` are false for a
+    client without data.
+  """
+  n = jnp.asarray(num_examples, jnp.int32)
+  per_epoch = (n + batch_size - 1) // batch_size
+  full = per_epoch * num_epochs
+  if local_work is None:
+    return WorkBudget(full, jnp.bool_(False), jnp.bool_(False))
+  work_key = jax.random.fold_in(client_key, LOCAL_WORK_FOLD)
+  steps, straggler = local_work.budget(work_key, n, per_epoch, num_epochs)
+  straggler = jnp.asarray(straggler, bool) & (n > 0)
+  dropped = straggler & jnp.bool_(local_work.drop_stragglers)
+  steps = jnp.clip(jnp.asarray(steps, jnp.int32), 0, full)
+  return WorkBudget(jnp.where(dropped, 0, steps), straggler, dropped)
+
+
+def _check_local_work(local_work: Any) -> None:
+  if local_work is not None and not isinstance(local_work, LocalWork):
+    raise TypeError(
+        "`local_work` must be None or a fedjax_lite.client.LocalWork (e.g. "
+        f"fedjax_lite.client.stragglers(0.5)); got {local_work!r}.")
+
+
 def build_client_update(
     loss_fn: LossFn,
     optimizer: optax.GradientTransformation,
@@ -328,6 +598,8 @@ def build_client_update(
     num_epochs: int = 1,
     batch_size: int,
     grad_mode: str = "auto",
+    proximal_mu: float = 0.0,
+    local_work: LocalWork | None = None,
 ) -> ClientUpdate:
   """Builds a pure local-training function for one client.
 
@@ -341,6 +613,13 @@ def build_client_update(
   optimizer state untouched, and an empty client returns a zero delta with
   weight 0.
 
+  With ``proximal_mu > 0`` the local objective is FedProx's ``F_i(w) +
+  mu/2 ||w - w_server||^2``: every step's gradient gets ``+ mu (w -
+  w_server)`` (Li, Sahu, Zaheer, Sanjabi, Talwalkar, Smith, "Federated
+  Optimization in Heterogeneous Networks", MLSys 2020). With ``local_work``
+  each client's steps are capped by its per-round budget (see
+  :class:`LocalWork`); a dropped straggler returns a zero delta with weight 0.
+
   Args:
     loss_fn: ``loss(params, batch) -> scalar``: the mean loss of a batch, a
       dict of arrays ``[B, ...]`` named like the client's arrays. It is
@@ -353,18 +632,30 @@ def build_client_update(
       :func:`masked_mean_grad`: ``"batch"``, ``"per_example"``, or ``"auto"``
       (``"per_example"`` when no parameter leaf has more than 4096 elements,
       else ``"batch"``). All give the same update up to float rounding.
+    proximal_mu: FedProx's ``mu`` (>= 0; may be a traced scalar, e.g. in
+      :func:`fedjax_lite.run_sweep`). A Python ``0`` adds nothing (plain
+      local training, bit for bit).
+    local_work: optional :class:`LocalWork` (:func:`fixed`, :func:`sampled`,
+      :func:`proportional`, :func:`stragglers`); ``None``: every step of the
+      ``num_epochs`` epochs.
 
   Returns:
     ``client_update(server_params, client_data, key) -> ClientOutput`` where
     ``client_data`` is one client's slice of a :class:`FederatedData` (arrays
     ``[max_examples, ...]``, scalar ``num_examples`` and ``client_ids``) and
     ``key`` is the round's PRNG key (the client folds in its own id). Pure and
-    safe under ``jax.jit`` and ``jax.vmap``.
+    safe under ``jax.jit`` and ``jax.vmap``. The metrics are ``train_loss``
+    (mean over the examples visited), ``num_examples`` and ``num_steps``;
+    with ``local_work`` also ``num_stragglers`` and
+    ``num_dropped_stragglers`` (0 or 1 per client, summed by the round), and
+    a dropped straggler reports ``num_examples`` 0 (it did not take part, so
+    the round's ``num_clients`` and ``num_examples`` leave it out).
 
   Raises:
     TypeError, ValueError: for a non-int or non-positive ``num_epochs`` or
       ``batch_size``, an ``optimizer`` that is not an optax transformation,
-      or an unknown ``grad_mode``.
+      an unknown ``grad_mode``, a negative ``proximal_mu`` or a
+      ``local_work`` that is not a :class:`LocalWork`.
   """
   _check_int("batch_size", batch_size, minimum=1)
   _check_int("num_epochs", num_epochs, minimum=1)
@@ -376,18 +667,45 @@ def build_client_update(
     raise TypeError(
         "`optimizer` must be an optax.GradientTransformation (e.g. optax.sgd(0.1)); got "
         f"{optimizer!r}.")
+  _check_real("proximal_mu", proximal_mu, low=0.0, hint=" Use 0 for no proximal term.")
+  _check_local_work(local_work)
+  proximal = not (_is_concrete(proximal_mu) and float(proximal_mu) == 0.0)
 
   def client_update(server_params, client_data: FederatedData, key) -> ClientOutput:
     n = client_data.num_examples
     client_key = jax.random.fold_in(key, client_data.client_ids)
+    correction = None
+    if proximal:
+      def correction(grads, params):
+        return jax.tree.map(lambda g, w, s: g + (proximal_mu * (w - s)).astype(g.dtype),
+                            grads, params, server_params)
+    work = None
+    if local_work is not None:
+      work = local_work_budget(local_work, client_key, n, num_epochs=num_epochs,
+                               batch_size=batch_size)
     result = local_train(loss_fn, optimizer, server_params, client_data, client_key,
-                         num_epochs=num_epochs, batch_size=batch_size, grad_mode=grad_mode)
+                         num_epochs=num_epochs, batch_size=batch_size, grad_mode=grad_mode,
+                         grad_correction=correction,
+                         max_steps=None if work is None else work.max_steps)
     delta = jax.tree.map(jnp.subtract, result.params, server_params)
     n_f = n.astype(jnp.float32)
+    if work is None:
+      metrics = {
+          "train_loss": result.loss_sum / jnp.maximum(n_f * num_epochs, 1.0),
+          "num_examples": n_f,
+          "num_steps": result.num_steps.astype(jnp.float32),
+      }
+      return ClientOutput(delta, n_f, metrics)
+    kept = ~work.dropped
+    delta = jax.tree.map(lambda d: jnp.where(kept, d, 0).astype(d.dtype), delta)
+    n_f = jnp.where(kept, n_f, 0.0)
+    visited = result.num_examples_visited.astype(jnp.float32)
     metrics = {
-        "train_loss": result.loss_sum / jnp.maximum(n_f * num_epochs, 1.0),
+        "train_loss": result.loss_sum / jnp.maximum(visited, 1.0),
         "num_examples": n_f,
         "num_steps": result.num_steps.astype(jnp.float32),
+        "num_stragglers": work.straggler.astype(jnp.float32),
+        "num_dropped_stragglers": work.dropped.astype(jnp.float32),
     }
     return ClientOutput(delta, n_f, metrics)
 

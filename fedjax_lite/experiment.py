@@ -81,6 +81,8 @@ from typing import Any
 
 import numpy as np
 
+from fedjax_lite import presets
+
 DEFAULTS: dict[str, Any] = {
     "dataset": "digits",
     "model": "mlp",
@@ -129,6 +131,15 @@ DEFAULTS: dict[str, Any] = {
     "coordinator": None,
     "num_processes": None,
     "process_id": None,
+    # Algorithms beyond FedAvg, robust/compressed aggregation, attacks, local
+    # work (fedjax_lite.presets).
+    **presets.DEFAULTS,
+    # Evaluation after local fine-tuning (epochs on each client's train split;
+    # 0: off).
+    "fine_tune_epochs": 0,
+    # Also evaluate the global model on the training clients (train_eval_*:
+    # the federated objective the algorithms minimize).
+    "eval_train": False,
 }
 
 # Keys a sweep may vary: they change neither the population nor the shapes of
@@ -152,7 +163,7 @@ PROCESS_KEYS = ("coordinator", "num_processes", "process_id")
 
 DATASETS = ("digits", "fashion_mnist", "shakespeare", "synthetic")
 MODELS = ("logreg", "mlp", "2nn", "cnn", "char_lstm")
-ALGORITHMS = ("fedavg", "fedavgm", "fedadam", "fedyogi", "fedadagrad")
+ALGORITHMS = presets.ALGORITHMS
 PARTITIONS = ("iid", "dirichlet", "shards")
 DP_MECHANISMS = ("none", "gaussian", "laplace")
 
@@ -428,9 +439,9 @@ def _validate(c: dict[str, Any]) -> None:
 
 
 def _validate_run(c: dict[str, Any]) -> None:
-  for key, valid in (("dataset", DATASETS), ("model", MODELS), ("algorithm", ALGORITHMS),
-                     ("partition", PARTITIONS), ("dp", DP_MECHANISMS),
-                     ("sampling", ("fixed", "poisson")), ("accountant", ("rdp", "pld"))):
+  for key, valid in (("dataset", DATASETS), ("model", MODELS), ("partition", PARTITIONS),
+                     ("dp", DP_MECHANISMS), ("sampling", ("fixed", "poisson")),
+                     ("accountant", ("rdp", "pld"))):
     if c[key] not in valid:
       raise ConfigError(f"unknown {key} {c[key]!r}; choose one of: {', '.join(valid)}.")
   chunk = c["chunk_size"]
@@ -468,6 +479,13 @@ def _validate_run(c: dict[str, Any]) -> None:
       raise ConfigError("--adaptive-clip needs --dp gaussian (Andrew et al.'s method).")
     if not 0 < c["target_quantile"] < 1:
       raise ConfigError(f"target_quantile must be in (0, 1); got {c['target_quantile']!r}.")
+  try:
+    presets.validate(c)
+  except ValueError as e:
+    raise ConfigError(str(e)) from e
+  ft = c["fine_tune_epochs"]
+  if isinstance(ft, bool) or not isinstance(ft, int) or ft < 0:
+    raise ConfigError(f"fine_tune_epochs must be a non-negative integer; got {ft!r}.")
   if c["model"] == "char_lstm" and c["dataset"] != "shakespeare":
     raise ConfigError("model 'char_lstm' needs dataset 'shakespeare'.")
   if c["dataset"] == "shakespeare" and c["model"] != "char_lstm":
@@ -803,7 +821,7 @@ def run_experiment(config: dict[str, Any], *, stop_after: int | None = None,
   _check_cohort(config, ds)
   dp = build_dp(config, ds.train.num_clients)
   algo = _algorithm(config, task, dp.aggregator if dp else None, mesh=mesh)
-  state = algo.init(task.params)
+  state = algo.init(task.params, num_clients=ds.train.num_clients)
   train = ds.train if mesh is None else fl.shard_clients(ds.train, mesh)
   ckpt_path = out / "checkpoint.ckpt"
   metrics_path = out / "metrics.jsonl"
@@ -814,7 +832,7 @@ def run_experiment(config: dict[str, Any], *, stop_after: int | None = None,
     rows = _resume_rows(metrics_path, int(state.round), write=main)
   if main:
     _write_run_config(out, config, ds, dp, mesh)
-  eval_row = _evaluator(task, mesh)
+  eval_row = _evaluator(task, mesh, config)
 
   start_round = int(state.round)
   remaining = config["rounds"] - start_round
@@ -830,7 +848,7 @@ def run_experiment(config: dict[str, Any], *, stop_after: int | None = None,
     nonlocal last_eval
     row = _round_row(config, dp, r, m)
     if _due(config, "eval_every", r):
-      last_eval = eval_row(state.params)
+      last_eval = eval_row(state.params, state)
       row.update(last_eval)
     rows.append(row)
     if main:
@@ -932,7 +950,8 @@ def run_sweep_experiment(config: dict[str, Any], *, stop_after: int | None = Non
   ckpt_path = out / "checkpoint.ckpt"
   states = None
   if config["resume"] and ckpt_path.exists():
-    target = jax.vmap(lambda h, p: make(h).init(p))(sweep_h, params)
+    target = jax.vmap(lambda h, p: make(h).init(p, num_clients=ds.train.num_clients))(
+        sweep_h, params)
     states = _load_state(ckpt_path, target, mesh)
   start_round = 0 if states is None else int(np.asarray(states.round).flat[0])
   dirs = [out / name for name in names]
@@ -1071,13 +1090,12 @@ def _algorithm(config: dict[str, Any], task: Task, aggregator, *, jit: bool = Tr
   """The federated algorithm of a configuration (its learning rates may be traced)."""
   import fedjax_lite as fl
 
-  update = fl.build_client_update(task.loss, _client_optimizer(config),
-                                  num_epochs=config["local_epochs"],
-                                  batch_size=config["batch_size"])
-  server_kwargs = {} if config["server_lr"] is None else {"learning_rate": config["server_lr"]}
-  return fl.build_federated_algorithm(
-      update, fl.server.server_optimizer(config["algorithm"], **server_kwargs),
-      aggregator=aggregator, chunk_size=config["chunk_size"], jit=jit, mesh=mesh)
+  del fl
+  try:
+    return presets.build_algorithm(config, task.loss, _client_optimizer(config),
+                                   dp_aggregator=aggregator, jit=jit, mesh=mesh)
+  except ValueError as e:
+    raise ConfigError(str(e)) from e
 
 
 def _sweep_dp(configs: list[dict[str, Any]], num_clients: int) -> list[DPSetup | None]:
@@ -1100,24 +1118,42 @@ def _write_run_config(out: Path, config: dict[str, Any], ds, dp, mesh=None) -> N
        "privacy": dp.describe() if dp else None, "runtime": runtime}, indent=1, default=str))
 
 
-def _evaluator(task: Task, mesh=None) -> Callable[[Any], dict[str, float]]:
-  """``eval_row(params)``: the evaluation entries of a metrics row.
+def _evaluator(task: Task, mesh=None, config: dict[str, Any] | None = None
+               ) -> Callable[..., dict[str, float]]:
+  """``eval_row(params, state=None)``: the evaluation entries of a metrics row.
 
   On a ``mesh``, the clients' test data is sharded like the training
-  population and the central test set (one client) is replicated.
+  population and the central test set (one client) is replicated. With a
+  ``config`` and a ``state``: Ditto's personal models are evaluated on their
+  clients' test data (``personal_*``), and with ``fine_tune_epochs`` the
+  global model fine-tuned on each client's train split (``finetune_*``);
+  with ``eval_train``, the global model on the training clients
+  (``train_eval_*``).
   """
+  import jax
+
   import fedjax_lite as fl
-  from fedjax_lite import evaluation
+  from fedjax_lite import evaluation, personalization
 
   ds = task.dataset
   evaluate = evaluation.build_evaluator(task.metrics)
   central = None if ds.central_test is None else evaluation.as_single_client(ds.central_test)
-  test = ds.test
+  test, train = ds.test, ds.train
   if mesh is not None:
     test = None if test is None else fl.shard_clients(test, mesh)
+    train = fl.shard_clients(train, mesh)
     central = None if central is None else fl.replicate(central, mesh)
+  personal = fine_tune = None
+  eval_train = config is not None and config["eval_train"]
+  if config is not None and test is not None:
+    if config["algorithm"] == "ditto":
+      personal = personalization.build_per_client_evaluator(task.metrics)
+    if config["fine_tune_epochs"]:
+      fine_tune = personalization.build_fine_tune_evaluator(
+          task.loss, task.metrics, _client_optimizer(config), batch_size=config["batch_size"],
+          num_epochs=config["fine_tune_epochs"])
 
-  def eval_row(params) -> dict[str, float]:
+  def eval_row(params, state=None) -> dict[str, float]:
     row = {}
     if test is not None:
       s = evaluate(params, test)
@@ -1126,7 +1162,16 @@ def _evaluator(task: Task, mesh=None) -> Callable[[Any], dict[str, float]]:
     if central is not None:
       s = evaluate(params, central)
       row.update({"central_loss": s["loss"], "central_accuracy": s["accuracy"]})
-    return row
+    if eval_train:
+      s = evaluate(params, train)
+      row.update({"train_eval_loss": s["loss"], "train_eval_accuracy": s["accuracy"]})
+    if state is not None and personal is not None:
+      s = fl.algorithms.evaluate_personal(personal, state, test)
+      row.update({"personal_eval_loss": s["loss"], "personal_eval_accuracy": s["accuracy"]})
+    if state is not None and fine_tune is not None:
+      s = fine_tune(params, train, test, jax.random.key(config["seed"]))
+      row.update({"finetune_eval_loss": s["loss"], "finetune_eval_accuracy": s["accuracy"]})
+    return {k: float(v) for k, v in row.items()}
 
   return eval_row
 
@@ -1139,17 +1184,27 @@ def _due(config: dict[str, Any], every: str, r: int) -> bool:
 def _round_row(config: dict[str, Any], dp: DPSetup | None, r: int,
                m: dict[str, float]) -> dict[str, Any]:
   """The metrics.jsonl row of round ``r`` from its training metrics ``m``."""
-  row = {"round": r, "train_loss": m["train_loss"], "clients": int(m["num_clients"]),
-         "examples": int(m["num_examples"]), "seconds": m["seconds"]}
+  row = {"round": r, "train_loss": m.get("train_loss", float("nan")),
+         "clients": int(m["num_clients"]), "examples": int(m["num_examples"]),
+         "seconds": m["seconds"]}
   if dp:
     row["epsilon"] = dp.epsilon(r + 1)
-    row.update({k.split("/", 1)[1]: v for k, v in m.items() if k.startswith("aggregator/")})
+  # The aggregator's metrics (DP noise, bits sent, clipped or selected
+  # clients) and the algorithm's counts (stragglers dropped, malicious
+  # clients, bits sent with error feedback).
+  row.update({k.split("/", 1)[1]: v for k, v in m.items() if k.startswith("aggregator/")})
+  row.update({k: v for k, v in m.items()
+              if k.startswith("num_") and k not in ("num_clients", "num_examples",
+                                                     "num_nonfinite_clients")})
   return row
 
 
 def _append_row(path: Path, row: dict[str, Any]) -> None:
   with open(path, "a") as f:
     f.write(json.dumps(row) + "\n")
+
+
+_EVAL_PREFIXES = ("eval_", "central_", "train_eval_", "personal_", "finetune_")
 
 
 def _finish_run(config: dict[str, Any], out: Path, ds, dp: DPSetup | None,
@@ -1168,7 +1223,7 @@ def _finish_run(config: dict[str, Any], out: Path, ds, dp: DPSetup | None,
       "wall_seconds_this_invocation": wall,
       "train_seconds_total": float(sum(r["seconds"] for r in rows)),
       "final_train_loss": rows[-1]["train_loss"] if rows else None,
-      **({k: v for k, v in evals[-1].items() if k.startswith(("eval_", "central_"))}
+      **({k: v for k, v in evals[-1].items() if k.startswith(_EVAL_PREFIXES)}
          if evals else {}),
       "best_eval_accuracy": max((r["eval_accuracy"] for r in evals), default=None),
       "chance_accuracy": 1.0 / ds.num_classes,

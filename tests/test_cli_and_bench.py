@@ -136,3 +136,17 @@ def test_profile_reports_ops_and_product_rates():
   rates = rows[-1]["rates"]
   assert rows[-1]["round_ms"] > 0 and rows[-1]["chunk_size"] >= 1
   assert all(v > 0 for v in rates.values()) and set(rates) >= {"single_gflops", "peak_gflops"}
+
+
+@pytest.mark.slow
+def test_paper_results_script_runs_its_commands():
+  out = subprocess.run([sys.executable, "-m", "benchmarks.paper_results", "--quick", "--only",
+                        "quantization"], capture_output=True, text=True, timeout=600,
+                       check=True).stdout
+  rows = [json.loads(x) for x in out.splitlines()]
+  assert [r["run"] for r in rows] == ["FedAvg, 32-bit", "FedAvg, 8-bit quantized",
+                                      "FedAvg, 2-bit quantized"]
+  assert rows[1]["command"] == "fedjax-lite run --quantize-bits 8"
+  assert rows[1]["bits_sent_per_round"] * 4 == pytest.approx(
+      rows[1]["bits_uncompressed_per_round"], rel=1e-2)  # 8 of 32 bits, plus the scales
+  assert all(r["rounds"] == 2 and 0 <= r["central_accuracy"] <= 1 for r in rows)

@@ -5,6 +5,10 @@ whole algorithm, composed from the round's extension points (stateful client
 updates, broadcast, server update) so that DP aggregators, robust
 aggregators, compression and sharding compose with it.
 
+* :func:`fedprox` (Li et al. 2020); local work and stragglers:
+  :func:`fedjax_lite.client.stragglers` and friends
+* :func:`fedsgd` (one full-batch gradient per client)
+* :func:`fednova` (Wang et al. 2020)
 * :func:`scaffold` (Karimireddy et al. 2020), stateful: ``init(params,
   num_clients=N)``
 * :func:`mime_lite` (Karimireddy et al. 2021)
@@ -19,6 +23,14 @@ from fedjax_lite.algorithms.ditto import (
     evaluate_personal,
     personal_models,
 )
+from fedjax_lite.algorithms.fednova import (
+    build_fednova_client_update,
+    fednova,
+    fednova_normalizer,
+    fednova_server_update,
+)
+from fedjax_lite.algorithms.fedprox import build_fedprox_client_update, fedprox
+from fedjax_lite.algorithms.fedsgd import build_fedsgd_client_update, fedsgd
 from fedjax_lite.algorithms.mime import (
     build_mime_lite_client_update,
     mime_lite,
@@ -32,6 +44,14 @@ from fedjax_lite.algorithms.scaffold import (
 )
 
 __all__ = [
+    "build_fednova_client_update",
+    "build_fedprox_client_update",
+    "build_fedsgd_client_update",
+    "fednova",
+    "fednova_normalizer",
+    "fednova_server_update",
+    "fedprox",
+    "fedsgd",
     "build_ditto_client_update",
     "build_qffl_client_update",
     "ditto",
