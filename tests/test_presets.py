@@ -74,15 +74,24 @@ EXPECTED_METRIC = {
 }
 
 
-@pytest.mark.parametrize("name", list(CASES))
-def test_every_named_configuration_trains(name):
-  config = _config(**CASES[name])
-  experiment._validate_run(config)
-  state, history = _run(config)
+# Run on one and on four devices by the test below (and checked like the rest).
+SHARDED = ("fednova", "mime_lite", "ditto", "qffl", "fedsgd", "topk_error_feedback",
+           "fedprox_stragglers")
+
+
+def _check(name, config, state, history):
   if name in EXPECTED_METRIC:
     assert EXPECTED_METRIC[name] in history[-1], sorted(history[-1])
   if config["algorithm"] in presets.STATEFUL or config["topk_fraction"]:
     assert jax.tree.leaves(state.client_states)[0].shape[0] == len(SIZES)
+
+
+@pytest.mark.parametrize("name", [n for n in CASES if n not in SHARDED])
+def test_every_named_configuration_trains(name):
+  config = _config(**CASES[name])
+  experiment._validate_run(config)
+  state, history = _run(config)
+  _check(name, config, state, history)
 
 
 @pytest.mark.parametrize("algorithm", ["fedprox", "scaffold"])
@@ -144,3 +153,14 @@ def test_cli_ditto_run_reports_personal_and_fine_tuned_accuracy(tmp_path):
               "eval_accuracy"):
     assert 0 <= summary[key] <= max(1.0, summary[key]), key
   assert summary["personal_eval_accuracy"] != summary["eval_accuracy"]
+
+
+@pytest.mark.parametrize("name", SHARDED)
+def test_algorithms_on_four_devices_equal_one_device(name):
+  config = _config(**CASES[name])
+  experiment._validate_run(config)
+  one, history = _run(config)
+  _check(name, config, one, history)
+  four, _ = _run(config, mesh=fl.client_mesh(4))
+  for a, b in zip(jax.tree.leaves(one), jax.tree.leaves(four), strict=True):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
