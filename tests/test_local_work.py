@@ -21,6 +21,7 @@ from fedjax_lite import client as fc
 from fedjax_lite.algorithms.fedprox import build_fedprox_client_update, fedprox
 from fedjax_lite.algorithms.fedsgd import build_fedsgd_client_update, fedsgd
 from tests.conftest import MODELS, make_clients
+from tests.reference import linear_softmax_grad as linear_grad
 from tests.reference import reference_order
 
 LR, EPOCHS, BATCH, MU = 0.1, 2, 4, 0.5
@@ -39,18 +40,6 @@ def tree(fn, *trees):
 
 def np32(t):
   return tree(lambda x: np.asarray(x, np.float32), t)
-
-
-def linear_grad(params, batch):
-  """The gradient of the mean softmax cross-entropy of the linear model, by hand."""
-  dense = params["params"]["Dense_0"]
-  x, y = np.float64(batch["x"]), batch["y"]
-  logits = x @ np.float64(dense["kernel"]) + np.float64(dense["bias"])
-  prob = np.exp(logits - logits.max(-1, keepdims=True))
-  prob /= prob.sum(-1, keepdims=True)
-  prob[np.arange(len(y)), y] -= 1.0
-  g = prob / len(y)
-  return {"params": {"Dense_0": {"kernel": x.T @ g, "bias": g.sum(0)}}}
 
 
 def local_sgd(x, arrays, client_key, *, lr=LR, num_epochs=EPOCHS, batch_size=BATCH, mu=0.0,

@@ -20,7 +20,7 @@ from fedjax_lite import privacy
 from fedjax_lite.algorithms.mime import mime_lite
 from fedjax_lite.algorithms.scaffold import build_scaffold_client_update, scaffold
 from tests.conftest import MODELS, make_clients
-from tests.reference import reference_order
+from tests.reference import linear_softmax_grad, reference_order
 
 LR, EPOCHS, BATCH, BETA = 0.1, 2, 4, 0.9
 # A population of 9 ragged clients, cohorts of 5 (not a multiple of 4
@@ -45,15 +45,7 @@ def _zeros(tree):
 
 
 def _grad(params, batch):
-  """The gradient of the mean softmax cross-entropy of the linear model, by hand."""
-  dense = params["params"]["Dense_0"]
-  x, y = np.float64(batch["x"]), batch["y"]
-  logits = x @ np.float64(dense["kernel"]) + np.float64(dense["bias"])
-  prob = np.exp(logits - logits.max(-1, keepdims=True))
-  prob /= prob.sum(-1, keepdims=True)
-  prob[np.arange(len(y)), y] -= 1.0
-  g = prob / len(y)
-  return {"params": {"Dense_0": {"kernel": np.float32(x.T @ g), "bias": np.float32(g.sum(0))}}}
+  return _tree(np.float32, linear_softmax_grad(params, batch))
 
 
 def _local_sgd(x, arrays, cid, client_key, correction):

@@ -47,7 +47,8 @@ from jax.sharding import Mesh
 from fedjax_lite import server as server_lib
 from fedjax_lite.aggregation import Aggregator
 from fedjax_lite.algorithm import FederatedAlgorithm, ServerState, build_federated_algorithm
-from fedjax_lite.client import GRAD_MODES, ClientOutput, LossFn, local_train
+from fedjax_lite.algorithms._common import check_local_sgd
+from fedjax_lite.client import ClientOutput, LossFn, _check_real, local_train
 from fedjax_lite.data import FederatedData, _check_int
 from fedjax_lite.sharding import CLIENT_AXIS
 
@@ -56,11 +57,6 @@ Params = Any
 # fold_in(client_key, PERSONAL_STREAM) seeds the personal steps; epochs of the
 # global part use fold_in(client_key, e) for e < num_epochs, far below this.
 PERSONAL_STREAM = 2**31 - 1
-
-
-def _check_lr(name: str, value: Any) -> None:
-  if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-    raise ValueError(f"`{name}` must be a positive float (e.g. 0.1); got {value!r}.")
 
 
 def build_ditto_client_update(
@@ -113,20 +109,13 @@ def build_ditto_client_update(
       learning rates, a negative ``lam``, bad integer arguments, or an
       unknown ``grad_mode``.
   """
-  if not callable(loss_fn):
-    raise TypeError(f"`loss_fn` must be callable loss(params, batch); got {loss_fn!r}.")
-  _check_lr("client_lr", client_lr)
-  _check_lr("personal_lr", personal_lr)
-  if isinstance(lam, bool) or not isinstance(lam, (int, float)) or not lam >= 0:
-    raise ValueError(f"`lam` must be a float >= 0 (e.g. 0.1); got {lam!r}.")
-  _check_int("num_epochs", num_epochs, minimum=1)
-  _check_int("batch_size", batch_size, minimum=1)
+  check_local_sgd(loss_fn, client_lr, num_epochs, batch_size, grad_mode)
+  _check_real("personal_lr", personal_lr, low=0.0, low_open=True)
+  _check_real("lam", lam, low=0.0, hint=" e.g. 0.1.")
   if personal_epochs is not None:
     _check_int("personal_epochs", personal_epochs, minimum=1)
   if personal_steps is not None:
     _check_int("personal_steps", personal_steps, minimum=1)
-  if grad_mode not in GRAD_MODES:
-    raise ValueError(f"`grad_mode` must be one of {GRAD_MODES}; got {grad_mode!r}.")
   if personal_epochs is None:
     personal_epochs = num_epochs if personal_steps is None else personal_steps
   global_sgd, personal_sgd = optax.sgd(client_lr), optax.sgd(personal_lr)

@@ -48,6 +48,7 @@ from jax.sharding import Mesh
 from fedjax_lite import server as server_lib
 from fedjax_lite.aggregation import Aggregator
 from fedjax_lite.algorithm import FederatedAlgorithm, ServerState, build_federated_algorithm
+from fedjax_lite.algorithms._common import apply_server_optimizer
 from fedjax_lite.client import (
     ClientOutput,
     ClientUpdate,
@@ -160,8 +161,8 @@ def fednova_server_update(server_optimizer: optax.GradientTransformation):
     del metrics, key
     tau_eff = aggregate["a"]
     pseudo_grad = jax.tree.map(lambda d: -(tau_eff.astype(d.dtype) * d), aggregate["delta"])
-    updates, opt_state = server_optimizer.update(pseudo_grad, state.opt_state, state.params)
-    return optax.apply_updates(state.params, updates), opt_state, state.extra
+    params, opt_state = apply_server_optimizer(server_optimizer, state, pseudo_grad)
+    return params, opt_state, state.extra
 
   return server_update
 

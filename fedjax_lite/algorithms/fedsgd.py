@@ -25,8 +25,8 @@ from jax.sharding import Mesh
 from fedjax_lite import server as server_lib
 from fedjax_lite.aggregation import Aggregator
 from fedjax_lite.algorithm import FederatedAlgorithm, build_federated_algorithm
+from fedjax_lite.algorithms._common import check_loss_and_grad_mode
 from fedjax_lite.client import (
-    GRAD_MODES,
     ClientOutput,
     ClientUpdate,
     LossFn,
@@ -64,10 +64,7 @@ def build_fedsgd_client_update(loss_fn: LossFn, *, grad_mode: str = "auto") -> C
     TypeError, ValueError: for a non-callable ``loss_fn`` or an unknown
       ``grad_mode``.
   """
-  if not callable(loss_fn):
-    raise TypeError(f"`loss_fn` must be callable loss(params, batch); got {loss_fn!r}.")
-  if grad_mode not in GRAD_MODES:
-    raise ValueError(f"`grad_mode` must be one of {GRAD_MODES}; got {grad_mode!r}.")
+  check_loss_and_grad_mode(loss_fn, grad_mode)
 
   def client_update(server_params, client_data: FederatedData, key) -> ClientOutput:
     del key

@@ -44,10 +44,12 @@ from jax.sharding import Mesh
 from fedjax_lite import server as server_lib
 from fedjax_lite.aggregation import Aggregator
 from fedjax_lite.algorithm import FederatedAlgorithm, ServerState, build_federated_algorithm
-from fedjax_lite.algorithms.scaffold import _check_common
+from fedjax_lite.algorithms._common import apply_server_optimizer, check_local_sgd
 from fedjax_lite.client import (
     ClientOutput,
     LossFn,
+    _check_real,
+    _is_concrete,
     local_train,
     masked_mean_grad,
     resolve_grad_mode,
@@ -58,8 +60,9 @@ Params = Any
 
 
 def _check_beta(beta):
-  if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not 0.0 <= beta < 1.0:
-    raise ValueError(f"`beta` (the momentum) must be a float in [0, 1); got {beta!r}.")
+  _check_real("beta", beta, low=0.0, high=1.0)
+  if _is_concrete(beta) and float(beta) >= 1.0:
+    raise ValueError(f"`beta` (the momentum) must be in [0.0, 1.0); got {beta!r}.")
 
 
 def build_mime_lite_client_update(
@@ -98,7 +101,7 @@ def build_mime_lite_client_update(
       ``client_lr``, ``num_epochs`` or ``batch_size``, ``beta`` outside
       ``[0, 1)``, or an unknown ``grad_mode``.
   """
-  _check_common(loss_fn, client_lr, num_epochs, batch_size, grad_mode)
+  check_local_sgd(loss_fn, client_lr, num_epochs, batch_size, grad_mode)
   _check_beta(beta)
   sgd = optax.sgd(client_lr)
 
@@ -149,8 +152,7 @@ def mime_lite_server_update(server_optimizer: optax.GradientTransformation, beta
   def server_update(state: ServerState, aggregate, metrics, key):
     del metrics, key
     pseudo_grad = jax.tree.map(jnp.negative, aggregate["params"])
-    updates, opt_state = server_optimizer.update(pseudo_grad, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
+    params, opt_state = apply_server_optimizer(server_optimizer, state, pseudo_grad)
     momentum = jax.tree.map(lambda m, g: ((1.0 - beta) * g + beta * m).astype(m.dtype),
                             state.extra, aggregate["grad"])
     return params, opt_state, momentum

@@ -44,15 +44,16 @@ from jax.sharding import Mesh
 from fedjax_lite import server as server_lib
 from fedjax_lite.aggregation import Aggregator, mean_aggregator
 from fedjax_lite.algorithm import FederatedAlgorithm, ServerState, build_federated_algorithm
+from fedjax_lite.algorithms._common import apply_server_optimizer, check_local_sgd
 from fedjax_lite.client import (
-    GRAD_MODES,
     ClientOutput,
     LossFn,
+    _check_real,
     check_loss_fn,
     local_train,
     per_example_losses,
 )
-from fedjax_lite.data import FederatedData, _check_int
+from fedjax_lite.data import FederatedData
 from fedjax_lite.sharding import CLIENT_AXIS
 
 Params = Any
@@ -92,18 +93,9 @@ def mean_loss(loss_fn: LossFn, params: Params, client_data: FederatedData, *,
 
 
 def _check_args(loss_fn, q, client_lr, num_epochs, batch_size, eps, grad_mode):
-  if not callable(loss_fn):
-    raise TypeError(f"`loss_fn` must be callable loss(params, batch); got {loss_fn!r}.")
-  if isinstance(q, bool) or not isinstance(q, (int, float)) or not q >= 0:
-    raise ValueError(f"`q` must be a float >= 0 (0 is FedAvg; e.g. 1 or 5); got {q!r}.")
-  if isinstance(client_lr, bool) or not isinstance(client_lr, (int, float)) or not client_lr > 0:
-    raise ValueError(f"`client_lr` must be a positive float (e.g. 0.1); got {client_lr!r}.")
-  if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not eps >= 0:
-    raise ValueError(f"`eps` must be a float >= 0; got {eps!r}.")
-  _check_int("num_epochs", num_epochs, minimum=1)
-  _check_int("batch_size", batch_size, minimum=1)
-  if grad_mode not in GRAD_MODES:
-    raise ValueError(f"`grad_mode` must be one of {GRAD_MODES}; got {grad_mode!r}.")
+  check_local_sgd(loss_fn, client_lr, num_epochs, batch_size, grad_mode)
+  _check_real("q", q, low=0.0, hint=" q = 0 is FedAvg; e.g. 1 or 5.")
+  _check_real("eps", eps, low=0.0)
 
 
 def build_qffl_client_update(
@@ -193,8 +185,8 @@ def qffl_server_update(server_optimizer: optax.GradientTransformation):
     safe = jnp.where(ok, h, 1.0)
     step = jax.tree.map(lambda d: jnp.where(ok, d / safe.astype(d.dtype), 0).astype(d.dtype),
                         aggregate["Delta"])
-    updates, opt_state = server_optimizer.update(step, state.opt_state, state.params)
-    return optax.apply_updates(state.params, updates), opt_state, state.extra
+    params, opt_state = apply_server_optimizer(server_optimizer, state, step)
+    return params, opt_state, state.extra
 
   return server_update
 

@@ -53,21 +53,11 @@ from jax.sharding import Mesh
 from fedjax_lite import server as server_lib
 from fedjax_lite.aggregation import Aggregator
 from fedjax_lite.algorithm import FederatedAlgorithm, ServerState, build_federated_algorithm
-from fedjax_lite.client import GRAD_MODES, ClientOutput, LossFn, local_train
-from fedjax_lite.data import FederatedData, _check_int
+from fedjax_lite.algorithms._common import apply_server_optimizer, check_local_sgd
+from fedjax_lite.client import ClientOutput, LossFn, local_train
+from fedjax_lite.data import FederatedData
 
 Params = Any
-
-
-def _check_common(loss_fn, client_lr, num_epochs, batch_size, grad_mode):
-  if not callable(loss_fn):
-    raise TypeError(f"`loss_fn` must be callable loss(params, batch); got {loss_fn!r}.")
-  if isinstance(client_lr, bool) or not isinstance(client_lr, (int, float)) or not client_lr > 0:
-    raise ValueError(f"`client_lr` must be a positive float (e.g. 0.1); got {client_lr!r}.")
-  _check_int("num_epochs", num_epochs, minimum=1)
-  _check_int("batch_size", batch_size, minimum=1)
-  if grad_mode not in GRAD_MODES:
-    raise ValueError(f"`grad_mode` must be one of {GRAD_MODES}; got {grad_mode!r}.")
 
 
 def build_scaffold_client_update(
@@ -105,7 +95,7 @@ def build_scaffold_client_update(
       ``client_lr``, ``num_epochs`` or ``batch_size``, or an unknown
       ``grad_mode``.
   """
-  _check_common(loss_fn, client_lr, num_epochs, batch_size, grad_mode)
+  check_local_sgd(loss_fn, client_lr, num_epochs, batch_size, grad_mode)
   sgd = optax.sgd(client_lr)
 
   def client_update(broadcast, client_data: FederatedData, key, client_state) -> ClientOutput:
@@ -160,8 +150,7 @@ def scaffold_server_update(server_optimizer: optax.GradientTransformation,
   def server_update(state: ServerState, aggregate, metrics, key):
     del key
     pseudo_grad = jax.tree.map(jnp.negative, aggregate["params"])
-    updates, opt_state = server_optimizer.update(pseudo_grad, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
+    params, opt_state = apply_server_optimizer(server_optimizer, state, pseudo_grad)
     population = jax.tree.leaves(state.client_states)[0].shape[0]
     size = metrics["num_clients"] if cohort_size is None else cohort_size
     scale = jnp.asarray(size, jnp.float32) / population
