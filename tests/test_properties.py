@@ -27,7 +27,7 @@ def cohorts(draw):
   return sizes, chunk, list(perm), seed
 
 
-@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(cohorts())
 def test_round_invariant_to_sizes_chunks_and_order(case):
   sizes, chunk, perm, seed = case

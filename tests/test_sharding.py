@@ -37,30 +37,33 @@ def mesh():
 
 
 @pytest.mark.parametrize("name", list(_aggregators()))
-@pytest.mark.parametrize("chunk_size", [2, "auto"])
-def test_sharded_round_equals_single_device(mesh, name, chunk_size):
+def test_sharded_round_equals_single_device(mesh, name):
   server, aggregator = _aggregators()[name]
   params, loss = MODELS["mlp"]()
   data = fl.from_clients(make_clients(SIZES))
   update = fl.build_client_update(loss, optax.sgd(0.1), num_epochs=2, batch_size=4)
 
-  def build(m):
+  def build(m, chunk_size):
     return fl.build_federated_algorithm(update, server(), chunk_size=chunk_size, mesh=m,
                                         aggregator=aggregator() if aggregator else None)
 
-  single, sharded = build(None), build(mesh)
-  s1, s2 = single.init(params), sharded.init(params)
-  assert s2.params["params"]["Dense_0"]["kernel"].sharding.is_fully_replicated
-  for r in range(2):
-    key = jax.random.key(r)
-    s1, m1 = single.round(s1, data, key)
-    s2, m2 = sharded.round(s2, data, key)
-  _close(s2.params, s1.params)
-  _close(s2.opt_state, s1.opt_state)
-  for k, v in m1["clients"].items():
-    np.testing.assert_allclose(m2["clients"][k], v, atol=1e-5, err_msg=k)
-  for k in ("train_loss", "num_clients", "num_examples"):
-    np.testing.assert_allclose(m2[k], m1[k], rtol=1e-5)
+  def run(algo):
+    state, history = algo.init(params), []
+    for r in range(2):
+      state, metrics = algo.round(state, data, jax.random.key(r))
+      history.append(metrics)
+    return state, history[-1]
+
+  s1, m1 = run(build(None, "auto"))
+  for chunk_size in (2, "auto"):  # 10 clients on 4 devices (3 each, 2 padded): chunks of 2, 3
+    s2, m2 = run(build(mesh, chunk_size))
+    assert s2.params["params"]["Dense_0"]["kernel"].sharding.is_fully_replicated
+    _close(s2.params, s1.params)
+    _close(s2.opt_state, s1.opt_state)
+    for k, v in m1["clients"].items():
+      np.testing.assert_allclose(m2["clients"][k], v, atol=1e-5, err_msg=k)
+    for k in ("train_loss", "num_clients", "num_examples"):
+      np.testing.assert_allclose(m2[k], m1[k], rtol=1e-5)
 
 
 def test_nonfinite_client_is_found_on_its_device(mesh):
