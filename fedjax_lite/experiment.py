@@ -1371,11 +1371,12 @@ def plot_curves(rows: list[dict[str, Any]], path: Path, title: str = "") -> None
       ax_acc.plot(er, [r["central_accuracy"] for r in ev], "s--", label="central test accuracy")
   ax_loss.set_xlabel("round")
   ax_loss.set_ylabel("loss")
-  ax_loss.legend()
   ax_acc.set_xlabel("round")
   ax_acc.set_ylabel("accuracy")
   ax_acc.set_ylim(0, 1)
-  ax_acc.legend(loc="lower right")
+  for ax, where in ((ax_loss, "best"), (ax_acc, "lower right")):
+    if ax.get_legend_handles_labels()[0]:  # no evaluation yet: no accuracy curve
+      ax.legend(loc=where)
   fig.suptitle(title)
   fig.tight_layout()
   fig.savefig(path, dpi=100)
