@@ -32,8 +32,6 @@ The stacked helpers :func:`weighted_sum` and :func:`weighted_mean` are the
 same reductions for deltas that are all in memory at once.
 """
 
-from __future__ import annotations
-
 from collections.abc import Callable
 from typing import Any, NamedTuple
 

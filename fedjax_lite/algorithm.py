@@ -23,8 +23,6 @@ reduction is a sum, so results do not depend on the chunk size or on the
 order of clients in the cohort (up to float summation order).
 """
 
-from __future__ import annotations
-
 import math
 from collections.abc import Callable
 from typing import Any, NamedTuple

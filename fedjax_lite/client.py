@@ -25,8 +25,6 @@ LOCAL_WORK_FOLD)`` (a constant no epoch index reaches), so it too depends
 only on the round key and the client id.
 """
 
-from __future__ import annotations
-
 import math
 from collections.abc import Callable
 from typing import Any, NamedTuple

@@ -14,8 +14,6 @@ passed into ``jax.jit``-compiled functions, and a cohort can be gathered from
 it inside the compiled program with :func:`take`.
 """
 
-from __future__ import annotations
-
 from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
@@ -61,7 +59,7 @@ class FederatedData(NamedTuple):
     """``bool[N, max_examples]``: True on real rows, False on padding."""
     return example_mask(self.num_examples, self.max_examples)
 
-  def take(self, indices: Array) -> FederatedData:
+  def take(self, indices: Array) -> "FederatedData":
     """Gathers the clients at ``indices`` (see :func:`take`)."""
     return take(self, indices)
 

@@ -32,8 +32,6 @@ References:
   Adaptive Clipping", NeurIPS 2021. https://arxiv.org/abs/1905.03871
 """
 
-from __future__ import annotations
-
 import contextlib
 import dataclasses
 import logging

@@ -7,8 +7,6 @@ the rest. The DP accountant must be told which one ran
 (:mod:`fedjax_lite.privacy`).
 """
 
-from __future__ import annotations
-
 import math
 from collections.abc import Callable
 from typing import Any, NamedTuple

@@ -20,8 +20,6 @@ adaptivity ``tau`` is added *outside* the square root
 ``v_{-1} = tau**2`` (the paper requires ``v_{-1} >= tau**2``).
 """
 
-from __future__ import annotations
-
 from typing import Any, NamedTuple
 
 import jax

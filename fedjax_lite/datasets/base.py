@@ -1,7 +1,5 @@
 """The container every federated dataset builder returns."""
 
-from __future__ import annotations
-
 from typing import Any, NamedTuple
 
 import numpy as np
