@@ -7,7 +7,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 ARGS   ?=
 
-.PHONY: run test bench lint clean
+.PHONY: run test bench lint docs clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,11 @@ test: $(VENV)/.installed-dev
 
 bench: $(VENV)/.installed
 	$(BIN)/python -m benchmarks $(ARGS)
+
+# The API reference from the docstrings (Google style), as HTML in build/api.
+docs: $(VENV)/.installed-dev
+	$(BIN)/python -m pdoc --docformat google -o build/api fedjax_lite
+	@echo "open build/api/index.html"
 
 lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check fedjax_lite benchmarks tests
