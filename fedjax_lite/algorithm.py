@@ -440,6 +440,9 @@ def raise_if_nonfinite(metrics: dict[str, Any], cohort_client_ids: Any = None,
     cohort_client_ids: optional ids of the cohort's clients, to name them.
     round_index: optional round number for the message.
 
+  Returns:
+    None when every client's delta was finite.
+
   Raises:
     ValueError: naming the offending clients and the ``nonfinite`` option.
   """

@@ -64,6 +64,13 @@ def save_checkpoint(path: str | os.PathLike, state: Any, metadata: dict[str, Any
 def read_header(path: str | os.PathLike) -> dict[str, Any]:
   """Reads and validates a checkpoint's header (not the payload).
 
+  Args:
+    path: the checkpoint file.
+
+  Returns:
+    The header dict: ``format``, ``metadata`` (what :func:`save_checkpoint` was
+    given), ``payload_bytes`` and ``payload_sha256``.
+
   Raises:
     CheckpointError: if the file is missing or its header is unreadable.
   """

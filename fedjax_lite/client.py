@@ -193,7 +193,15 @@ def masked_mean_grad(loss_fn: LossFn, params: Params, batch: Batch, mask: Any,
 
 
 def resolve_grad_mode(grad_mode: str, params: Params) -> str:
-  """Returns the concrete mode ``"auto"`` stands for, given the params."""
+  """Returns the concrete mode ``"auto"`` stands for, given the params.
+
+  Args:
+    grad_mode: ``"auto"``, ``"batch"`` or ``"per_example"``.
+    params: the model's params (their size decides ``"auto"``).
+
+  Returns:
+    ``"batch"`` or ``"per_example"``.
+  """
   if grad_mode not in GRAD_MODES:
     raise ValueError(f"`grad_mode` must be one of {GRAD_MODES}; got {grad_mode!r}.")
   if grad_mode != "auto":
@@ -203,7 +211,20 @@ def resolve_grad_mode(grad_mode: str, params: Params) -> str:
 
 
 def check_loss_fn(loss_fn: LossFn, params: Params, batch: Batch) -> None:
-  """Raises a clear error if ``loss_fn`` does not return a real scalar."""
+  """Raises a clear error if ``loss_fn`` does not return a real scalar.
+
+  Args:
+    loss_fn: ``loss(params, batch) -> scalar``.
+    params: the model's params.
+    batch: an example batch (leaves ``[B, ...]``); only its shapes are used
+      (``jax.eval_shape`` on a batch of one).
+
+  Returns:
+    None when ``loss_fn`` returns a floating scalar.
+
+  Raises:
+    ValueError: naming what ``loss_fn`` returned and how to reduce it.
+  """
   one = jax.tree.map(lambda x: jax.ShapeDtypeStruct((1,) + x.shape[1:], x.dtype), batch)
   out = jax.eval_shape(loss_fn, params, one)
   if not hasattr(out, "shape") or out.shape != () or not jnp.issubdtype(out.dtype, jnp.floating):

@@ -143,6 +143,14 @@ def build_evaluator(metrics_fn: MetricsFn, *, batch_size: int = 64,
 
 
 def as_single_client(arrays: dict[str, Any]) -> FederatedData:
-  """Wraps a central (un-federated) dataset ``{name: [M, ...]}`` as one client."""
+  """Wraps a central (un-federated) dataset ``{name: [M, ...]}`` as one client.
+
+  Args:
+    arrays: a dict of arrays with ``M`` examples each.
+
+  Returns:
+    A :class:`~fedjax_lite.FederatedData` with one client of ``M`` examples
+    (leaves ``[1, M, ...]``), for the evaluator.
+  """
   n = next(iter(arrays.values())).shape[0]
   return from_arrays({k: np.asarray(v)[None] for k, v in arrays.items()}, [n])

@@ -134,7 +134,18 @@ def classification_loss(apply_fn: Callable[[Any, Any], Any], x: str = "x",
 
 def accuracy(apply_fn: Callable[[Any, Any], Any], params: Any, inputs: Any, labels: Any,
              mask: Any = None) -> Any:
-  """Fraction of correct argmax predictions over the rows where ``mask`` is true."""
+  """Fraction of correct argmax predictions over the rows where ``mask`` is true.
+
+  Args:
+    apply_fn: ``apply_fn(params, inputs) -> logits[B, C]``.
+    params: the model's params.
+    inputs: a batch ``[B, ...]``.
+    labels: ``int[B]``.
+    mask: optional ``bool[B]`` of rows to count (default: all).
+
+  Returns:
+    A float32 scalar in ``[0, 1]`` (0 when no row counts).
+  """
   correct = (jnp.argmax(apply_fn(params, inputs), -1) == labels).astype(jnp.float32)
   if mask is None:
     return correct.mean()
@@ -192,6 +203,12 @@ def sequence_metrics(apply_fn: Callable[[Any, Any], Any], pad_id: int = 0, x: st
 
   Evaluation reduces these to token-weighted loss and accuracy (padding
   positions excluded), as LEAF and TFF report for Shakespeare.
+
+  Args:
+    apply_fn: ``apply_fn(params, x) -> logits[B, T, V]``.
+    pad_id: the token id of padding (not counted).
+    x: the batch's input key.
+    y: the batch's target key (``int[B, T]``).
 
   Returns:
     ``metrics(params, batch) -> (loss_sum[B], correct[B], count[B])``.

@@ -84,6 +84,13 @@ def clip_scale(norm: Any, clip: Any) -> Any:
 
   ``1`` when ``norm <= clip``, else ``clip / norm`` shrunk by two float32 ulps
   so that rounding can never leave the scaled norm above ``clip``.
+
+  Args:
+    norm: a vector's (or a pytree's global) norm, a float scalar or array.
+    clip: the clipping bound (> 0), broadcastable with ``norm``.
+
+  Returns:
+    The scale factor, shaped like ``norm``.
   """
   shrink = clip / jnp.maximum(norm, clip) * (1.0 - 2.0 * jnp.finfo(jnp.float32).eps)
   return jnp.where(norm <= clip, 1.0, shrink)
@@ -151,6 +158,13 @@ def adaptive_noise_multiplier(noise_multiplier: float, count_noise_std: float) -
   ``z^-2 = z_delta^-2 + (2 sigma_b)^-2`` (Andrew et al. 2021), so
 
       z_delta = (z^-2 - (2 sigma_b)^-2)^(-1/2).
+
+  Args:
+    noise_multiplier: the round's total multiplier ``z`` (> 0).
+    count_noise_std: ``sigma_b``, the noise on the clipped count.
+
+  Returns:
+    ``z_delta`` (a Python float).
 
   Raises:
     ValueError: if ``2 sigma_b <= z`` (the count alone would spend the budget).
@@ -401,6 +415,14 @@ def round_event(spec: DPSpec, accountant: str = "rdp") -> dp_accounting.DpEvent:
   sampled one; for it the adaptive pair is given as the single Gaussian it
   equals (``z^-2 = z_delta^-2 + (2 sigma_b)^-2``), which is exact for
   Gaussian mechanisms on the same data.
+
+  Args:
+    spec: the run's :class:`DPSpec` (mechanism, noise multiplier, sampling,
+      population and cohort sizes, local or central).
+    accountant: ``"rdp"`` or ``"pld"``.
+
+  Returns:
+    The ``dp_accounting.DpEvent`` of one round.
   """
   z = spec.noise_multiplier
   base = dp_accounting.GaussianDpEvent if spec.mechanism == "gaussian" \
@@ -439,13 +461,31 @@ def _effective(multipliers):
 
 
 def dp_event(spec: DPSpec, rounds: int, accountant: str = "rdp") -> dp_accounting.DpEvent:
-  """``SelfComposed(round_event(spec, accountant), rounds)``."""
+  """``SelfComposed(round_event(spec, accountant), rounds)``.
+
+  Args:
+    spec: the run's :class:`DPSpec` (mechanism, noise multiplier, sampling,
+      population and cohort sizes, local or central).
+    rounds: rounds run.
+    accountant: ``"rdp"`` or ``"pld"``.
+
+  Returns:
+    The ``dp_accounting.DpEvent`` of the whole run.
+  """
   _check_int("rounds", rounds, minimum=0)
   return dp_accounting.SelfComposedDpEvent(round_event(spec, accountant), rounds)
 
 
 def make_accountant(spec: DPSpec, accountant: str = "rdp") -> dp_accounting.PrivacyAccountant:
   """A fresh RDP or PLD accountant with the neighbouring relation ``spec`` needs.
+
+  Args:
+    spec: the run's :class:`DPSpec` (mechanism, noise multiplier, sampling,
+      population and cohort sizes, local or central).
+    accountant: ``"rdp"`` or ``"pld"``.
+
+  Returns:
+    A ``dp_accounting.PrivacyAccountant`` with nothing composed yet.
 
   Raises:
     ValueError: for an unknown accountant, or a combination dp-accounting
@@ -481,6 +521,16 @@ def make_accountant(spec: DPSpec, accountant: str = "rdp") -> dp_accounting.Priv
 def epsilon(spec: DPSpec, rounds: int, delta: float, accountant: str = "rdp") -> float:
   """Epsilon spent after ``rounds`` rounds, at ``delta``, with dp-accounting.
 
+  Args:
+    spec: the run's :class:`DPSpec` (mechanism, noise multiplier, sampling,
+      population and cohort sizes, local or central).
+    rounds: rounds run.
+    delta: the target delta, in ``(0, 1)``.
+    accountant: ``"rdp"`` or ``"pld"``.
+
+  Returns:
+    The epsilon (a Python float) that :func:`dp_event` spends at ``delta``.
+
   Raises:
     ValueError: for ``delta`` outside (0, 1) or an unsupported combination.
   """
@@ -499,6 +549,18 @@ def calibrate_noise(spec: DPSpec, rounds: int, target_epsilon: float, delta: flo
 
   Uses ``dp_accounting.calibrate_dp_mechanism`` on :func:`dp_event` with
   ``spec``'s noise multiplier replaced.
+
+  Args:
+    spec: the run's :class:`DPSpec` (mechanism, noise multiplier, sampling,
+      population and cohort sizes, local or central).
+    rounds: rounds the run will take.
+    target_epsilon: the epsilon to reach after ``rounds`` (> 0).
+    delta: the target delta, in ``(0, 1)``.
+    accountant: ``"rdp"`` or ``"pld"``.
+    max_noise_multiplier: the largest multiplier searched.
+
+  Returns:
+    The noise multiplier (a Python float).
 
   Raises:
     ValueError: for a non-positive target, ``delta`` outside (0, 1), or a

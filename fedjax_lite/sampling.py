@@ -106,7 +106,15 @@ class Sampler(NamedTuple):
 
 
 def fixed_size_sampler(num_clients: int, cohort_size: int) -> Sampler:
-  """Uniform sampling of exactly ``cohort_size`` clients without replacement."""
+  """Uniform sampling of exactly ``cohort_size`` clients without replacement.
+
+  Args:
+    num_clients: population size ``N`` (>= 1).
+    cohort_size: clients per round, ``1 <= cohort_size <= N``.
+
+  Returns:
+    A :class:`Sampler` whose cohorts have exactly ``cohort_size`` real clients.
+  """
   sample_clients(jax.random.key(0), num_clients, cohort_size)  # validates the sizes
 
   def sample(key):
@@ -124,6 +132,16 @@ def poisson_sampler(num_clients: int, rate: float, overflow_probability: float =
   overflows with probability at most ``overflow_probability``; an overflowing
   round is flagged, never truncated (:func:`fedjax_lite.run_rounds` refuses
   it).
+
+  Args:
+    num_clients: population size ``N`` (>= 1).
+    rate: each client's probability of taking part, in ``(0, 1]``.
+    overflow_probability: the largest allowed probability that a round's draw
+      exceeds the padded cohort, in ``(0, 1)``.
+
+  Returns:
+    A :class:`Sampler` with :func:`poisson_cohort_bound` slots per cohort
+    (unused slots are empty clients).
   """
   bound = poisson_cohort_bound(num_clients, rate, overflow_probability)
   return Sampler(lambda key: poisson_sample(key, num_clients, rate, bound), bound, "poisson",

@@ -113,6 +113,10 @@ def fedavg(learning_rate: float = 1.0) -> optax.GradientTransformation:
   Args:
     learning_rate: server learning rate; 1.0 replaces the model by the mean of
       the client models.
+
+  Returns:
+    An optax ``GradientTransformation`` for the server: fed the pseudo-gradient
+    ``-mean_delta`` (a pytree like the params), it returns the server's update.
   """
   return optax.sgd(learning_rate)
 
@@ -127,20 +131,46 @@ def fedavgm(learning_rate: float = 1.0, momentum: float = 0.9) -> optax.Gradient
   Args:
     learning_rate: server learning rate.
     momentum: momentum coefficient (``optax.sgd`` convention).
+
+  Returns:
+    An optax ``GradientTransformation`` for the server: fed the pseudo-gradient
+    ``-mean_delta`` (a pytree like the params), it returns the server's update.
   """
   return optax.sgd(learning_rate, momentum=momentum)
 
 
 def fedadam(learning_rate: float = 1e-2, b1: float = 0.9, b2: float = 0.99,
             tau: float = 1e-3) -> optax.GradientTransformation:
-  """FedAdam (Reddi et al. 2021); see :func:`scale_by_adaptive_server`."""
+  """FedAdam (Reddi et al. 2021); see :func:`scale_by_adaptive_server`.
+
+  Args:
+    learning_rate: server learning rate ``eta``.
+    b1: first-moment decay ``beta_1``.
+    b2: second-moment decay ``beta_2``.
+    tau: adaptivity ``tau`` (added outside the square root; ``v_{-1} = tau^2``).
+
+  Returns:
+    An optax ``GradientTransformation`` for the server: fed the pseudo-gradient
+    ``-mean_delta`` (a pytree like the params), it returns the server's update.
+  """
   return optax.chain(scale_by_adaptive_server("adam", b1=b1, b2=b2, tau=tau),
                      optax.scale_by_learning_rate(learning_rate))
 
 
 def fedyogi(learning_rate: float = 1e-2, b1: float = 0.9, b2: float = 0.99,
             tau: float = 1e-3) -> optax.GradientTransformation:
-  """FedYogi (Reddi et al. 2021); see :func:`scale_by_adaptive_server`."""
+  """FedYogi (Reddi et al. 2021); see :func:`scale_by_adaptive_server`.
+
+  Args:
+    learning_rate: server learning rate ``eta``.
+    b1: first-moment decay ``beta_1``.
+    b2: second-moment decay ``beta_2``.
+    tau: adaptivity ``tau`` (added outside the square root; ``v_{-1} = tau^2``).
+
+  Returns:
+    An optax ``GradientTransformation`` for the server: fed the pseudo-gradient
+    ``-mean_delta`` (a pytree like the params), it returns the server's update.
+  """
   return optax.chain(scale_by_adaptive_server("yogi", b1=b1, b2=b2, tau=tau),
                      optax.scale_by_learning_rate(learning_rate))
 
@@ -151,6 +181,15 @@ def fedadagrad(learning_rate: float = 1e-2, b1: float = 0.0,
 
   ``b1`` defaults to 0 (no server momentum, like Adagrad in optax and TFF);
   set ``b1=0.9`` for the momentum form of the paper's Algorithm 2.
+
+  Args:
+    learning_rate: server learning rate ``eta``.
+    b1: first-moment decay ``beta_1`` (0: none).
+    tau: adaptivity ``tau`` (added outside the square root; ``v_{-1} = tau^2``).
+
+  Returns:
+    An optax ``GradientTransformation`` for the server: fed the pseudo-gradient
+    ``-mean_delta`` (a pytree like the params), it returns the server's update.
   """
   return optax.chain(scale_by_adaptive_server("adagrad", b1=b1, tau=tau),
                      optax.scale_by_learning_rate(learning_rate))
@@ -167,6 +206,13 @@ SERVER_OPTIMIZERS = {
 
 def server_optimizer(name: str, **kwargs) -> optax.GradientTransformation:
   """Looks a preset up by name (``"fedavg"``, ``"fedadam"``, ...).
+
+  Args:
+    name: one of ``fedavg``, ``fedavgm``, ``fedadam``, ``fedyogi``, ``fedadagrad``.
+    **kwargs: that preset's arguments (e.g. ``learning_rate=0.01``).
+
+  Returns:
+    The preset's optax ``GradientTransformation``.
 
   Raises:
     ValueError: for an unknown name.

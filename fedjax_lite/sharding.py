@@ -127,6 +127,13 @@ def replicate(tree: Any, mesh: Mesh) -> Any:
   """Places every leaf of ``tree`` (e.g. params or a server state) on all devices of ``mesh``.
 
   In a multi-process run every process must pass the same values.
+
+  Args:
+    tree: a pytree of arrays.
+    mesh: the device mesh (e.g. :func:`client_mesh`).
+
+  Returns:
+    ``tree`` with every leaf a fully replicated ``jax.Array`` on ``mesh``.
   """
   sharding = NamedSharding(mesh, PartitionSpec())
 
@@ -141,6 +148,12 @@ def replicate(tree: Any, mesh: Mesh) -> Any:
 
 def num_real_clients(data: FederatedData) -> int:
   """The number of clients before trailing padding (client id ``-1``) added by :func:`pad_clients`.
+
+  Args:
+    data: a population or cohort (leading client axis ``N``).
+
+  Returns:
+    The count of real clients (``N`` when there is no padding).
 
   Raises:
     ValueError: if padding clients are not all at the end.
@@ -179,6 +192,9 @@ def initialize_distributed(coordinator_address: str, num_processes: int, process
     process_id: this process's index, ``0 <= process_id < num_processes``.
     **kwargs: passed on to ``jax.distributed.initialize`` (e.g.
       ``local_device_ids``, ``initialization_timeout``).
+
+  Returns:
+    None. Afterwards ``jax.devices()`` lists every process's devices.
   """
   _check_int("num_processes", num_processes, minimum=1)
   _check_int("process_id", process_id, minimum=0)

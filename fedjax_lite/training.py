@@ -33,7 +33,16 @@ def _report_round(bar, callback, round_index, state, row, postfix) -> None:
 
 
 def round_keys(key: Any, round_index: int) -> tuple[Any, Any]:
-  """The (sampling key, round key) of round ``round_index`` of a run seeded by ``key``."""
+  """The (sampling key, round key) of round ``round_index`` of a run seeded by ``key``.
+
+  Args:
+    key: the run's PRNG key.
+    round_index: the round, counted from 0 over the whole run (also after a resume).
+
+  Returns:
+    ``(sampling_key, round_key)``: the cohort is drawn with the first, the
+    round (local training, DP noise) runs with the second.
+  """
   return tuple(jax.random.split(jax.random.fold_in(key, round_index)))
 
 
@@ -81,6 +90,14 @@ def sampled_round(algorithm: FederatedAlgorithm, sampler: Sampler, key: Any, sta
   Unused (Poisson-padding) cohort slots become empty clients. An overflowing
   Poisson draw is not a valid sample, so the state is then returned unchanged
   and ``metrics["sampling_overflow"]`` is 1.
+
+  Args:
+    algorithm: the :class:`FederatedAlgorithm` whose ``round`` runs.
+    sampler: the :class:`~fedjax_lite.Sampler` that draws the cohort.
+    key: the run's PRNG key (see :func:`round_keys`).
+    state: the :class:`ServerState` before the round.
+    population: all clients (leading axis ``N``).
+    round_index: the round (an int or a traced int32 scalar).
 
   Returns:
     ``(state, metrics, cohort_client_ids)``; ``metrics`` are the round's plus

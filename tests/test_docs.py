@@ -37,3 +37,20 @@ def test_every_public_callable_has_a_docstring():
       if getattr(obj, "__module__", "").startswith("fedjax_lite") and not inspect.getdoc(obj):
         missing.append(f"{module.__name__}.{name}")
   assert not missing, f"public callables without a docstring: {missing}"
+
+
+def test_public_functions_document_args_and_returns():
+  """Google-style sections: ``Args:`` when a function takes arguments, ``Returns:`` always."""
+  missing = set()
+  for module in _public_modules():
+    names = getattr(module, "__all__", None) or [n for n in vars(module) if not n.startswith("_")]
+    for name in names:
+      obj = getattr(module, name)
+      if not inspect.isfunction(obj) or not obj.__module__.startswith("fedjax_lite"):
+        continue
+      doc = inspect.getdoc(obj) or ""
+      if inspect.signature(obj).parameters and "Args:" not in doc:
+        missing.add(f"{obj.__module__}.{name}: no Args section")
+      if "Returns:" not in doc:
+        missing.add(f"{obj.__module__}.{name}: no Returns section")
+  assert not missing, sorted(missing)

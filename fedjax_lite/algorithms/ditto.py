@@ -213,6 +213,14 @@ def personal_models(state: ServerState, client_ids: Any) -> Params:
 
   Ids outside ``0..N-1`` (e.g. the ``-1`` of padding clients) are clipped;
   callers drop those clients.
+
+  Args:
+    state: a Ditto run's :class:`~fedjax_lite.ServerState` (personal models in
+      ``client_states``, leading axis ``N``).
+    client_ids: ``int[K]`` population indices.
+
+  Returns:
+    The ``K`` personal models, each leaf ``[K, ...]``.
   """
   population = jax.tree.leaves(state.client_states)[0].shape[0]
   ids = jnp.clip(jnp.asarray(client_ids), 0, population - 1)
