@@ -41,7 +41,7 @@ docs: $(VENV)/.installed-dev
 	@echo "open build/api/index.html"
 
 lint: $(VENV)/.installed-dev
-	$(BIN)/ruff check fedjax_lite benchmarks tests
+	$(BIN)/ruff check fedjax_lite benchmarks tests notebooks
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis
