@@ -24,6 +24,8 @@ Public API (everything here is a pure function or a NamedTuple of them):
   evaluation, per-client models)
 * compression: :mod:`fedjax_lite.compression` (stochastic quantization,
   top-k with error feedback)
+* the ``"auto"`` settings per platform (chunk size from device memory on an
+  accelerator, gradient mode, shuffle): :mod:`fedjax_lite.hardware`
 * data sets, models, evaluation, checkpoints: :mod:`fedjax_lite.datasets`,
   :mod:`fedjax_lite.models`, :mod:`fedjax_lite.evaluation`,
   :mod:`fedjax_lite.checkpoint`
@@ -37,6 +39,7 @@ from fedjax_lite import (
     compression,
     datasets,
     evaluation,
+    hardware,
     models,
     personalization,
     privacy,
@@ -113,6 +116,7 @@ __all__ = [
     "datasets",
     "evaluation",
     "example_mask",
+    "hardware",
     "from_arrays",
     "from_clients",
     "local_train",

@@ -23,6 +23,7 @@ reduction is a sum, so results do not depend on the chunk size or on the
 order of clients in the cohort (up to float summation order).
 """
 
+import logging
 import math
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -32,13 +33,20 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh, PartitionSpec
 
+from fedjax_lite import hardware
 from fedjax_lite.aggregation import Aggregator, mean_aggregator, weighted_sum
-from fedjax_lite.client import _PER_EXAMPLE_MAX_LEAF, ClientUpdate
+from fedjax_lite.client import ClientUpdate
 from fedjax_lite.data import FederatedData, _check_int
+from fedjax_lite.hardware import auto_chunk_size  # noqa: F401  (re-exported)
 from fedjax_lite.sharding import CLIENT_AXIS, pad_clients, replicate
 
 Params = Any
 PRNGKey = Any
+
+_log = logging.getLogger(__name__)
+
+# The CPU's chunk working set (kept under its former name).
+AUTO_CHUNK_BYTES = hardware.CPU_CHUNK_BYTES
 
 
 class ServerState(NamedTuple):
@@ -110,10 +118,13 @@ def build_federated_algorithm(
     aggregator: defaults to :func:`fedjax_lite.mean_aggregator` (weighted by
       example counts).
     chunk_size: clients per vmapped chunk (>= 1, or the cohort if smaller).
-      ``"auto"`` (the default) picks it from the model and data sizes with
-      :func:`auto_chunk_size`; ``None`` processes the whole cohort in one
-      chunk. Memory holds one chunk of model copies and optimizer states, not
-      the cohort's, and results do not depend on it beyond float rounding.
+      ``"auto"`` (the default) picks it for the platform with
+      :func:`auto_chunk_size`: a cache-sized working set on a CPU, and on an
+      accelerator as many clients as fit in half its free memory (so a
+      cohort that fits is one chunk; see :mod:`fedjax_lite.hardware`).
+      ``None`` processes the whole cohort in one chunk. Memory holds one
+      chunk of model copies and optimizer states, not the cohort's, and
+      results do not depend on it beyond float rounding.
     nonfinite: what to do with a client whose delta or weight holds NaN/Inf.
       In both modes the client gets weight 0 and a zero delta, so it can never
       be averaged into the model, and it is counted in
@@ -209,6 +220,23 @@ def build_federated_algorithm(
 
   stacked = aggregator.combine is not None
 
+  def _auto_chunk(sent, params, cohort, cohort_states, client_key):
+    # On an accelerator, one client's update is traced (not compiled) for an
+    # upper estimate of its working set, and the gathered cohort (plus the
+    # per-client deltas a stacked aggregator keeps) is set aside.
+    memory = hardware.device_memory(None if mesh is None else mesh.devices.flat[0])
+    if hardware.tuning(memory.platform).chunk_bytes is not None:
+      return hardware.auto_chunk_size(params, cohort, memory=memory)
+    first = jax.tree.map(lambda x: x[:1], (cohort, cohort_states))
+    jaxpr = jax.make_jaxpr(lambda s, c, key: _one_delta(client_update, stateful, s, c, key))(
+        sent, first, client_key)
+    reserved = hardware.tree_bytes(cohort)
+    if stacked:
+      reserved += cohort.num_clients * hardware.tree_bytes(params)
+    return hardware.auto_chunk_size(params, cohort, memory=memory,
+                                    client_bytes=hardware.jaxpr_bytes(jaxpr),
+                                    reserved_bytes=reserved)
+
   def client_sums(sent, params, agg_state, cohort: FederatedData, cohort_states, client_key,
                   agg_client_key):
     """The cohort's streamed sums ``(total, total_weight, stats)`` and per-client outputs.
@@ -219,7 +247,10 @@ def build_federated_algorithm(
     """
     k = cohort.num_clients
     if chunk_size == "auto":
-      chunk = min(auto_chunk_size(params, cohort), k)
+      chunk = min(_auto_chunk(sent, params, cohort, cohort_states, client_key), k)
+      # At trace time only: what "auto" chose, for benchmarks and debugging.
+      _log.debug("chunk_size='auto': %d of %d clients per chunk (%d chunks)", chunk, k,
+                 math.ceil(k / chunk))
     else:
       chunk = k if chunk_size is None else min(chunk_size, k)
     num_chunks = math.ceil(k / chunk)
@@ -394,41 +425,6 @@ def build_federated_algorithm(
     return new_state, metrics
 
   return FederatedAlgorithm(init, jax.jit(round_fn) if jit else round_fn)
-
-
-# The working set auto_chunk_size aims for: about a fast cache's worth (L2 plus
-# a share of L3 on current x86 servers). Measured on a 2-core x86 CPU: W1's
-# 784-200-200-10 MLP ran best at 8-12 clients per chunk (3.4 MB each here), W2's
-# logistic regression at 250-500 (96 KB each) and 2x slower at 1900.
-AUTO_CHUNK_BYTES = 32 * 2**20
-
-
-def auto_chunk_size(params: Params, cohort: FederatedData,
-                    budget_bytes: int = AUTO_CHUNK_BYTES) -> int:
-  """Clients per chunk such that one chunk's working set fits ``budget_bytes``.
-
-  A client's working set is estimated as four model copies (its parameters,
-  gradient, optimizer state and delta) plus its padded data, plus one model
-  copy per padded example for small models, whose client updates take
-  per-example gradients (see :func:`fedjax_lite.masked_mean_grad`). Only
-  shapes are read, so it works on tracers.
-
-  Args:
-    params: the model parameters (arrays or ``ShapeDtypeStruct``s).
-    cohort: the cohort (only its arrays' shapes are read).
-    budget_bytes: the target working set of one chunk.
-
-  Returns:
-    A chunk size ``>= 1`` (callers cap it at the cohort size).
-  """
-  leaves = jax.tree.leaves(params)
-  model = sum(x.size * x.dtype.itemsize for x in leaves)
-  data = sum(math.prod(x.shape[1:]) * x.dtype.itemsize for x in cohort.arrays.values())
-  per_client = 4 * model + data
-  if max((x.size for x in leaves), default=0) <= _PER_EXAMPLE_MAX_LEAF:
-    max_examples = next(iter(cohort.arrays.values())).shape[1] if cohort.arrays else 1
-    per_client += max_examples * model
-  return max(1, budget_bytes // max(per_client, 1))
 
 
 def raise_if_nonfinite(metrics: dict[str, Any], cohort_client_ids: Any = None,

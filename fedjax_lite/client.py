@@ -33,6 +33,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from fedjax_lite import hardware
 from fedjax_lite.data import FederatedData, _check_int
 
 Params = Any
@@ -68,7 +69,11 @@ class ClientOutput(NamedTuple):
 ClientUpdate = Callable[[Params, FederatedData, PRNGKey], ClientOutput]
 
 
-def shuffle_order(key: PRNGKey, num_examples: Any, max_examples: int) -> Any:
+SHUFFLE_METHODS = ("auto", "rank", "sort")
+
+
+def shuffle_order(key: PRNGKey, num_examples: Any, max_examples: int,
+                  method: str = "auto") -> Any:
   """One epoch's order of a padded client's examples; pure and jit-safe.
 
   Real example ``j`` gets the sort key ``random.bits(key, (n,))[j]`` (with
@@ -84,11 +89,22 @@ def shuffle_order(key: PRNGKey, num_examples: Any, max_examples: int) -> Any:
     key: the epoch's PRNG key.
     num_examples: int scalar, the client's number of real examples.
     max_examples: static padded length.
+    method: how the keys are ordered, a speed choice only (every method
+      returns the same permutation): ``"rank"`` (a stable rank by pairwise
+      comparison, memory ``O(max_examples^2)``), ``"sort"`` (XLA's stable
+      sort), or ``"auto"``: ``"rank"`` up to the platform's
+      ``rank_shuffle_max_examples`` (:mod:`fedjax_lite.hardware`), else
+      ``"sort"``.
 
   Returns:
     ``int32[max_examples]``, a permutation of ``0..max_examples-1`` whose
     first ``num_examples`` entries index the real rows.
   """
+  if method not in SHUFFLE_METHODS:
+    raise ValueError(f"`method` must be one of {SHUFFLE_METHODS}; got {method!r}.")
+  if method == "auto":
+    rank = max_examples <= hardware.tuning().rank_shuffle_max_examples
+    method = "rank" if rank else "sort"
   idx = jnp.arange(max_examples, dtype=jnp.int32)
   if jax.config.jax_threefry_partitionable:
     # Element j of a partitionable threefry draw depends only on (key, j), so
@@ -97,21 +113,16 @@ def shuffle_order(key: PRNGKey, num_examples: Any, max_examples: int) -> Any:
   else:  # legacy threefry: draws of different lengths share no prefix
     bits = jax.vmap(lambda j: jax.random.bits(jax.random.fold_in(key, j)))(idx)
   bits = jnp.where(idx < num_examples, bits, jnp.array(0xFFFFFFFF, jnp.uint32))
-  if max_examples > _PAIRWISE_SORT_MAX:
+  if method == "sort":
     return jnp.argsort(bits, stable=True).astype(jnp.int32)
-  # Small clients: a stable rank by pairwise comparison is far cheaper than
-  # XLA's comparator sort on CPU (about 15x at 32 examples) and gives the
-  # same permutation.
+  # A stable rank by pairwise comparison gives the same permutation; for small
+  # clients it is far cheaper than XLA's comparator sort on a CPU.
   before = (bits[:, None] < bits[None, :]) | (
       (bits[:, None] == bits[None, :]) & (idx[:, None] < idx[None, :]))
   rank = jnp.sum(before, axis=0, dtype=jnp.int32)  # rank[j] = position of example j
   return jnp.sum(jnp.where(rank[None, :] == idx[:, None], idx[None, :], 0), axis=1,
                  dtype=jnp.int32)
 
-
-# Above this many (padded) examples per client, shuffle_order sorts instead of
-# ranking by pairwise comparison (whose memory grows with the square).
-_PAIRWISE_SORT_MAX = 128
 
 
 def per_example_losses(loss_fn: LossFn, params: Params, batch: Batch) -> Any:
@@ -134,12 +145,6 @@ def per_example_losses(loss_fn: LossFn, params: Params, batch: Batch) -> Any:
 
 
 GRAD_MODES = ("auto", "batch", "per_example")
-
-# grad_mode="auto" picks "per_example" when no parameter leaf is larger than
-# this many elements. Measured on a 2-core x86 CPU: logistic regression 60->10
-# (600-element kernel, batch 8) ran 2x faster per example; the 784-200-200-10
-# MLP (batch 16) ran 3x slower.
-_PER_EXAMPLE_MAX_LEAF = 4096
 
 
 def masked_mean_grad(loss_fn: LossFn, params: Params, batch: Batch, mask: Any,
@@ -192,22 +197,27 @@ def masked_mean_grad(loss_fn: LossFn, params: Params, batch: Batch, mask: Any,
   return grads, jnp.sum(jnp.where(mask, losses, 0.0))
 
 
-def resolve_grad_mode(grad_mode: str, params: Params) -> str:
-  """Returns the concrete mode ``"auto"`` stands for, given the params.
+def resolve_grad_mode(grad_mode: str, params: Params, platform: str | None = None) -> str:
+  """Returns the concrete mode ``"auto"`` stands for, given the params and platform.
 
   Args:
     grad_mode: ``"auto"``, ``"batch"`` or ``"per_example"``.
     params: the model's params (their size decides ``"auto"``).
+    platform: the platform whose threshold applies
+      (``per_example_max_leaf`` of :func:`fedjax_lite.hardware.tuning`);
+      ``None``: the platform programs are traced for now.
 
   Returns:
-    ``"batch"`` or ``"per_example"``.
+    ``"batch"`` or ``"per_example"``: ``"auto"`` is ``"per_example"`` when no
+    parameter leaf has more elements than the platform's threshold (4096 on a
+    CPU).
   """
   if grad_mode not in GRAD_MODES:
     raise ValueError(f"`grad_mode` must be one of {GRAD_MODES}; got {grad_mode!r}.")
   if grad_mode != "auto":
     return grad_mode
-  largest = max((x.size for x in jax.tree.leaves(params)), default=0)
-  return "per_example" if largest <= _PER_EXAMPLE_MAX_LEAF else "batch"
+  largest = max((math.prod(x.shape) for x in jax.tree.leaves(params)), default=0)
+  return "per_example" if largest <= hardware.tuning(platform).per_example_max_leaf else "batch"
 
 
 def check_loss_fn(loss_fn: LossFn, params: Params, batch: Batch) -> None:
@@ -649,7 +659,8 @@ def build_client_update(
     batch_size: examples per local step (>= 1).
     grad_mode: how a step's masked mean gradient is computed, see
       :func:`masked_mean_grad`: ``"batch"``, ``"per_example"``, or ``"auto"``
-      (``"per_example"`` when no parameter leaf has more than 4096 elements,
+      (``"per_example"`` when no parameter leaf has more elements than the
+      platform's threshold, 4096 on a CPU, see :mod:`fedjax_lite.hardware`;
       else ``"batch"``). All give the same update up to float rounding.
     proximal_mu: FedProx's ``mu`` (>= 0; may be a traced scalar, e.g. in
       :func:`fedjax_lite.run_sweep`). A Python ``0`` adds nothing (plain
