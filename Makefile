@@ -7,7 +7,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 ARGS   ?=
 
-.PHONY: run test bench lint docs clean
+.PHONY: run test bench bench-gpu gpu-wheels lint docs clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,31 @@ test: $(VENV)/.installed-dev
 
 bench: $(VENV)/.installed
 	$(BIN)/python -m benchmarks $(ARGS)
+
+# The accelerator suite (benchmarks/gpu.py) on a GPU/TPU machine, in one process:
+# W1 and W2 at up to 10,000 / 100,000 clients per round, a 1,000,000-client
+# population, PyTorch on the same card, the card's peaks; results, report and plot
+# in docs/benchmarks/gpu. It runs with the machine's own python3, whose jax must be
+# the accelerator build (a venv here would install the CPU one). The packages that
+# machine lacks travel as wheels: `make gpu-wheels` here puts them in .whl/, and
+# bench-gpu installs .whl/*.whl into $(GPU_SITE) first when .whl/ exists (see
+# CONTRIBUTING.md). ARGS=--quick is a smoke run on any machine.
+GPU_PYTHON ?= python3
+GPU_REPORT ?= docs/benchmarks/gpu
+GPU_SITE   ?= /tmp/fedjax-lite-site
+# What the accelerator image lacks of this package's dependencies (dp-accounting is
+# pure Python; its other needs are on the image).
+GPU_WHEELS ?= dp-accounting==0.6.0
+
+bench-gpu:
+	@if [ -d .whl ]; then $(GPU_PYTHON) -m pip install --quiet --no-index --no-deps \
+	  --no-compile --no-cache-dir --upgrade --target $(GPU_SITE) .whl/*.whl; fi
+	PYTHONPATH=$(CURDIR):$(GPU_SITE)$${PYTHONPATH:+:$$PYTHONPATH} $(GPU_PYTHON) -m benchmarks \
+	  --suite gpu --report $(GPU_REPORT) $(ARGS)
+
+gpu-wheels:
+	$(PYTHON) -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 \
+	  --implementation cp --platform manylinux2014_x86_64 -d .whl $(GPU_WHEELS)
 
 # The API reference from the docstrings (Google style), as HTML in build/api.
 docs: $(VENV)/.installed-dev

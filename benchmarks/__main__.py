@@ -1,4 +1,5 @@
-"""``python -m benchmarks --workload w1|w2|w3|w4|w5 [options]`` or ``--all --report DIR``.
+"""``python -m benchmarks --workload w1|w2|w3|w4|w5 [options]``, ``--all --report DIR``,
+or ``--suite gpu --report DIR`` (the accelerator suite, ``make bench-gpu``).
 
 The same entry point serves ``fedjax-lite bench``. Each workload module
 (``benchmarks/w1.py`` ...) has its own ``--help``; ``--quick`` runs small
@@ -29,6 +30,9 @@ def main(argv=None) -> int:
   p = argparse.ArgumentParser(prog="benchmarks", description=__doc__, add_help=False)
   p.add_argument("--workload", default=None, help=f"one of {', '.join(WORKLOADS)}")
   p.add_argument("--all", action="store_true", help="run every workload")
+  p.add_argument("--suite", choices=("gpu",), default=None,
+                 help="gpu: the accelerator suite in one process (see benchmarks/gpu.py; "
+                 "`--suite gpu --help` for its options)")
   p.add_argument("--report", type=Path, default=None, help="with --all: output directory")
   p.add_argument("--devices", type=int, default=None,
                  help="w1/w2: shard the vectorized round's clients over this many devices "
@@ -36,6 +40,9 @@ def main(argv=None) -> int:
   p.add_argument("--json", action="store_true",
                  help="JSON lines on stdout (always the format; accepted for scripts)")
   args, rest = p.parse_known_args(argv)
+  if args.suite == "gpu":
+    from benchmarks import gpu
+    return gpu.main(rest + ([] if args.report is None else ["--report", str(args.report)]))
   if args.devices is not None:
     _force_host_devices(args.devices)
     rest += ["--devices", str(args.devices)]

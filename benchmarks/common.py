@@ -66,29 +66,39 @@ def round_runner(step: Callable[[Any, int], Any], init: Callable[[Any], Any], pa
 
 
 def time_interleaved(run_rounds: dict[str, Callable[[int], Any]], *, warmup: int,
-                     rounds: int) -> dict[str, dict[str, Any]]:
+                     rounds: int, budget_sec: float | None = None) -> dict[str, dict[str, Any]]:
   """Like :func:`time_rounds` for several implementations, timed round-robin.
 
   Each timed round runs every implementation once, in turn, so slow drifts of
   a shared, noisy machine hit all of them alike and their ratios stay fair.
+  With ``budget_sec``, an implementation whose last warm-up round took ``t``
+  is timed for ``min(rounds, max(2, budget_sec / t))`` rounds (a slow loop
+  baseline is timed less often; the passes still interleave).
   """
-  compile_sec = {}
+  compile_sec, last = {}, {}
   for name, run_round in run_rounds.items():
     t = time.perf_counter()
     run_round(0)
-    compile_sec[name] = time.perf_counter() - t
+    compile_sec[name] = last[name] = time.perf_counter() - t
     for r in range(1, warmup):
+      t = time.perf_counter()
       run_round(r)
+      last[name] = time.perf_counter() - t
+  counts = {name: rounds if budget_sec is None else
+            min(rounds, max(2, int(budget_sec / max(last[name], 1e-9))))
+            for name in run_rounds}
   times: dict[str, list[float]] = {name: [] for name in run_rounds}
-  for r in range(warmup, warmup + rounds):
+  for r in range(warmup, warmup + max(counts.values())):
     for name, run_round in run_rounds.items():
+      if len(times[name]) == counts[name]:
+        continue
       t = time.perf_counter()
       run_round(r)
       times[name].append(time.perf_counter() - t)
   return {name: {"compile_sec": compile_sec[name],
                  "sec_per_round_median": statistics.median(ts),
                  "sec_per_round_min": min(ts), "sec_per_round_max": max(ts),
-                 "rounds_timed": rounds} for name, ts in times.items()}
+                 "rounds_timed": len(ts)} for name, ts in times.items()}
 
 
 def flops_per_example_step(loss_fn, params, example_batch) -> float:

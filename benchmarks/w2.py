@@ -1,4 +1,4 @@
-"""W2: many small clients, dispatch-bound (see shared/WORKLOADS.md).
+"""W2: many small clients, dispatch-bound.
 
 LEAF Synthetic(1, 1) (Li et al. 2020) with 32 examples per client, logistic
 regression 60->10, 1000 of 10,000 clients per round, 5 local epochs of batch
@@ -76,13 +76,23 @@ def loop_impl(setup, args, on_device):
   device once beforehand (a stronger baseline).
   """
   population = setup["population"]
-  n = population.num_clients
-  update = jax.jit(setup["update"])
-  server = fl.server.fedavg()
   clients = [jax.tree.map(lambda x, i=i: np.array(x[i]), population)
-             for i in range(n)]
+             for i in range(population.num_clients)]
   if on_device:
     clients = [jax.device_put(c) for c in clients]
+  return client_loop(setup["update"], clients.__getitem__, population.num_clients,
+                     args.clients_per_round, args.seed)
+
+
+def client_loop(update, client_at, num_clients: int, clients_per_round: int, seed: int):
+  """A Python loop over the round's clients: ``(step, init)`` of plain FedAvg.
+
+  Cohorts and keys are the vectorized round's (``fl.round_keys``,
+  ``fl.sample_clients``); ``client_at(i)`` returns client ``i``'s data, and
+  each client is one call of the jitted ``update``.
+  """
+  update = jax.jit(update)
+  server = fl.server.fedavg()
 
   @jax.jit
   def accumulate(total, total_weight, delta, weight):
@@ -96,16 +106,16 @@ def loop_impl(setup, args, on_device):
     return optax.apply_updates(params, updates), opt_state
 
   sample = jax.jit(lambda r: fl.sample_clients(
-      fl.round_keys(jax.random.key(args.seed), r)[0], n, args.clients_per_round))
+      fl.round_keys(jax.random.key(seed), r)[0], num_clients, clients_per_round))
 
   def step(state, r):
-    _, round_key = fl.round_keys(jax.random.key(args.seed), r)
+    _, round_key = fl.round_keys(jax.random.key(seed), r)
     client_key, _ = jax.random.split(round_key)
     params = state[0]
     total = jax.tree.map(jnp.zeros_like, params)
     total_weight = jnp.zeros((), jnp.float32)
     for i in np.asarray(sample(np.int32(r))):
-      out = update(params, clients[i], client_key)
+      out = update(params, client_at(i), client_key)
       total, total_weight = accumulate(total, total_weight, out.delta, out.weight)
     return server_step(state, total, total_weight)
 
