@@ -1,4 +1,4 @@
-"""W1: the "2NN" FedAvg workload, compute-bound (see shared/WORKLOADS.md).
+"""W1: the "2NN" FedAvg workload, compute-bound.
 
 1000 synthetic clients of 64 examples (784 float32 features, 10 classes, a
 random linear teacher per client plus noise), the 784-200-200-10 ReLU MLP of

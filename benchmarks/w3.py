@@ -1,4 +1,4 @@
-"""W3: scale sweep over the cohort size (see shared/WORKLOADS.md).
+"""W3: scale sweep over the cohort size.
 
 The W2 model and clients (LEAF Synthetic(1, 1), 32 examples each, logistic
 regression, 5 local epochs of batch 8) with 100, 1k, 10k and 100k clients per

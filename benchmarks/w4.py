@@ -1,4 +1,4 @@
-"""W4: the cost of differential privacy (see shared/WORKLOADS.md).
+"""W4: the cost of differential privacy.
 
 Times the vectorized round on a W2-shaped workload (1000 clients/round,
 logistic regression) and a W1-shaped one (100 clients/round, the 784-200-200-10

@@ -1,4 +1,4 @@
-"""W5: many simulations as one vectorized program (see shared/WORKLOADS.md).
+"""W5: many simulations as one vectorized program.
 
 The W2 workload (LEAF Synthetic(1, 1), 1000 of 10,000 clients per round,
 logistic regression) run for ``S`` seeds: ``fedjax_lite.run_sweep`` steps all
