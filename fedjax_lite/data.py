@@ -25,7 +25,7 @@ Array = Any
 
 
 class FederatedData(NamedTuple):
-  """A population (or cohort) of clients, stacked and padded.
+  """A population (or cohort) of clients, stacked and padded; or one client's slice.
 
   Attributes:
     arrays: dict ``name -> array`` of shape ``[N, max_examples, ...]``. Row
@@ -36,9 +36,29 @@ class FederatedData(NamedTuple):
       randomness is derived from it (``jax.random.fold_in(key, client_id)``),
       so results do not depend on where a client sits in a cohort.
 
-  A single client's slice (``jax.tree.map(lambda x: x[i], data)``) has the
-  same structure without the leading axis; that is what a client update
+  A single client's slice (``jax.tree.map(lambda x: x[i], data)``, or what
+  ``jax.vmap`` / ``jax.lax.map`` over a population hands each client) has the
+  same structure without the leading axis: arrays ``[max_examples, ...]``,
+  scalar ``num_examples`` and ``client_ids``; that is what a client update
   receives.
+
+  The properties read the rank of ``num_examples`` to tell these apart, so
+  they mean the same thing on a population and on a slice:
+
+  * ``num_examples.ndim == 1``, a population or cohort: ``num_clients`` is
+    ``N``, ``max_examples`` is axis 1 of the arrays, ``mask()`` is
+    ``bool[N, max_examples]``.
+  * ``num_examples.ndim == 0``, a single client (``is_single_client``):
+    ``num_clients`` is 1, ``max_examples`` is axis 0 of the arrays, ``mask()``
+    is ``bool[max_examples]``.
+  * ``num_examples.ndim == k >= 2``, clients stacked under ``k - 1`` outer
+    axes (e.g. ``[S, N]`` for ``S`` stacked populations; the package itself
+    never builds one: :func:`fedjax_lite.run_sweep` shares one population
+    between its experiments): the client axis is the last of the leading
+    axes, so ``num_clients`` is ``num_examples.shape[-1]`` (outer axes are not
+    counted, as under a ``jax.vmap`` over them), ``max_examples`` is axis
+    ``k`` of the arrays, and ``mask()`` is ``bool[*num_examples.shape,
+    max_examples]``.
   """
 
   arrays: dict[str, Array]
@@ -46,17 +66,41 @@ class FederatedData(NamedTuple):
   client_ids: Array
 
   @property
+  def is_single_client(self) -> bool:
+    """True for one client's slice (scalar ``num_examples``), False for a population (static)."""
+    return np.ndim(self.num_examples) == 0
+
+  @property
   def num_clients(self) -> int:
-    """The size of the leading client axis (static)."""
-    return self.num_examples.shape[0]
+    """The number of clients on the client axis (static): 1 for a single client's slice."""
+    shape = np.shape(self.num_examples)
+    return int(shape[-1]) if shape else 1
 
   @property
   def max_examples(self) -> int:
-    """The padded length of the example axis (static)."""
-    return next(iter(self.arrays.values())).shape[1]
+    """The padded length of the example axis, the axis after the client axes (static).
+
+    Raises:
+      ValueError: if there are no arrays, or an array has no example axis.
+    """
+    if not self.arrays:
+      raise ValueError("`arrays` is empty, so there is no example axis; give at least one "
+                       "array [N, max_examples, ...].")
+    axis = np.ndim(self.num_examples)
+    name, x = next(iter(self.arrays.items()))
+    if np.ndim(x) <= axis:
+      raise ValueError(
+          f"`arrays[{name!r}]` has shape {tuple(np.shape(x))}, so it has no example axis after "
+          f"the client axes {tuple(np.shape(self.num_examples))} of `num_examples`; each array "
+          "must be [*num_examples.shape, max_examples, ...].")
+    return int(np.shape(x)[axis])
 
   def mask(self) -> Array:
-    """``bool[N, max_examples]``: True on real rows, False on padding."""
+    """``bool[*num_examples.shape, max_examples]``: True on real rows, False on padding.
+
+    ``bool[N, max_examples]`` for a population, ``bool[max_examples]`` for a
+    single client's slice.
+    """
     return example_mask(self.num_examples, self.max_examples)
 
   def take(self, indices: Array) -> "FederatedData":
@@ -255,6 +299,81 @@ def validate_counts(num_examples: Any, num_clients: int, max_examples: int) -> n
     raise ValueError(
         f"`num_examples` exceeds the padded length {max_examples} (max {counts.max()}).")
   return counts.astype(np.int32)
+
+
+def check_labels(data: FederatedData, num_classes: int, key: str = "y", *,
+                 name: str = "data") -> None:
+  """Checks on the host that every real label is an integer in ``[0, num_classes)``.
+
+  An out-of-range label does not fail inside a compiled loss: optax's
+  integer-label cross entropy gives NaN for some and finite garbage for
+  others (a negative label wraps around). Call this on concrete data before
+  training (``fedjax-lite run`` does, for the train and test splits). Only
+  real rows are checked; padded rows (past ``num_examples``) may hold any
+  value.
+
+  Args:
+    data: a population (``num_examples`` ``[N]``, labels ``[N, max_examples,
+      ...]``) or a single client's slice (scalar ``num_examples``, labels
+      ``[max_examples, ...]``), with concrete (not traced) arrays. Labels may
+      have trailing axes (e.g. ``[N, max_examples, T]`` next-token targets);
+      every entry of a real row is checked.
+    num_classes: the number of classes (``>= 1``), the model's logits width.
+    key: the name of the label array in ``data.arrays``.
+    name: what to call ``data`` in the error message (e.g. ``"train"``).
+
+  Returns:
+    None; it raises on the first problem.
+
+  Raises:
+    ValueError: if ``data.arrays`` has no ``key``, the labels are not of an
+      integer dtype, their leading axes do not match ``num_examples``, or a
+      real label is outside ``[0, num_classes)`` (the message names a client
+      id, its offending labels and the fix).
+    TypeError: if ``num_classes`` is not an int.
+  """
+  num_classes = _check_int("num_classes", num_classes, minimum=1)
+  if not isinstance(data, FederatedData):
+    raise TypeError(f"`{name}` must be a FederatedData (see fedjax_lite.from_clients); got "
+                    f"{type(data).__name__}.")
+  where = f"{name}.arrays[{key!r}]"
+  if key not in data.arrays:
+    raise ValueError(f"{where} does not exist: {name} has arrays {sorted(data.arrays)}; pass "
+                     "the name of the label array as `key`.")
+  labels = np.asarray(jax.device_get(data.arrays[key]))
+  if not np.issubdtype(labels.dtype, np.integer):
+    raise ValueError(
+        f"{where} has dtype {labels.dtype}, but labels must be integers in [0, {num_classes}); "
+        "cast them, e.g. y.astype(np.int32).")
+  counts = np.asarray(jax.device_get(data.num_examples))
+  lead = counts.shape
+  if labels.ndim <= len(lead) or labels.shape[:len(lead)] != lead:
+    raise ValueError(
+        f"{where} has shape {labels.shape}, which does not start with the client axes {lead} "
+        f"of {name}.num_examples and an example axis; labels must be "
+        "[*num_examples.shape, max_examples, ...].")
+  real = np.arange(labels.shape[len(lead)]) < counts[..., None]
+  real = real.reshape(real.shape + (1,) * (labels.ndim - real.ndim))
+  bad = real & ((labels < 0) | (labels >= num_classes))
+  if not bad.any():
+    return
+  # The first offending client (in stacking order), for the message.
+  per_client = bad.reshape(lead + (-1,)).any(-1)
+  first = np.unravel_index(np.flatnonzero(per_client)[0], lead) if lead else ()
+  ids = np.asarray(jax.device_get(data.client_ids))
+  who = (f"client {int(ids[first])}" if np.shape(ids) == lead
+         else f"the client at index {tuple(int(i) for i in first)}")
+  values = np.unique(labels[first][bad[first]])
+  shown = ", ".join(str(v) for v in values[:5]) + (", ..." if len(values) > 5 else "")
+  others = int(per_client.sum()) - 1
+  also = f" (and {others} other client{'s' if others != 1 else ''})" if others else ""
+  lowest, highest = int(labels[bad].min()), int(labels[bad].max())
+  fix = f"remap the labels into 0..{num_classes - 1}"
+  if lowest >= 0:
+    fix += f" or set num_classes to at least {highest + 1}"
+  raise ValueError(
+      f"labels must be in [0, {num_classes}): {who} has "
+      f"label{'s' if len(values) > 1 else ''} {shown} in {where}{also}; {fix}.")
 
 
 def _check_int(name: str, value: Any, minimum: int) -> int:

@@ -601,8 +601,13 @@ def build_task(c: dict[str, Any]) -> Task:
   import jax.numpy as jnp
 
   from fedjax_lite import models
+  from fedjax_lite.data import check_labels
 
   ds = load_dataset(c)
+  # Out-of-range labels would train silently (NaN or garbage losses): refuse them here.
+  for name, split in (("train", ds.train), ("test", ds.test)):
+    if split is not None:
+      check_labels(split, ds.num_classes, name=name)
   x = ds.train.arrays["x"]
   if c["model"] == "char_lstm":
     model = models.CharLSTM(ds.num_classes, hidden=c["hidden"] or 256)

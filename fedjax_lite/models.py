@@ -111,9 +111,37 @@ class CharLSTM(nn.Module):
     return nn.Dense(self.vocab_size)(x)
 
 
+def cross_entropy(logits: Any, labels: Any) -> Any:
+  """Softmax cross-entropy against integer labels; NaN where a label is out of range.
+
+  Equal to ``optax.softmax_cross_entropy_with_integer_labels`` wherever
+  ``0 <= labels < C``. Elsewhere optax gives NaN for some labels and finite
+  garbage for others (a negative label wraps around to a class); this gives
+  NaN, so a bad label surfaces as a non-finite client loss (for the round's
+  non-finite policy to catch) instead of training silently. Such an example's
+  gradient is exactly zero, as is that of a row masked out by
+  ``jnp.where`` (the package's padding), so the NaN never reaches a padded
+  row's or a valid row's gradient. Check labels before training with
+  :func:`fedjax_lite.data.check_labels`.
+
+  Args:
+    logits: ``float[..., C]``.
+    labels: ``int[...]``, the class of each row.
+
+  Returns:
+    ``float[...]`` per-row losses.
+  """
+  ce = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+  valid = (labels >= 0) & (labels < logits.shape[-1])
+  return jnp.where(valid, ce, jnp.nan)
+
+
 def classification_loss(apply_fn: Callable[[Any, Any], Any], x: str = "x",
                         y: str = "y") -> Callable[[Any, dict[str, Any]], Any]:
   """Mean softmax cross-entropy of ``apply_fn(params, batch[x])`` against integer ``batch[y]``.
+
+  A label outside ``[0, C)`` makes its example's loss, and so the mean, NaN
+  (see :func:`cross_entropy`).
 
   Args:
     apply_fn: ``apply_fn(params, inputs[B, ...]) -> logits[B, C]``, e.g. a
@@ -127,7 +155,7 @@ def classification_loss(apply_fn: Callable[[Any, Any], Any], x: str = "x",
 
   def loss(params, batch):
     logits = apply_fn(params, batch[x])
-    return optax.softmax_cross_entropy_with_integer_labels(logits, batch[y]).mean()
+    return cross_entropy(logits, batch[y]).mean()
 
   return loss
 
@@ -155,6 +183,9 @@ def accuracy(apply_fn: Callable[[Any, Any], Any], params: Any, inputs: Any, labe
 def classification_metrics(apply_fn: Callable[[Any, Any], Any], x: str = "x", y: str = "y"):
   """Per-example ``(loss, correct, count=1)`` for a classifier.
 
+  An example whose label is outside ``[0, C)`` has a NaN loss (see
+  :func:`cross_entropy`) and is never correct.
+
   Args:
     apply_fn: ``apply_fn(params, inputs[B, ...]) -> logits[B, C]``.
     x: name of the input array.
@@ -166,7 +197,7 @@ def classification_metrics(apply_fn: Callable[[Any, Any], Any], x: str = "x", y:
 
   def metrics(params, batch):
     logits = apply_fn(params, batch[x])
-    loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch[y])
+    loss = cross_entropy(logits, batch[y])
     correct = (jnp.argmax(logits, -1) == batch[y]).astype(jnp.float32)
     return loss.astype(jnp.float32), correct, jnp.ones_like(correct)
 
@@ -225,7 +256,6 @@ def _sequence_terms(apply_fn, params, batch, pad_id, x, y):
   logits = apply_fn(params, batch[x])
   targets = batch[y]
   real = targets != pad_id
-  token_loss = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
-  token_loss = jnp.where(real, token_loss, 0.0).astype(jnp.float32)
+  token_loss = jnp.where(real, cross_entropy(logits, targets), 0.0).astype(jnp.float32)
   correct = ((jnp.argmax(logits, -1) == targets) & real).astype(jnp.float32)
   return token_loss, correct, jnp.sum(real, -1).astype(jnp.float32)
