@@ -24,6 +24,9 @@ Public API (everything here is a pure function or a NamedTuple of them):
   evaluation, per-client models)
 * compression: :mod:`fedjax_lite.compression` (stochastic quantization,
   top-k with error feedback)
+* differential privacy: :mod:`fedjax_lite.privacy` (clipping, Gaussian and
+  Laplace aggregators) and :mod:`fedjax_lite.accounting` (the epsilon a run
+  spends, noise calibration; host-side, with dp-accounting)
 * the ``"auto"`` settings per platform (chunk size from device memory on an
   accelerator, gradient mode, shuffle): :mod:`fedjax_lite.hardware`
 * data sets, models, evaluation, checkpoints: :mod:`fedjax_lite.datasets`,
@@ -32,6 +35,7 @@ Public API (everything here is a pure function or a NamedTuple of them):
 """
 
 from fedjax_lite import (
+    accounting,
     algorithms,
     attacks,
     checkpoint,
@@ -91,6 +95,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Aggregator",
+    "accounting",
     "algorithms",
     "attacks",
     "compression",

@@ -157,20 +157,20 @@ def _privacy_parser(sub) -> None:
 def cmd_privacy(args) -> int:
   import json
 
-  from fedjax_lite import privacy
+  from fedjax_lite import accounting
 
   if args.sampling == "fixed" and args.num_clients is None:
     raise ValueError("--sampling fixed needs --num-clients (the event names the population "
                      "and the cohort size).")
   n = args.num_clients or 1_000_000
-  spec = privacy.DPSpec(args.mechanism, getattr(args, "noise_multiplier", None) or 1.0,
-                        args.sampling, n, args.sampling_rate * n)
+  spec = accounting.DPSpec(args.mechanism, getattr(args, "noise_multiplier", None) or 1.0,
+                           args.sampling, n, args.sampling_rate * n)
   inputs = {k: v for k, v in vars(args).items() if k not in ("command", "privacy_command")}
   if args.privacy_command == "epsilon":
-    result = {"epsilon": privacy.epsilon(spec, args.rounds, args.delta, args.accountant)}
+    result = {"epsilon": accounting.epsilon(spec, args.rounds, args.delta, args.accountant)}
   else:
-    result = {"noise_multiplier": privacy.calibrate_noise(spec, args.rounds, args.target_epsilon,
-                                                          args.delta, args.accountant)}
+    result = {"noise_multiplier": accounting.calibrate_noise(
+        spec, args.rounds, args.target_epsilon, args.delta, args.accountant)}
   print(json.dumps({**result, **inputs}))
   return 0
 
@@ -192,7 +192,7 @@ def main(argv=None) -> int:
     try:
       return cmd_privacy(args)
     except ValueError as e:
-      print(f"fedjax-lite privacy: error: {e}", file=sys.stderr)
+      print(f"fedjax-lite privacy: error: {experiment.flag_message(e)}", file=sys.stderr)
       return 2
   overrides = {k: v for k, v in vars(args).items() if k not in ("command", "config")}
   try:

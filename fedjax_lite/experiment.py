@@ -1257,9 +1257,11 @@ class DPSetup:
   _cache: dict = dataclasses.field(default_factory=dict)
 
   def epsilon(self, rounds: int) -> float:
+    # Under PLD, accounting.epsilon builds the one-round distribution once per
+    # spec (cached there) and self-composes it for each round count.
     if rounds not in self._cache:
-      from fedjax_lite import privacy
-      self._cache[rounds] = privacy.epsilon(self.spec, rounds, self.delta, self.accountant)
+      from fedjax_lite import accounting
+      self._cache[rounds] = accounting.epsilon(self.spec, rounds, self.delta, self.accountant)
     return self._cache[rounds]
 
   def describe(self) -> dict[str, Any]:
@@ -1282,7 +1284,7 @@ def build_dp(config: dict[str, Any], num_clients: int) -> DPSetup | None:
       unreachable target epsilon.
   """
   import fedjax_lite as fl
-  from fedjax_lite import privacy
+  from fedjax_lite import accounting
 
   if config["dp"] == "none":
     return None
@@ -1293,17 +1295,40 @@ def build_dp(config: dict[str, Any], num_clients: int) -> DPSetup | None:
     sampler = fl.fixed_size_sampler(num_clients, k)
   sigma_b = (k / 20.0) if config["adaptive_clip"] else None
   try:
-    spec = privacy.DPSpec(config["dp"], config["noise_multiplier"] or 1.0, config["sampling"],
-                          num_clients, k, count_noise_std=sigma_b, local=config["local_dp"])
-    privacy.make_accountant(spec, config["accountant"])  # refuses unsupported combinations
+    spec = accounting.DPSpec(config["dp"], config["noise_multiplier"] or 1.0,
+                             config["sampling"], num_clients, k, count_noise_std=sigma_b,
+                             local=config["local_dp"])
+    accounting.make_accountant(spec, config["accountant"])  # refuses unsupported combinations
     if config["target_epsilon"] is not None:
-      z = privacy.calibrate_noise(spec, config["rounds"], config["target_epsilon"],
-                                  config["delta"], config["accountant"])
+      z = accounting.calibrate_noise(spec, config["rounds"], config["target_epsilon"],
+                                     config["delta"], config["accountant"])
       spec = dataclasses.replace(spec, noise_multiplier=z)
     aggregator = _dp_aggregator(config, spec.noise_multiplier)
   except ValueError as e:
-    raise ConfigError(str(e)) from e
+    raise ConfigError(flag_message(e)) from e
   return DPSetup(spec, aggregator, sampler, config["delta"], config["accountant"])
+
+
+# The library's parameters whose values the command line sets with a flag of
+# the same name: its messages say sampling='poisson', the CLI says --sampling poisson.
+_LIBRARY_PARAMETER_FLAGS = ("sampling", "accountant")
+_LIBRARY_PARAMETER = re.compile(r"\b(" + "|".join(_LIBRARY_PARAMETER_FLAGS) + r")='([^']*)'")
+
+
+def flag_message(error: Exception) -> str:
+  """A library error's message in command-line terms.
+
+  The library names its parameters (``accountant='pld'``); the command line
+  sets them with flags (``--accountant pld``).
+
+  Args:
+    error: an exception raised by the library.
+
+  Returns:
+    Its message with every ``name='value'`` of a parameter the command line
+    sets written as ``--name value``.
+  """
+  return _LIBRARY_PARAMETER.sub(lambda m: f"--{m[1]} {m[2]}", str(error))
 
 
 def _dp_aggregator(config: dict[str, Any], noise_multiplier: Any):

@@ -1,4 +1,4 @@
-"""User-level differential privacy: clipping, noise, sampling and accounting.
+"""User-level differential privacy: clipping and the noising aggregators.
 
 Mechanisms are :class:`~fedjax_lite.aggregation.Aggregator`\\ s, so any
 algorithm can use them in place of the plain mean:
@@ -18,12 +18,12 @@ Under DP every client that takes part weighs the same (its clipped delta is
 summed as is): example-count weights would give clients unbounded influence,
 so they are refused.
 
-The privacy spent is described as a ``dp_accounting`` ``DpEvent``
-(:func:`dp_event`) that matches the sampler actually used
-(:func:`fedjax_lite.poisson_sampler` or :func:`fedjax_lite.fixed_size_sampler`) and
-is evaluated with the RDP or PLD accountant (:func:`epsilon`); no epsilon
-formula is written by hand. :func:`calibrate_noise` finds the noise
-multiplier for a target epsilon.
+This module holds what runs inside ``jit``. The host-side accounting (what a
+run spends: :class:`DPSpec`, :func:`round_event`, :func:`dp_event`,
+:func:`make_accountant`, :func:`epsilon`, :func:`calibrate_noise`) lives in
+:mod:`fedjax_lite.accounting` and is re-exported here unchanged, so
+``fedjax_lite.privacy.epsilon`` and ``fedjax_lite.accounting.epsilon`` are the
+same function.
 
 References:
   McMahan, Ramage, Talwar, Zhang. "Learning Differentially Private Recurrent
@@ -32,29 +32,49 @@ References:
   Adaptive Clipping", NeurIPS 2021. https://arxiv.org/abs/1905.03871
 """
 
-import contextlib
-import dataclasses
-import logging
 import math
 from typing import Any, NamedTuple
 
-import dp_accounting
 import jax
 import jax.numpy as jnp
-from dp_accounting import pld, rdp
 
+from fedjax_lite.accounting import (
+    ACCOUNTANTS,
+    MECHANISMS,
+    PLD_DISCRETIZATION,
+    SAMPLINGS,
+    DPSpec,
+    adaptive_noise_multiplier,
+    calibrate_noise,
+    dp_event,
+    epsilon,
+    make_accountant,
+    round_event,
+)
 from fedjax_lite.aggregation import Aggregator
-from fedjax_lite.data import _check_int
-from fedjax_lite.sampling import _check_rate
 
-MECHANISMS = ("gaussian", "laplace")
-SAMPLINGS = ("poisson", "fixed")
-ACCOUNTANTS = ("rdp", "pld")
-
-# PLD discretization used by epsilon(): dp-accounting's default (1e-4) is
-# pessimistic (it over-, never under-states epsilon) by a few percent for
-# small epsilons; 1e-5 is tighter and about 10x slower.
-PLD_DISCRETIZATION = 1e-4
+__all__ = [
+    # Clipping and the DP aggregators (this module).
+    "AdaptiveClipping",
+    "DPState",
+    "clip_by_global_norm",
+    "clip_scale",
+    "gaussian_aggregator",
+    "global_norm",
+    "laplace_aggregator",
+    # Host-side accounting, re-exported from fedjax_lite.accounting.
+    "ACCOUNTANTS",
+    "DPSpec",
+    "MECHANISMS",
+    "PLD_DISCRETIZATION",
+    "SAMPLINGS",
+    "adaptive_noise_multiplier",
+    "calibrate_noise",
+    "dp_event",
+    "epsilon",
+    "make_accountant",
+    "round_event",
+]
 
 
 # --------------------------------------------------------------------------
@@ -147,36 +167,6 @@ def _concrete(x: Any) -> float | None:
     return float(x)
   except (TypeError, jax.errors.ConcretizationTypeError):
     return None
-
-
-def adaptive_noise_multiplier(noise_multiplier: float, count_noise_std: float) -> float:
-  """The noise multiplier left for the deltas when the count takes its share.
-
-  The round releases the clipped sum with multiplier ``z_delta`` and the
-  centred clipped count (sensitivity 1/2) with noise ``sigma_b``, i.e.
-  multiplier ``2 sigma_b``. Two Gaussian mechanisms compose to one with
-  ``z^-2 = z_delta^-2 + (2 sigma_b)^-2`` (Andrew et al. 2021), so
-
-      z_delta = (z^-2 - (2 sigma_b)^-2)^(-1/2).
-
-  Args:
-    noise_multiplier: the round's total multiplier ``z`` (> 0).
-    count_noise_std: ``sigma_b``, the noise on the clipped count.
-
-  Returns:
-    ``z_delta`` (a Python float).
-
-  Raises:
-    ValueError: if ``2 sigma_b <= z`` (the count alone would spend the budget).
-  """
-  if not noise_multiplier > 0:
-    raise ValueError(f"`noise_multiplier` must be > 0; got {noise_multiplier}.")
-  if not 2.0 * count_noise_std > noise_multiplier:
-    raise ValueError(
-        f"adaptive clipping needs 2 * count_noise_std > noise_multiplier; got count_noise_std="
-        f"{count_noise_std}, noise_multiplier={noise_multiplier}. Increase the cohort (the "
-        "default count_noise_std is expected_cohort_size / 20) or count_noise_std.")
-  return (noise_multiplier**-2 - (2.0 * count_noise_std) ** -2) ** -0.5
 
 
 def gaussian_aggregator(
@@ -347,271 +337,3 @@ def _dp_aggregator(mechanism, clip, noise_multiplier, expected_cohort_size, *, a
     return mean, new_state, metrics
 
   return Aggregator(init, per_client, finalize)
-
-
-# --------------------------------------------------------------------------
-# Accounting
-
-
-@dataclasses.dataclass(frozen=True)
-class DPSpec:
-  """What one round of a DP run does, for accounting.
-
-  Attributes:
-    mechanism: ``"gaussian"`` or ``"laplace"``.
-    noise_multiplier: ``z`` requested (for adaptive clipping, the total
-      multiplier of the round; the deltas get :func:`adaptive_noise_multiplier`).
-    sampling: ``"poisson"`` (rate ``num_sampled / num_clients``) or
-      ``"fixed"`` (exactly ``num_sampled`` clients without replacement).
-    num_clients: population size ``N``.
-    num_sampled: expected (Poisson) or exact (fixed) cohort size.
-    count_noise_std: ``sigma_b`` of adaptive clipping, else ``None``.
-    local: local DP (accounted per client, over all rounds, no amplification).
-  """
-
-  mechanism: str
-  noise_multiplier: float
-  sampling: str
-  num_clients: int
-  num_sampled: float
-  count_noise_std: float | None = None
-  local: bool = False
-
-  def __post_init__(self):
-    if self.mechanism not in MECHANISMS:
-      raise ValueError(f"unknown mechanism {self.mechanism!r}; choose one of {MECHANISMS}.")
-    if self.sampling not in SAMPLINGS:
-      raise ValueError(f"unknown sampling {self.sampling!r}; choose one of {SAMPLINGS}.")
-    if not self.noise_multiplier > 0:
-      raise ValueError(f"`noise_multiplier` must be > 0 to state an epsilon; got "
-                       f"{self.noise_multiplier}.")
-    _check_rate(self.rate)
-    if self.count_noise_std is not None and self.mechanism != "gaussian":
-      raise ValueError("adaptive clipping is only defined for the Gaussian mechanism.")
-
-  @property
-  def rate(self) -> float:
-    return float(self.num_sampled) / float(self.num_clients)
-
-
-def round_event(spec: DPSpec, accountant: str = "rdp") -> dp_accounting.DpEvent:
-  """The ``DpEvent`` of one round.
-
-  * central Gaussian, Poisson: ``PoissonSampled(q, Gaussian(z))``; with
-    adaptive clipping the inner event is
-    ``Composed([Gaussian(z_delta), Gaussian(2 sigma_b)])`` (equal to
-    ``Gaussian(z)`` by construction);
-  * central Gaussian, fixed size: ``SampledWithoutReplacement(N, m,
-    Gaussian(z / 2))`` — replacing one client moves the clipped sum by up to
-    ``2C`` (adaptive: the count's multiplier is ``sigma_b``, its sensitivity
-    being 1 under replacement);
-  * Laplace, Poisson: ``PoissonSampled(q, Laplace(z))``; fixed size with
-    ``m = N``: ``Laplace(z / 2)``; fixed size with ``m < N`` has no accountant;
-  * local DP: ``Gaussian(z / 2)`` or ``Laplace(z / 2)`` per client report
-    (any two inputs of one client differ by up to ``2C``), no sampling
-    amplification.
-
-  The PLD accountant of dp-accounting 0.6 takes no composed event inside a
-  sampled one; for it the adaptive pair is given as the single Gaussian it
-  equals (``z^-2 = z_delta^-2 + (2 sigma_b)^-2``), which is exact for
-  Gaussian mechanisms on the same data.
-
-  Args:
-    spec: the run's :class:`DPSpec` (mechanism, noise multiplier, sampling,
-      population and cohort sizes, local or central).
-    accountant: ``"rdp"`` or ``"pld"``.
-
-  Returns:
-    The ``dp_accounting.DpEvent`` of one round.
-  """
-  z = spec.noise_multiplier
-  base = dp_accounting.GaussianDpEvent if spec.mechanism == "gaussian" \
-      else dp_accounting.LaplaceDpEvent
-  if spec.local:
-    return base(z / 2.0)
-  if spec.sampling == "poisson":
-    if spec.count_noise_std is not None and accountant == "pld":
-      inner = dp_accounting.GaussianDpEvent(_effective(
-          [adaptive_noise_multiplier(z, spec.count_noise_std), 2.0 * spec.count_noise_std]))
-    elif spec.count_noise_std is not None:
-      z_delta = adaptive_noise_multiplier(z, spec.count_noise_std)
-      inner = dp_accounting.ComposedDpEvent([dp_accounting.GaussianDpEvent(z_delta),
-                                             dp_accounting.GaussianDpEvent(
-                                                 2.0 * spec.count_noise_std)])
-    else:
-      inner = base(z)
-    if spec.rate == 1.0:
-      return inner
-    return dp_accounting.PoissonSampledDpEvent(spec.rate, inner)
-  # Fixed-size sampling, neighbouring = replace one client.
-  if spec.count_noise_std is not None:
-    z_delta = adaptive_noise_multiplier(z, spec.count_noise_std)
-    inner = dp_accounting.ComposedDpEvent([dp_accounting.GaussianDpEvent(z_delta / 2.0),
-                                           dp_accounting.GaussianDpEvent(spec.count_noise_std)])
-  else:
-    inner = base(z / 2.0)
-  if int(spec.num_sampled) == spec.num_clients:
-    return inner
-  return dp_accounting.SampledWithoutReplacementDpEvent(spec.num_clients, int(spec.num_sampled),
-                                                        inner)
-
-
-def _effective(multipliers):
-  return sum(m**-2 for m in multipliers) ** -0.5
-
-
-def dp_event(spec: DPSpec, rounds: int, accountant: str = "rdp") -> dp_accounting.DpEvent:
-  """``SelfComposed(round_event(spec, accountant), rounds)``.
-
-  Args:
-    spec: the run's :class:`DPSpec` (mechanism, noise multiplier, sampling,
-      population and cohort sizes, local or central).
-    rounds: rounds run.
-    accountant: ``"rdp"`` or ``"pld"``.
-
-  Returns:
-    The ``dp_accounting.DpEvent`` of the whole run.
-  """
-  _check_int("rounds", rounds, minimum=0)
-  return dp_accounting.SelfComposedDpEvent(round_event(spec, accountant), rounds)
-
-
-def make_accountant(spec: DPSpec, accountant: str = "rdp") -> dp_accounting.PrivacyAccountant:
-  """A fresh RDP or PLD accountant with the neighbouring relation ``spec`` needs.
-
-  Args:
-    spec: the run's :class:`DPSpec` (mechanism, noise multiplier, sampling,
-      population and cohort sizes, local or central).
-    accountant: ``"rdp"`` or ``"pld"``.
-
-  Returns:
-    A ``dp_accounting.PrivacyAccountant`` with nothing composed yet.
-
-  Raises:
-    ValueError: for an unknown accountant, or a combination dp-accounting
-      cannot account (named, with what to use instead).
-  """
-  if accountant not in ACCOUNTANTS:
-    raise ValueError(f"unknown accountant {accountant!r}; choose one of {ACCOUNTANTS}.")
-  relation = dp_accounting.NeighboringRelation
-  fixed = spec.sampling == "fixed" and not spec.local
-  if fixed and int(spec.num_sampled) < spec.num_clients:
-    if spec.mechanism == "laplace":
-      raise ValueError(
-          "no dp-accounting accountant supports fixed-size sampling with the Laplace "
-          "mechanism; use --sampling poisson with --accountant pld.")
-    if accountant == "pld":
-      raise ValueError(
-          "the PLD accountant does not support fixed-size sampling without replacement "
-          "(dp-accounting 0.6); use --accountant rdp or --sampling poisson.")
-  if (spec.mechanism == "laplace" and not spec.local and spec.sampling == "poisson"
-      and spec.rate < 1.0 and accountant == "rdp"):
-    raise ValueError(
-        "the RDP accountant does not support Poisson-subsampled Laplace; use --accountant pld.")
-  if fixed and spec.mechanism == "laplace" and accountant == "pld":
-    raise ValueError("the PLD accountant supports Laplace only under add/remove-one; use "
-                     "--accountant rdp or --sampling poisson.")
-  neighbours = relation.REPLACE_ONE if fixed else relation.ADD_OR_REMOVE_ONE
-  if accountant == "rdp":
-    return rdp.RdpAccountant(neighboring_relation=neighbours)
-  return pld.PLDAccountant(neighboring_relation=neighbours,
-                           value_discretization_interval=PLD_DISCRETIZATION)
-
-
-def epsilon(spec: DPSpec, rounds: int, delta: float, accountant: str = "rdp") -> float:
-  """Epsilon spent after ``rounds`` rounds, at ``delta``, with dp-accounting.
-
-  Args:
-    spec: the run's :class:`DPSpec` (mechanism, noise multiplier, sampling,
-      population and cohort sizes, local or central).
-    rounds: rounds run.
-    delta: the target delta, in ``(0, 1)``.
-    accountant: ``"rdp"`` or ``"pld"``.
-
-  Returns:
-    The epsilon (a Python float) that :func:`dp_event` spends at ``delta``.
-
-  Raises:
-    ValueError: for ``delta`` outside (0, 1) or an unsupported combination.
-  """
-  _check_delta(delta)
-  if rounds == 0:
-    return 0.0
-  acc = make_accountant(spec, accountant)
-  with _quiet_absl():
-    acc.compose(dp_event(spec, rounds, accountant))
-    return float(acc.get_epsilon(delta))
-
-
-def calibrate_noise(spec: DPSpec, rounds: int, target_epsilon: float, delta: float,
-                    accountant: str = "rdp", max_noise_multiplier: float = 1000.0) -> float:
-  """The smallest noise multiplier whose epsilon after ``rounds`` is ``target_epsilon``.
-
-  Uses ``dp_accounting.calibrate_dp_mechanism`` on :func:`dp_event` with
-  ``spec``'s noise multiplier replaced.
-
-  Args:
-    spec: the run's :class:`DPSpec` (mechanism, noise multiplier, sampling,
-      population and cohort sizes, local or central).
-    rounds: rounds the run will take.
-    target_epsilon: the epsilon to reach after ``rounds`` (> 0).
-    delta: the target delta, in ``(0, 1)``.
-    accountant: ``"rdp"`` or ``"pld"``.
-    max_noise_multiplier: the largest multiplier searched.
-
-  Returns:
-    The noise multiplier (a Python float).
-
-  Raises:
-    ValueError: for a non-positive target, ``delta`` outside (0, 1), or a
-      target that needs more than ``max_noise_multiplier``.
-  """
-  _check_delta(delta)
-  _check_int("rounds", rounds, minimum=1)
-  if not target_epsilon > 0:
-    raise ValueError(f"`target_epsilon` must be > 0; got {target_epsilon}.")
-  # Adaptive clipping needs z < 2 sigma_b: bound the search there.
-  upper = max_noise_multiplier
-  if spec.count_noise_std is not None:
-    upper = min(upper, 2.0 * spec.count_noise_std * (1 - 1e-9))
-  make = lambda z: dp_event(dataclasses.replace(spec, noise_multiplier=z), rounds, accountant)
-  fresh = lambda: make_accountant(spec, accountant)
-  with _quiet_absl():
-    top = fresh()
-    top.compose(make(upper))
-    if top.get_epsilon(delta) > target_epsilon:
-      raise ValueError(
-          f"target_epsilon={target_epsilon} is unreachable: even noise_multiplier={upper:g} "
-          f"spends {top.get_epsilon(delta):.4g} after {rounds} rounds at delta={delta}. Sample "
-          "fewer clients per round, run fewer rounds, or raise the target.")
-    # PLD's discretized distributions explode for tiny multipliers; such
-    # targets are beyond any meaningful privacy anyway.
-    lower = 0.1 if accountant == "pld" else 1e-2
-    bottom = fresh()
-    bottom.compose(make(lower))
-    if bottom.get_epsilon(delta) <= target_epsilon:
-      raise ValueError(
-          f"target_epsilon={target_epsilon} is so large that even noise_multiplier={lower} "
-          f"spends only {bottom.get_epsilon(delta):.4g}; state a smaller target.")
-    return float(dp_accounting.calibrate_dp_mechanism(
-        fresh, make, target_epsilon, delta,
-        dp_accounting.ExplicitBracketInterval(lower, upper), tol=1e-4 * target_epsilon))
-
-
-@contextlib.contextmanager
-def _quiet_absl():
-  """dp-accounting logs an absl warning for every RDP order whose series does
-  not converge (those orders are then excluded, which is safe); keep them off
-  the user's terminal."""
-  logger = logging.getLogger("absl")
-  level = logger.level
-  logger.setLevel(logging.ERROR)
-  try:
-    yield
-  finally:
-    logger.setLevel(level)
-
-
-def _check_delta(delta):
-  if not (isinstance(delta, (int, float)) and 0.0 < delta < 1.0):
-    raise ValueError(f"`delta` must be in (0, 1); got {delta!r}.")
