@@ -1,0 +1,131 @@
+"""Argument checks shared across the library, defined once (cf. jax_privacy's ``_validate``).
+
+Each raises ``TypeError``/``ValueError`` with one line that names the
+argument (as the caller's parameter name) and what is expected. Checks of
+values that may be traced (inside ``jit``/``vmap``/``grad``) pass tracers
+through unchecked.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import jax
+import numpy as np
+
+
+def is_concrete(value: Any) -> bool:
+  """Whether ``value`` is a concrete value (not a tracer of ``jit``/``vmap``/``grad``).
+
+  Args:
+    value: any value or pytree.
+
+  Returns:
+    False if any leaf is a tracer.
+  """
+  return not any(isinstance(x, jax.core.Tracer) for x in jax.tree.leaves(value))
+
+
+def concrete_float(value: Any) -> float | None:
+  """``float(value)``, or ``None`` when it is traced (inside ``jit``/``vmap``).
+
+  Args:
+    value: a number, array scalar or tracer.
+
+  Returns:
+    A Python float, or None.
+  """
+  try:
+    return float(value)
+  except (TypeError, jax.errors.ConcretizationTypeError):
+    return None
+
+
+def check_int(name: str, value: Any, minimum: int) -> int:
+  """Checks that ``value`` is a Python/NumPy int ``>= minimum``.
+
+  Args:
+    name: the argument's name, for the message.
+    value: the value to check (``bool`` is refused).
+    minimum: the smallest allowed value.
+
+  Returns:
+    ``value`` as a Python int.
+
+  Raises:
+    TypeError: for a non-int; ValueError: below ``minimum``.
+  """
+  if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+    raise TypeError(f"`{name}` must be an int; got {type(value).__name__} {value!r}.")
+  if value < minimum:
+    raise ValueError(f"`{name}` must be >= {minimum}; got {value}.")
+  return int(value)
+
+
+def check_real(name: str, value: Any, *, low: float, high: float = math.inf,
+               low_open: bool = False, hint: str = "") -> None:
+  """Checks a (possibly traced) real number in ``[low, high]`` (``(low, ...`` if ``low_open``).
+
+  Args:
+    name: the argument's name, for the message.
+    value: the value; a tracer passes unchecked.
+    low: the lower bound.
+    high: the upper bound (default: none).
+    low_open: exclude ``low`` itself.
+    hint: appended to the message.
+
+  Returns:
+    None.
+
+  Raises:
+    TypeError: for a non-number; ValueError: out of range.
+  """
+  if not is_concrete(value):
+    return
+  if isinstance(value, bool):
+    raise TypeError(f"`{name}` must be a number; got bool {value!r}.")
+  try:
+    v = float(value)
+  except (TypeError, ValueError):
+    raise TypeError(f"`{name}` must be a number; got {type(value).__name__} {value!r}.") from None
+  if not (v > low if low_open else v >= low) or not v <= high:
+    lo = "(" if low_open else "["
+    hi = "]" if math.isfinite(high) else ")"
+    raise ValueError(f"`{name}` must be in {lo}{low}, {high}{hi}; got {value!r}.{hint}")
+
+
+def check_rate(rate: Any, name: str = "q") -> None:
+  """Checks a sampling rate in ``(0, 1]``.
+
+  Args:
+    rate: the rate.
+    name: the argument's name, for the message.
+
+  Returns:
+    None.
+
+  Raises:
+    ValueError: outside ``(0, 1]``.
+  """
+  if isinstance(rate, bool) or not (isinstance(rate, (int, float)) and 0.0 < rate <= 1.0):
+    raise ValueError(f"sampling rate `{name}` must be in (0, 1]; got {rate!r}.")
+
+
+def check_choice(name: str, value: Any, choices: tuple[str, ...]) -> str:
+  """Checks that ``value`` is one of ``choices``.
+
+  Args:
+    name: the argument's name, for the message.
+    value: the value.
+    choices: the allowed strings.
+
+  Returns:
+    ``value``.
+
+  Raises:
+    ValueError: for anything else.
+  """
+  if not (isinstance(value, str) and value in choices):
+    raise ValueError(f"`{name}` must be one of {choices}; got {value!r}.")
+  return value
