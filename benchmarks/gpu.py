@@ -680,7 +680,7 @@ def _chunk_log():
       if record.msg.startswith("chunk_size='auto'"):
         found.append(tuple(record.args))
 
-  logger = logging.getLogger("fedjax_lite.algorithm")
+  logger = logging.getLogger("fedjax_lite.mapreduce")
   handler, level = Handler(), logger.level
   logger.addHandler(handler)
   logger.setLevel(logging.DEBUG)

@@ -33,12 +33,12 @@ import contextlib
 import dataclasses
 import functools
 import logging
+from typing import Any
 
 import dp_accounting
 from dp_accounting import pld, rdp
 
-from fedjax_lite.data import _check_int
-from fedjax_lite.sampling import _check_rate
+from fedjax_lite._validate import check_int, check_rate
 
 MECHANISMS = ("gaussian", "laplace")
 SAMPLINGS = ("poisson", "fixed")
@@ -98,7 +98,7 @@ class DPSpec:
     if not self.noise_multiplier > 0:
       raise ValueError(f"`noise_multiplier` must be > 0 to state an epsilon; got "
                        f"{self.noise_multiplier}.")
-    _check_rate(self.rate)
+    check_rate(self.rate)
     if self.count_noise_std is not None and self.mechanism != "gaussian":
       raise ValueError("adaptive clipping is only defined for the Gaussian mechanism.")
 
@@ -215,7 +215,7 @@ def dp_event(spec: DPSpec, rounds: int, accountant: str = "rdp") -> dp_accountin
   Returns:
     The ``dp_accounting.DpEvent`` of the whole run.
   """
-  _check_int("rounds", rounds, minimum=0)
+  check_int("rounds", rounds, minimum=0)
   return dp_accounting.SelfComposedDpEvent(round_event(spec, accountant), rounds)
 
 
@@ -301,7 +301,7 @@ def epsilon(spec: DPSpec, rounds: int, delta: float, accountant: str = "rdp") ->
   _neighbouring_relation(spec, accountant)  # refuses what cannot be accounted
   with _quiet_absl():
     if accountant == "pld":
-      _check_int("rounds", rounds, minimum=0)
+      check_int("rounds", rounds, minimum=0)
       one_round = _one_round_pld(spec, PLD_DISCRETIZATION)
       if one_round is not None:
         # PLDAccountant starts from the identity and composes the
@@ -341,6 +341,61 @@ def _one_round_pld(spec: DPSpec, discretization: float):
   return None
 
 
+class EpsilonCurve:
+  """Epsilon after each round of a run, computed as the run goes.
+
+  ``curve(r)`` is :func:`epsilon` ``(spec, r, delta, accountant)`` (within
+  float rounding: 1e-9 relative is tested). Under PLD, where a round's
+  distribution is cached (see :func:`epsilon`), the curve keeps the
+  composed distribution of the rounds asked so far and composes only the
+  new rounds onto it, so asking after every round of a ``T``-round run
+  costs ``T`` compositions with the one-round distribution instead of ``T``
+  self-compositions from scratch. Asking for fewer rounds than last time
+  (e.g. a resumed run) starts again from the identity. Host-side; not
+  jit-able.
+
+  Args:
+    spec: the run's :class:`DPSpec`.
+    delta: the target delta, in ``(0, 1)``.
+    accountant: ``"rdp"`` or ``"pld"``.
+
+  Raises:
+    ValueError: as :func:`epsilon`.
+  """
+
+  def __init__(self, spec: DPSpec, delta: float, accountant: str = "rdp"):
+    _check_delta(delta)
+    _neighbouring_relation(spec, accountant)  # refuses what cannot be accounted
+    self.spec, self.delta, self.accountant = spec, delta, accountant
+    self._values: dict[int, float] = {}
+    self._pld: Any = None
+    self._rounds = 0
+
+  def __call__(self, rounds: int) -> float:
+    """Epsilon after ``rounds`` rounds (a Python float)."""
+    check_int("rounds", rounds, minimum=0)
+    if rounds not in self._values:
+      self._values[rounds] = self._compute(rounds)
+    return self._values[rounds]
+
+  def _compute(self, rounds: int) -> float:
+    one_round = None
+    if self.accountant == "pld" and rounds > 0:
+      with _quiet_absl():
+        one_round = _one_round_pld(self.spec, PLD_DISCRETIZATION)
+    if one_round is None:
+      return epsilon(self.spec, rounds, self.delta, self.accountant)
+    with _quiet_absl():
+      if self._pld is None or rounds < self._rounds:
+        self._pld = pld.privacy_loss_distribution.identity(
+            value_discretization_interval=PLD_DISCRETIZATION)
+        self._rounds = 0
+      gap = rounds - self._rounds
+      self._pld = self._pld.compose(one_round if gap == 1 else one_round.self_compose(gap))
+      self._rounds = rounds
+      return float(self._pld.get_epsilon_for_delta(self.delta))
+
+
 def calibrate_noise(spec: DPSpec, rounds: int, target_epsilon: float, delta: float,
                     accountant: str = "rdp", max_noise_multiplier: float = 1000.0) -> float:
   """The smallest noise multiplier whose epsilon after ``rounds`` is ``target_epsilon``.
@@ -365,7 +420,7 @@ def calibrate_noise(spec: DPSpec, rounds: int, target_epsilon: float, delta: flo
       target that needs more than ``max_noise_multiplier``.
   """
   _check_delta(delta)
-  _check_int("rounds", rounds, minimum=1)
+  check_int("rounds", rounds, minimum=1)
   if not target_epsilon > 0:
     raise ValueError(f"`target_epsilon` must be > 0; got {target_epsilon}.")
   # Adaptive clipping needs z < 2 sigma_b: bound the search there.

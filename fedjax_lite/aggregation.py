@@ -24,6 +24,9 @@ clients (memory bounded by a chunk, not by the cohort):
   and a zero delta -- and calls ``combine`` instead of ``finalize``. Memory
   then holds the cohort's ``K`` deltas.
 
+Metrics are a dict of scalars; a metric with one value per client is
+declared by wrapping it in :class:`PerClient` (never inferred from its shape).
+
 Wrapping aggregators (differential privacy, compression) compose by
 transforming these three functions, as TensorFlow Federated's aggregation
 factories do.
@@ -38,7 +41,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-Params = Any
+from fedjax_lite._types import Params
 
 
 class Aggregator(NamedTuple):
@@ -48,6 +51,17 @@ class Aggregator(NamedTuple):
   per_client: Callable[[Params, Any, Any, Any], tuple[Params, Any, Any]]
   finalize: Callable[[Params, Any, Any, Any, Any], tuple[Params, Any, dict[str, Any]]]
   combine: Callable[[Params, Any, Any, Any, Any], tuple[Params, Any, dict[str, Any]]] | None = None
+
+
+class PerClient(NamedTuple):
+  """An aggregator metric with one value per cohort client (``[K]``, in cohort order).
+
+  ``finalize``/``combine`` return their metrics as a dict; a value wrapped in
+  ``PerClient`` goes to the round's ``metrics["clients"]["aggregator/<name>"]``,
+  every other value is a round-level scalar ``metrics["aggregator/<name>"]``.
+  """
+
+  value: Any
 
 
 def weighted_sum(stacked: Params, weights: Any) -> Params:

@@ -24,24 +24,22 @@ order of clients in the cohort (up to float summation order).
 """
 
 import logging
-import math
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
-from jax.sharding import Mesh, PartitionSpec
+from jax.sharding import Mesh
 
-from fedjax_lite import hardware
-from fedjax_lite.aggregation import Aggregator, mean_aggregator, weighted_sum
-from fedjax_lite.client import ClientUpdate
-from fedjax_lite.data import FederatedData, _check_int
+from fedjax_lite import hardware, mapreduce
+from fedjax_lite._types import Params, PRNGKey
+from fedjax_lite._validate import check_int, is_concrete
+from fedjax_lite.aggregation import Aggregator, PerClient, mean_aggregator, weighted_sum
+from fedjax_lite.client import ClientUpdate, ClientUpdateFn, as_client_update
+from fedjax_lite.data import FederatedData
 from fedjax_lite.hardware import auto_chunk_size  # noqa: F401  (re-exported)
-from fedjax_lite.sharding import CLIENT_AXIS, pad_clients, replicate
-
-Params = Any
-PRNGKey = Any
+from fedjax_lite.sharding import CLIENT_AXIS, replicate
 
 _log = logging.getLogger(__name__)
 
@@ -57,11 +55,12 @@ class ServerState(NamedTuple):
     opt_state: the server optimizer's state.
     aggregator_state: the aggregator's state (empty for the plain mean).
     round: ``int32`` scalar, the number of rounds applied so far.
-    client_states: for a stateful algorithm (``client_state_init``), every
-      client's persistent state stacked ``[N, ...]`` and indexed by client id
+    client_states: for a client update with a state (:class:`ClientUpdate`),
+      every client's state stacked ``[N, ...]`` and indexed by client id
       (SCAFFOLD's control variates, Ditto's personal models); else ``()``.
-    extra: the algorithm's server-side state (``extra_init``: SCAFFOLD's
-      server control variate, Mime's momentum); else ``()``.
+    extra: the server update's own state beyond the optimizer's
+      (:class:`ServerUpdate`: SCAFFOLD's server control variate, Mime's
+      momentum); else ``()``.
   """
 
   params: Params
@@ -72,13 +71,75 @@ class ServerState(NamedTuple):
   extra: Any = ()
 
 
+class ServerUpdate(NamedTuple):
+  """The server step paired with its state's initializer, in the optax style.
+
+  Attributes:
+    init: ``init(params) -> (opt_state, extra)``: the server optimizer's
+      state and the algorithm's own server state (``()`` if none).
+    update: ``update(state, aggregate, metrics, key) -> (params, opt_state,
+      extra)``: one server step from the round's :class:`ServerState`, the
+      aggregate of the client messages, the round's summed and averaged
+      client metrics (``num_clients``, ``train_loss``, ...) and a key of its
+      own.
+    broadcast: optional ``broadcast(state) -> what clients receive`` (default:
+      ``state.params``), e.g. the params with SCAFFOLD's server control
+      variate read from ``state.extra``.
+
+  Any ``optax.GradientTransformation`` is one (:func:`as_server_update`): it
+  receives ``-aggregate`` as the gradient.
+  """
+
+  init: Callable[[Params], tuple[Any, Any]]
+  update: Callable[[ServerState, Any, dict[str, Any], PRNGKey], tuple[Params, Any, Any]]
+  broadcast: Callable[[ServerState], Any] | None = None
+
+
+def optax_server_update(optimizer: optax.GradientTransformation) -> ServerUpdate:
+  """The server step that applies ``optimizer`` to ``-aggregate`` (FedAvg, FedAdam, ...).
+
+  Args:
+    optimizer: an optax transformation (see :mod:`fedjax_lite.server`).
+
+  Returns:
+    A :class:`ServerUpdate` with no extra state.
+  """
+
+  def init(params):
+    return optimizer.init(params), ()
+
+  def update(state, aggregate, metrics, key):
+    del metrics, key
+    pseudo_grad = jax.tree.map(jnp.negative, aggregate)
+    updates, opt_state = optimizer.update(pseudo_grad, state.opt_state, state.params)
+    return optax.apply_updates(state.params, updates), opt_state, state.extra
+
+  return ServerUpdate(init, update)
+
+
+def as_server_update(server: Any) -> ServerUpdate:
+  """A :class:`ServerUpdate` as is; an optax transformation via :func:`optax_server_update`.
+
+  Raises:
+    TypeError: for anything else.
+  """
+  if isinstance(server, ServerUpdate):
+    return server
+  if isinstance(server, optax.GradientTransformation) or (
+      hasattr(server, "init") and hasattr(server, "update") and not isinstance(server, tuple)):
+    return optax_server_update(server)
+  raise TypeError(
+      "`server_optimizer` must be an optax.GradientTransformation (e.g. "
+      f"fedjax_lite.server.fedavg()) or a fedjax_lite.ServerUpdate; got {server!r}.")
+
+
 class FederatedAlgorithm(NamedTuple):
   """A federated algorithm as two pure functions.
 
   Attributes:
-    init: ``init(params) -> ServerState``; a stateful algorithm's
-      ``init(params, num_clients=N)`` also creates the population's stacked
-      client states.
+    init: ``init(params) -> ServerState``; an algorithm whose client update
+      keeps a state needs ``init(params, num_clients=N)`` to create the
+      population's stacked client states.
     round: ``round(state, cohort, key) -> (state, metrics)``; see
       :func:`build_federated_algorithm` for the metrics.
   """
@@ -91,8 +152,8 @@ NONFINITE_POLICIES = ("raise", "drop")
 
 
 def build_federated_algorithm(
-    client_update: ClientUpdate,
-    server_optimizer: optax.GradientTransformation,
+    client_update: ClientUpdate | ClientUpdateFn,
+    server_optimizer: optax.GradientTransformation | ServerUpdate,
     *,
     aggregator: Aggregator | None = None,
     chunk_size: int | str | None = "auto",
@@ -100,21 +161,25 @@ def build_federated_algorithm(
     jit: bool = True,
     mesh: Mesh | None = None,
     client_axis: str = CLIENT_AXIS,
-    client_state_init: Callable[[Params], Any] | None = None,
-    broadcast: Callable[[ServerState], Any] | None = None,
-    server_update: Callable[[ServerState, Any, dict[str, Any], PRNGKey],
-                            tuple[Params, Any, Any]] | None = None,
-    extra_init: Callable[[Params], Any] | None = None,
 ) -> FederatedAlgorithm:
-  """Composes a client update, an aggregator and a server optimizer.
+  """Composes a client update, an aggregator and a server step.
 
   Args:
-    client_update: ``client_update(server_params, client_data, key) ->
-      ClientOutput``, e.g. from :func:`fedjax_lite.build_client_update`. It is
-      called with ``key`` = the round's client key and must fold in
-      ``client_data.client_ids`` itself for per-client randomness.
-    server_optimizer: any ``optax.GradientTransformation``; it receives
-      ``-aggregate`` as the gradient (see :mod:`fedjax_lite.server` presets).
+    client_update: a :class:`fedjax_lite.ClientUpdate` ``(init, update)``, or
+      a plain stateless ``client_update(server_params, client_data, key) ->
+      ClientOutput`` (e.g. from :func:`fedjax_lite.build_client_update`).
+      It is called with ``key`` = the round's client key and must fold in
+      ``client_data.client_ids`` itself for per-client randomness. A client
+      update with a non-empty state makes ``init`` need ``num_clients=N``
+      (the population's ids must be ``0..N-1``, the default of
+      :func:`fedjax_lite.from_clients`); each round gathers the cohort's
+      states inside the program and writes back ``ClientOutput.state`` for
+      the clients that had data and finite outputs (others, padding and
+      unused Poisson slots included, keep theirs).
+    server_optimizer: any ``optax.GradientTransformation`` (it receives
+      ``-aggregate`` as the gradient; see :mod:`fedjax_lite.server`), or a
+      :class:`ServerUpdate` for a server step of the algorithm's own
+      (SCAFFOLD, Mime, FedNova, q-FFL).
     aggregator: defaults to :func:`fedjax_lite.mean_aggregator` (weighted by
       example counts).
     chunk_size: clients per vmapped chunk (>= 1, or the cohort if smaller).
@@ -125,155 +190,99 @@ def build_federated_algorithm(
       ``None`` processes the whole cohort in one chunk. Memory holds one
       chunk of model copies and optimizer states, not the cohort's, and
       results do not depend on it beyond float rounding.
-    nonfinite: what to do with a client whose delta or weight holds NaN/Inf.
-      In both modes the client gets weight 0 and a zero delta, so it can never
-      be averaged into the model, and it is counted in
-      ``metrics["num_nonfinite_clients"]``. ``"raise"`` additionally leaves the
-      whole server state unchanged for that round, and
-      :func:`fedjax_lite.run_rounds` (or :func:`raise_if_nonfinite`) raises a
-      ``ValueError`` naming the clients; ``"drop"`` applies the round without
-      them.
-    jit: wrap ``round`` in ``jax.jit`` (the default). Set False to compose the
-      pure function into your own jitted program.
-    mesh: a ``jax.sharding.Mesh`` (e.g. :func:`fedjax_lite.client_mesh`) to
-      shard the cohort's clients over its ``client_axis``: the cohort is
-      padded with empty clients to a multiple of that axis's size, each device
-      runs its share through the chunked client loop (chunks sized per
-      device), the sums are combined with one ``psum``, and the aggregator's
-      finalize (DP noise included, drawn once from the same key) and the
-      server step run replicated, so results equal the single-device round's
-      up to float summation order. Parameters stay replicated. ``init``
-      replicates the state on the mesh (every process of a multi-process run
-      must pass the same params). Default: no sharding.
+    nonfinite: what to do with a client whose delta, weight, state or
+      metrics (e.g. its training loss) hold NaN/Inf. In both modes the
+      client gets weight 0 and a zero delta, so it can never be averaged
+      into the model, and it is counted in
+      ``metrics["num_nonfinite_clients"]``. ``"raise"`` additionally leaves
+      the server state unchanged for that round (``metrics["applied"]`` is
+      0; :func:`fedjax_lite.run_rounds` then raises with the client ids);
+      ``"drop"`` applies the round without those clients.
+    jit: wrap ``round`` in ``jax.jit`` (default). Pass ``False`` to embed
+      the round in a larger traced program (e.g. :func:`fedjax_lite.run_sweep`).
+    mesh: optional ``jax.sharding.Mesh`` to shard the cohort's clients over
+      the ``client_axis`` devices: the cohort is padded with empty clients to
+      a multiple of that axis's size, each device runs its share through the
+      chunked client loop (chunks sized per device), the sums are combined
+      with one ``psum``, and the aggregator's finalize (DP noise included,
+      drawn once from the same key) and the server step run replicated, so
+      results equal the single-device round's up to float summation order.
+      Parameters stay replicated. ``init`` replicates the state on the mesh
+      (every process of a multi-process run must pass the same params).
+      Default: no sharding.
     client_axis: the mesh axis the clients are sharded over.
-    client_state_init: makes the algorithm *stateful*:
-      ``client_state_init(params) -> one client's initial state``.
-      ``init(params, num_clients=N)`` then stores ``N`` copies stacked in
-      ``ServerState.client_states``, indexed by client id (the population's
-      ids must be ``0..N-1``, the default of :func:`fedjax_lite.from_clients`).
-      Each round gathers the cohort's states inside the program, calls
-      ``client_update(broadcast, client_data, key, client_state)``, and
-      writes back ``ClientOutput.state`` for the clients that had data and
-      finite outputs (others, padding and unused Poisson slots included, keep
-      theirs).
-    broadcast: ``broadcast(state) -> what clients receive`` as their first
-      argument (default: ``state.params``), e.g. the params with SCAFFOLD's
-      server control variate.
-    server_update: ``server_update(state, aggregate, metrics, key) ->
-      (params, opt_state, extra)`` replaces the default server step
-      (``server_optimizer`` applied to ``-aggregate``); ``metrics`` are the
-      round's summed client metrics (``num_clients``, ...), ``key`` a key of
-      its own. Needed when client messages are not plain parameter deltas.
-    extra_init: ``extra_init(params) -> ServerState.extra`` (default ``()``).
 
   Returns:
     A :class:`FederatedAlgorithm`. ``round`` returns metrics with float32
-    scalars ``train_loss`` (example-weighted mean over finite clients),
+    scalars ``train_loss`` (and every other ``ClientOutput.metrics`` entry:
+    the mean over finite clients weighted by their ``num_examples`` count),
     ``num_clients`` (finite clients with at least one example),
-    ``num_examples``, ``num_nonfinite_clients``, ``applied`` (1.0 if the server
-    step was applied), the aggregator's scalar metrics under
+    ``num_examples`` (and every other ``ClientOutput.counts`` entry: summed
+    over finite clients), ``num_nonfinite_clients``, ``applied`` (1.0 if the
+    server step was applied), the aggregator's scalar metrics under
     ``aggregator/...``, and ``clients``: a dict of per-client arrays ``[K]``
-    in cohort order (each client metric, ``nonfinite``, and the aggregator's
-    per-client metrics, e.g. ``aggregator/selected``).
+    in cohort order (each client metric and count, ``nonfinite``, and the
+    aggregator's :class:`fedjax_lite.aggregation.PerClient` metrics, e.g.
+    ``aggregator/selected``).
 
   Raises:
-    ValueError, TypeError: for a bad ``chunk_size``, ``nonfinite`` policy or
-      ``server_optimizer``.
+    ValueError, TypeError: for a bad ``chunk_size``, ``nonfinite`` policy,
+      ``client_update`` or ``server_optimizer``.
   """
-  if chunk_size is not None and chunk_size != "auto":
-    _check_int("chunk_size", chunk_size, minimum=1)
+  mapreduce.check_chunk_size(chunk_size)
   if nonfinite not in NONFINITE_POLICIES:
     raise ValueError(f"`nonfinite` must be one of {NONFINITE_POLICIES}; got {nonfinite!r}.")
-  if not (hasattr(server_optimizer, "init") and hasattr(server_optimizer, "update")):
-    raise TypeError(
-        "`server_optimizer` must be an optax.GradientTransformation (e.g. "
-        f"fedjax_lite.server.fedavg()); got {server_optimizer!r}.")
+  client = as_client_update(client_update)
+  server = as_server_update(server_optimizer)
   if aggregator is None:
     aggregator = mean_aggregator()
   if mesh is not None and client_axis not in mesh.shape:
     raise ValueError(f"`mesh` has axes {tuple(mesh.shape)}; `client_axis`={client_axis!r} is not "
                      "one of them.")
 
-  stateful = client_state_init is not None
-
   def init(params, num_clients: int | None = None) -> ServerState:
     # Under a trace (e.g. run_sweep's jitted init) placement is the caller's.
-    place = mesh is not None and not any(
-        isinstance(x, jax.core.Tracer) for x in jax.tree.leaves(params))
+    place = mesh is not None and is_concrete(params)
     params = jax.tree.map(jnp.asarray, replicate(params, mesh) if place else params)
+    one_state = client.init(params)
     client_states = ()
-    if stateful:
+    if jax.tree.leaves(one_state):
       if num_clients is None:
         raise ValueError(
             "this algorithm keeps a state per client: call init(params, num_clients=N) with "
             "the population's size N (its client ids must be 0..N-1).")
-      _check_int("num_clients", num_clients, minimum=1)
+      check_int("num_clients", num_clients, minimum=1)
       client_states = jax.tree.map(
           lambda x: jnp.broadcast_to(jnp.asarray(x), (num_clients,) + jnp.shape(x)).copy(),
-          client_state_init(params))
+          one_state)
     elif num_clients is not None:
-      _check_int("num_clients", num_clients, minimum=1)
-    extra = () if extra_init is None else extra_init(params)
-    state = ServerState(params, server_optimizer.init(params), aggregator.init(params),
-                        jnp.zeros((), jnp.int32), client_states, extra)
+      check_int("num_clients", num_clients, minimum=1)
+    opt_state, extra = server.init(params)
+    state = ServerState(params, opt_state, aggregator.init(params), jnp.zeros((), jnp.int32),
+                        client_states, extra)
     return replicate(state, mesh) if place else state
 
   stacked = aggregator.combine is not None
-
-  def _auto_chunk(sent, params, cohort, cohort_states, client_key):
-    # On an accelerator, one client's update is traced (not compiled) for an
-    # upper estimate of its working set, and the gathered cohort (plus the
-    # per-client deltas a stacked aggregator keeps) is set aside.
-    memory = hardware.device_memory(None if mesh is None else mesh.devices.flat[0])
-    if hardware.tuning(memory.platform).chunk_bytes is not None:
-      return hardware.auto_chunk_size(params, cohort, memory=memory)
-    first = jax.tree.map(lambda x: x[:1], (cohort, cohort_states))
-    jaxpr = jax.make_jaxpr(lambda s, c, key: _one_delta(client_update, stateful, s, c, key))(
-        sent, first, client_key)
-    reserved = hardware.tree_bytes(cohort)
-    if stacked:
-      reserved += cohort.num_clients * hardware.tree_bytes(params)
-    return hardware.auto_chunk_size(params, cohort, memory=memory,
-                                    client_bytes=hardware.jaxpr_bytes(jaxpr),
-                                    reserved_bytes=reserved)
 
   def client_sums(sent, params, agg_state, cohort: FederatedData, cohort_states, client_key,
                   agg_client_key):
     """The cohort's streamed sums ``(total, total_weight, stats)`` and per-client outputs.
 
-    The per-client outputs (cohort order) are a dict: ``metrics``; with
-    ``stateful``, ``states`` (the new client states); with ``stacked``,
-    ``deltas`` and ``weights`` (the aggregator's per_client outputs).
+    The per-client outputs (cohort order) are a dict: ``metrics``, ``counts``
+    and ``nonfinite``; ``states`` (the new client states, ``()`` if none);
+    for an aggregator with ``combine``, ``deltas`` and ``weights`` (its
+    per_client outputs).
     """
-    k = cohort.num_clients
-    if chunk_size == "auto":
-      chunk = min(_auto_chunk(sent, params, cohort, cohort_states, client_key), k)
-      # At trace time only: what "auto" chose, for benchmarks and debugging.
-      _log.debug("chunk_size='auto': %d of %d clients per chunk (%d chunks)", chunk, k,
-                 math.ceil(k / chunk))
-    else:
-      chunk = k if chunk_size is None else min(chunk_size, k)
-    num_chunks = math.ceil(k / chunk)
 
-    def chunk_of(i):
-      # Clients i*chunk .. i*chunk+chunk-1, gathered from the cohort (no padded
-      # copy of the whole cohort); slots past its end repeat its last client as
-      # an empty client (0 examples: zero delta, weight 0) and are dropped below.
-      idx = i * chunk + jnp.arange(chunk)
-      clamped = jnp.minimum(idx, k - 1)
-      part, states = jax.tree.map(lambda x: jnp.take(x, clamped, axis=0, mode="clip"),
-                                  (cohort, cohort_states))
-      return part._replace(num_examples=jnp.where(idx < k, part.num_examples, 0)), states
-
-    def run_chunk(carry, chunk_in):
-      chunk_data, chunk_states = chunk_in
-      if stateful:
-        out = jax.vmap(client_update, in_axes=(None, 0, None, 0))(sent, chunk_data, client_key,
-                                                                  chunk_states)
-      else:
-        out = jax.vmap(client_update, in_axes=(None, 0, None))(sent, chunk_data, client_key)
+    def chunk_fn(sent, chunk, valid):
+      chunk_data, chunk_states = chunk
+      # Slots past the cohort are empty clients (0 examples: zero delta, weight 0).
+      n = jnp.where(valid, chunk_data.num_examples, 0)
+      chunk_data = chunk_data._replace(num_examples=n)
+      out = jax.vmap(client.update, in_axes=(None, 0, None, 0))(sent, chunk_data, client_key,
+                                                               chunk_states)
+      counts = {"num_examples": n.astype(jnp.float32), **(out.counts or {})}
       keys = jax.vmap(lambda i: jax.random.fold_in(agg_client_key, i))(chunk_data.client_ids)
-      new_states = out.state if stateful else ()
 
       def aggregate_chunk(finite):
         delta = jax.tree.map(lambda d: jnp.where(_bcast(finite, d), d, 0).astype(d.dtype),
@@ -282,85 +291,20 @@ def build_federated_algorithm(
         delta, weight, stats = jax.vmap(aggregator.per_client, in_axes=(0, 0, None, 0))(
             delta, weight, agg_state, keys)
         kept = (delta, weight) if stacked else ()
-        return (weighted_sum(delta, weight), jnp.sum(weight),
-                jax.tree.map(lambda x: jnp.sum(x, axis=0), stats), finite, kept)
+        return ((weighted_sum(delta, weight), jnp.sum(weight),
+                 jax.tree.map(lambda x: jnp.sum(x, axis=0), stats)), finite, kept)
 
-      # A chunk whose summed deltas, weights (and new client states) are finite
-      # has no NaN/Inf entry, so the per-client check (a pass over every
-      # client's outputs) runs only for the rare chunk that fails this cheap
-      # one (a product with ones, much faster on CPU than a reduction over the
-      # client axis).
-      every_client = jnp.ones(out.weight.shape, bool)
-      ones = every_client.astype(jnp.float32)
-      chunk_sum = (weighted_sum(out.delta, ones), out.weight, weighted_sum(new_states, ones))
-      chunk_total, chunk_weight, chunk_stats, finite, kept = jax.lax.cond(
-          _all_finite(chunk_sum), lambda: aggregate_chunk(every_client),
-          lambda: aggregate_chunk(jax.vmap(_all_finite)((out.delta, out.weight, new_states))))
-      total, total_weight, stats_sum = carry
-      total = jax.tree.map(jnp.add, total, chunk_total)
-      stats_sum = jax.tree.map(jnp.add, stats_sum, chunk_stats)
-      client_metrics = dict(out.metrics)
-      client_metrics["nonfinite"] = ~finite
-      outputs = {"metrics": client_metrics}
-      if stateful:
-        outputs["states"] = new_states
+      sums, finite, kept = mapreduce.finite_clients(
+          aggregate_chunk, (out.delta, out.weight, out.state, out.metrics, counts))
+      outputs = {"metrics": dict(out.metrics), "counts": dict(counts), "nonfinite": ~finite,
+                 "states": out.state}
       if stacked:
         outputs["deltas"], outputs["weights"] = kept
-      return (total, total_weight + chunk_weight, stats_sum), outputs
+      return sums, outputs
 
-    delta_shape = jax.eval_shape(lambda c: _one_delta(client_update, stateful, sent, c,
-                                                      client_key), chunk_of(0))
-    stats_shape = jax.eval_shape(
-        lambda d: aggregator.per_client(d, jnp.zeros((), jnp.float32), agg_state,
-                                        jax.random.key(0))[2], delta_shape)
-    carry0 = (jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), delta_shape),
-              jnp.zeros((), jnp.float32),
-              jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), stats_shape))
-    outputs_shape = jax.eval_shape(lambda c: run_chunk(carry0, c)[1], chunk_of(0))
-
-    def skip_chunk(carry, chunk_in):
-      # Zeros: metrics of empty clients, weight 0 (their states are not written).
-      del chunk_in
-      return carry, jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), outputs_shape)
-
-    def chunk_step(carry, i):
-      # Chunks with no client data (e.g. the unused slots of a Poisson-sampled
-      # cohort) are skipped outright.
-      chunk_in = chunk_of(i)
-      has_data = jnp.any(chunk_in[0].num_examples > 0)
-      return jax.lax.cond(has_data, run_chunk, skip_chunk, carry, chunk_in)
-
-    sums, per_client = jax.lax.scan(chunk_step, carry0, jnp.arange(num_chunks))
-    return sums, jax.tree.map(lambda x: x.reshape((-1,) + x.shape[2:])[:k], per_client)
-
-  def sharded_client_sums(sent, params, agg_state, cohort: FederatedData, cohort_states,
-                          client_key, agg_client_key):
-    # Each device runs client_sums on its slice of the (padded) cohort; one
-    # psum combines the sums and one all_gather the per-client outputs, so
-    # everything after this is replicated and identical to one device's.
-    k = cohort.num_clients
-    devices = mesh.shape[client_axis]
-    padded = pad_clients(cohort, devices)
-    padded_states = jax.tree.map(
-        lambda x: jnp.pad(x, [(0, padded.num_clients - k)] + [(0, 0)] * (x.ndim - 1)),
-        cohort_states)
-
-    def local(sent, params, agg_state, part, part_states, client_key, agg_client_key):
-      sums, per_client = client_sums(sent, params, agg_state, part, part_states, client_key,
-                                     agg_client_key)
-      return (jax.lax.psum(sums, client_axis),
-              jax.lax.all_gather(per_client, client_axis, tiled=True))
-
-    replicated, sharded = PartitionSpec(), PartitionSpec(client_axis)
-    # check_vma=False: the client loop's lax.cond/scan mix per-device and
-    # replicated values, which is fine here (the outputs are replicated by
-    # the psum and all_gather) but which the varying-axes checker rejects.
-    sums, per_client = jax.shard_map(
-        local, mesh=mesh,
-        in_specs=(replicated, replicated, replicated, sharded, sharded, replicated, replicated),
-        out_specs=(replicated, replicated), check_vma=False)(
-            sent, params, agg_state, padded, padded_states, client_key, agg_client_key)
-    return sums, jax.tree.map(lambda x: x[:k], per_client)
+    return mapreduce.map_reduce(chunk_fn, sent, (cohort, cohort_states),
+                                active=cohort.num_examples > 0, chunk_size=chunk_size,
+                                mesh=mesh, axis=client_axis, model=params)
 
   def round_fn(state: ServerState, cohort: FederatedData, key) -> tuple[ServerState, dict]:
     _check_cohort(cohort)
@@ -368,18 +312,13 @@ def build_federated_algorithm(
     agg_client_key, agg_key = jax.random.split(server_key)
     update_key = jax.random.fold_in(server_key, 2)
     params, agg_state = state.params, state.aggregator_state
-    sent = params if broadcast is None else broadcast(state)
-    if stateful:
-      population = jax.tree.leaves(state.client_states)[0].shape[0]
-      ids = cohort.client_ids
-      cohort_states = jax.tree.map(
-          lambda x: jnp.take(x, jnp.clip(ids, 0, population - 1), axis=0), state.client_states)
-    else:
-      cohort_states = ()
-    sums_fn = client_sums if mesh is None else sharded_client_sums
-    (total, total_weight, stats_sum), outputs = sums_fn(
+    sent = params if server.broadcast is None else server.broadcast(state)
+    ids = cohort.client_ids
+    population = _population(state.client_states)
+    cohort_states = jax.tree.map(
+        lambda x: jnp.take(x, jnp.clip(ids, 0, population - 1), axis=0), state.client_states)
+    (total, total_weight, stats_sum), outputs = client_sums(
         sent, params, agg_state, cohort, cohort_states, client_key, agg_client_key)
-    per_client = outputs["metrics"]
 
     if stacked:
       aggregate, new_agg_state, agg_metrics = aggregator.combine(
@@ -387,39 +326,32 @@ def build_federated_algorithm(
     else:
       aggregate, new_agg_state, agg_metrics = aggregator.finalize(
           total, total_weight, stats_sum, agg_state, agg_key)
-    metrics = _summarize(per_client)
-    if server_update is None:
-      pseudo_grad = jax.tree.map(jnp.negative, aggregate)
-      updates, new_opt_state = server_optimizer.update(pseudo_grad, state.opt_state, params)
-      new_params, new_extra = optax.apply_updates(params, updates), state.extra
-    else:
-      new_params, new_opt_state, new_extra = server_update(state, aggregate, dict(metrics),
-                                                           update_key)
-    client_states = state.client_states
-    if stateful:
-      # Written back: clients with data and finite outputs whose id is a
-      # position of the store (not padding, not an unused Poisson slot).
-      write = ((cohort.num_examples > 0) & ~per_client["nonfinite"] & (ids >= 0)
-               & (ids < population))
-      target = jnp.where(write, ids, population)  # out of bounds: dropped
-      client_states = jax.tree.map(
-          lambda store, new: store.at[target].set(new.astype(store.dtype), mode="drop"),
-          state.client_states, outputs["states"])
+    bad = outputs["nonfinite"]
+    metrics = _summarize(outputs["metrics"], outputs["counts"], bad)
+    new_params, new_opt_state, new_extra = server.update(state, aggregate, dict(metrics),
+                                                         update_key)
+    # Written back: clients with data and finite outputs whose id is a
+    # position of the store (not padding, not an unused Poisson slot).
+    write = (cohort.num_examples > 0) & ~bad & (ids >= 0) & (ids < population)
+    target = jnp.where(write, ids, population)  # out of bounds: dropped
+    client_states = jax.tree.map(
+        lambda store, new: store.at[target].set(new.astype(store.dtype), mode="drop"),
+        state.client_states, outputs["states"])
     new_state = ServerState(new_params, new_opt_state, new_agg_state, state.round + 1,
                             client_states, new_extra)
 
-    bad = per_client["nonfinite"]
     num_bad = jnp.sum(bad)
     applied = num_bad == 0 if nonfinite == "raise" else jnp.bool_(True)
     new_state = jax.tree.map(lambda new, old: jnp.where(applied, new, old), new_state, state)
+    per_client = {**outputs["metrics"], **outputs["counts"], "nonfinite": bad}
     metrics.update({
         "num_nonfinite_clients": num_bad.astype(jnp.float32),
         "applied": applied.astype(jnp.float32),
         "clients": per_client,
     })
     for name, v in agg_metrics.items():
-      if jnp.ndim(v) == 1 and jnp.shape(v)[0] == cohort.num_clients:
-        per_client[f"aggregator/{name}"] = v  # one value per client, e.g. Krum's selection
+      if isinstance(v, PerClient):
+        per_client[f"aggregator/{name}"] = v.value  # one value per client, e.g. Krum's selection
       else:
         metrics[f"aggregator/{name}"] = v
     return new_state, metrics
@@ -456,20 +388,25 @@ def raise_if_nonfinite(metrics: dict[str, Any], cohort_client_ids: Any = None,
       "build the algorithm with nonfinite='drop' to exclude such clients (weight 0) and continue.")
 
 
-def _summarize(per_client: dict[str, Any]) -> dict[str, Any]:
-  """Round-level metrics: counts (``num_*``) are summed, others example-weighted."""
-  ok = ~per_client["nonfinite"]
-  n = jnp.where(ok, per_client["num_examples"], 0.0)
+def _summarize(means: dict[str, Any], counts: dict[str, Any], nonfinite: Any) -> dict[str, Any]:
+  """Round-level metrics: ``counts`` summed, ``means`` weighted by ``num_examples``.
+
+  Non-finite clients are left out of both.
+  """
+  ok = ~nonfinite
+  counts = {k: jnp.where(ok, v, 0.0).astype(jnp.float32) for k, v in counts.items()}
+  n = counts["num_examples"]
   out = {"num_clients": jnp.sum((n > 0).astype(jnp.float32))}
-  for name, v in per_client.items():
-    if name == "nonfinite":
-      continue
+  out.update({k: jnp.sum(v) for k, v in counts.items()})
+  for name, v in means.items():
     v = jnp.where(ok, v, 0.0).astype(jnp.float32)
-    if name.startswith("num_"):
-      out[name] = jnp.sum(v)
-    else:
-      out[name] = jnp.sum(n * v) / jnp.maximum(jnp.sum(n), 1.0)
+    out[name] = jnp.sum(n * v) / jnp.maximum(jnp.sum(n), 1.0)
   return out
+
+
+def _population(client_states: Any) -> int:
+  leaves = jax.tree.leaves(client_states)
+  return leaves[0].shape[0] if leaves else 0
 
 
 def _check_cohort(cohort: FederatedData) -> None:
@@ -491,24 +428,6 @@ def _check_cohort(cohort: FederatedData) -> None:
     lengths.add(x.shape[1])
   if len(lengths) != 1:
     raise ValueError(f"`cohort.arrays` disagree on the padded example axis: {sorted(lengths)}.")
-
-
-def _one_delta(client_update, stateful, sent, chunk_in, client_key):
-  """One client's message (for its shape): the first client of a chunk."""
-  data, states = jax.tree.map(lambda x: x[0], chunk_in)
-  if stateful:
-    return client_update(sent, data, client_key, states).delta
-  return client_update(sent, data, client_key).delta
-
-
-def _all_finite(tree) -> Any:
-  # 0 * x is exactly 0 for every finite x and NaN for NaN/Inf, so one float
-  # sum flags any non-finite entry; XLA:CPU reduces it about 3x faster than a
-  # boolean all(isfinite(x)).
-  leaves = jax.tree.leaves(tree)
-  if not leaves:
-    return jnp.bool_(True)
-  return jnp.isfinite(sum(jnp.sum(jnp.asarray(x, jnp.float32) * 0.0) for x in leaves))
 
 
 def _bcast(flag, x):

@@ -1,18 +1,18 @@
 """Simulated Byzantine clients: wrappers that corrupt some clients' updates.
 
-Each attack wraps a client update (``client_update(server_params, data, key)``
-or a stateful ``client_update(broadcast, data, key, client_state)``: the
-wrapper passes every argument through) and replaces the delta of the
-*malicious* clients. Which clients are malicious is fixed for the whole run
-and decided per client id::
+Each attack takes the client update it wraps first (a plain
+``client_update(server_params, data, key)`` or a
+:class:`fedjax_lite.ClientUpdate`, and returns one of the same kind) and
+replaces the delta of the *malicious* clients. Which clients are malicious is
+fixed for the whole run and decided per client id::
 
     malicious(client_id) = uniform(fold_in(key(seed), client_id)) < fraction
 
 so it does not depend on the round, the cohort's order, chunking or sharding
 (see :func:`is_malicious`). Only clients with at least one example are
 corrupted (an empty client's zero delta stays zero), and each client reports
-the metric ``num_malicious`` (1 for a corrupted client, else 0), which the
-round sums. The malicious clients keep their weight and their other metrics.
+the count ``num_malicious`` (1 for a corrupted client, else 0), which the
+round sums. The malicious clients keep their weight and their metrics.
 
 Use them with the robust aggregators of :mod:`fedjax_lite.robust` to measure
 robustness, e.g.::
@@ -32,7 +32,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from fedjax_lite.client import ClientOutput
+from fedjax_lite.client import ClientOutput, ClientUpdate
 
 # Folded into the round's client key to derive the attack's noise keys, so they
 # differ from the honest update's per-client key fold_in(key, client_id).
@@ -54,9 +54,10 @@ def _check_seed(seed: Any) -> int:
 
 
 def _check_client_update(client_update: Any) -> None:
-  if not callable(client_update):
-    raise TypeError("`client_update` must be callable client_update(server_params, data, key) "
-                    f"(e.g. from fl.build_client_update); got {client_update!r}.")
+  if not (isinstance(client_update, ClientUpdate) or callable(client_update)):
+    raise TypeError("`client_update` must be a fedjax_lite.ClientUpdate or a function "
+                    "client_update(server_params, data, key) (e.g. from fl.build_client_update); "
+                    f"got {client_update!r}.")
 
 
 def is_malicious(client_ids: Any, fraction: float, seed: int = 0) -> Any:
@@ -90,28 +91,35 @@ def _malicious(client_ids: Any, fraction: float, seed: int) -> Any:
   return (u < fraction).reshape(ids.shape)
 
 
-def _corrupt(client_update: Callable[..., ClientOutput], fraction: float, seed: int,
-             corrupt: Callable[[Any, Any, Any], Any]) -> Callable[..., ClientOutput]:
-  """Wraps ``client_update``; malicious clients' deltas become ``corrupt(delta, data, key)``."""
+AnyClientUpdate = ClientUpdate | Callable[..., ClientOutput]
 
-  def wrapped(*args: Any) -> ClientOutput:
-    if len(args) < 3:
-      raise TypeError("an attacked client update is called as client_update(server_params, "
-                      f"data, key[, client_state]); got {len(args)} argument(s).")
-    out = client_update(*args)
-    data, key = args[1], args[2]
+
+def _corrupt(client_update: AnyClientUpdate, fraction: float, seed: int,
+             corrupt: Callable[[Any, Any, Any], Any]) -> AnyClientUpdate:
+  """Wraps ``client_update``; malicious clients' deltas become ``corrupt(delta, data, key)``.
+
+  A :class:`fedjax_lite.ClientUpdate` comes back as one (same ``init``), a
+  plain function as a plain function.
+  """
+
+  def attack(out: ClientOutput, data: Any, key: Any) -> ClientOutput:
     bad = _malicious(data.client_ids, fraction, seed) & (data.num_examples > 0)
     bad_delta = corrupt(out.delta, data, key)
     delta = jax.tree.map(lambda new, old: jnp.where(bad, new, old).astype(old.dtype),
                          bad_delta, out.delta)
-    metrics = dict(out.metrics, num_malicious=bad.astype(jnp.float32))
-    return out._replace(delta=delta, metrics=metrics)
+    counts = {"num_examples": data.num_examples.astype(jnp.float32), **(out.counts or {}),
+              "num_malicious": bad.astype(jnp.float32)}
+    return out._replace(delta=delta, counts=counts)
 
-  return wrapped
+  if isinstance(client_update, ClientUpdate):
+    inner = client_update
+    return ClientUpdate(inner.init, lambda broadcast, data, key, state: attack(
+        inner.update(broadcast, data, key, state), data, key))
+  return lambda broadcast, data, key: attack(client_update(broadcast, data, key), data, key)
 
 
-def sign_flip(client_update: Callable[..., ClientOutput], fraction: float, seed: int = 0,
-              scale: float = 1.0) -> Callable[..., ClientOutput]:
+def sign_flip(client_update: AnyClientUpdate, fraction: float, seed: int = 0,
+              scale: float = 1.0) -> AnyClientUpdate:
   """Malicious clients send ``-scale * delta`` (the sign-flipping attack).
 
   References:
@@ -120,7 +128,8 @@ def sign_flip(client_update: Callable[..., ClientOutput], fraction: float, seed:
     AAAI 2019. https://arxiv.org/abs/1811.03761
 
   Args:
-    client_update: the honest client update (stateless or stateful).
+    client_update: the honest client update: a :class:`fedjax_lite.ClientUpdate`
+      or a plain stateless function.
     fraction: probability that a client is malicious (see
       :func:`is_malicious`), in ``[0, 1]``.
     seed: selects the malicious set.
@@ -128,7 +137,7 @@ def sign_flip(client_update: Callable[..., ClientOutput], fraction: float, seed:
       large values also make the attack large).
 
   Returns:
-    A client update with the same signature; metrics gain ``num_malicious``.
+    A client update of the same kind; its counts gain ``num_malicious``.
 
   Raises:
     TypeError, ValueError: for a non-callable ``client_update``, a bad
@@ -140,8 +149,8 @@ def sign_flip(client_update: Callable[..., ClientOutput], fraction: float, seed:
                   lambda delta, data, key: jax.tree.map(lambda d: -scale * d, delta))
 
 
-def gaussian_noise(client_update: Callable[..., ClientOutput], fraction: float, std: float,
-                   seed: int = 0) -> Callable[..., ClientOutput]:
+def gaussian_noise(client_update: AnyClientUpdate, fraction: float, std: float,
+                   seed: int = 0) -> AnyClientUpdate:
   """Malicious clients send ``N(0, std^2)`` noise (per coordinate) instead of their delta.
 
   The noise key is ``fold_in(fold_in(key, TAG), client_id)`` for the round's
@@ -155,13 +164,14 @@ def gaussian_noise(client_update: Callable[..., ClientOutput], fraction: float, 
     (Gaussian Byzantine vectors). https://papers.nips.cc/paper/6617
 
   Args:
-    client_update: the honest client update (stateless or stateful).
+    client_update: the honest client update: a :class:`fedjax_lite.ClientUpdate`
+      or a plain stateless function.
     fraction: probability that a client is malicious, in ``[0, 1]``.
     std: the noise's standard deviation (>= 0).
     seed: selects the malicious set.
 
   Returns:
-    A client update with the same signature; metrics gain ``num_malicious``.
+    A client update of the same kind; its counts gain ``num_malicious``.
 
   Raises:
     TypeError, ValueError: for a non-callable ``client_update``, a bad
@@ -183,8 +193,8 @@ def gaussian_noise(client_update: Callable[..., ClientOutput], fraction: float, 
   return _corrupt(client_update, fraction, seed, noise)
 
 
-def scaled(client_update: Callable[..., ClientOutput], fraction: float, factor: float,
-           seed: int = 0) -> Callable[..., ClientOutput]:
+def scaled(client_update: AnyClientUpdate, fraction: float, factor: float,
+           seed: int = 0) -> AnyClientUpdate:
   """Malicious clients send ``factor * delta`` (boosting / model replacement).
 
   References:
@@ -194,13 +204,14 @@ def scaled(client_update: Callable[..., ClientOutput], fraction: float, factor: 
     an Adversarial Lens", ICML 2019. https://arxiv.org/abs/1811.12470
 
   Args:
-    client_update: the honest client update (stateless or stateful).
+    client_update: the honest client update: a :class:`fedjax_lite.ClientUpdate`
+      or a plain stateless function.
     fraction: probability that a client is malicious, in ``[0, 1]``.
     factor: the boost applied to the malicious clients' deltas.
     seed: selects the malicious set.
 
   Returns:
-    A client update with the same signature; metrics gain ``num_malicious``.
+    A client update of the same kind; its counts gain ``num_malicious``.
 
   Raises:
     TypeError, ValueError: for a non-callable ``client_update``, a bad

@@ -34,39 +34,103 @@ import jax.numpy as jnp
 import optax
 
 from fedjax_lite import hardware
-from fedjax_lite.data import FederatedData, _check_int
-
-Params = Any
-PRNGKey = Any
-Batch = dict[str, Any]
-LossFn = Callable[[Params, Batch], Any]
+from fedjax_lite._types import Batch, LossFn, Params, PRNGKey
+from fedjax_lite._validate import check_int, check_real, is_concrete
+from fedjax_lite.data import FederatedData
 
 
 class ClientOutput(NamedTuple):
   """What one client sends back.
 
   Attributes:
-    delta: pytree like the params: ``local_params - server_params``.
-    weight: float32 scalar: the client's number of examples (0 for an empty
-      client). Aggregators may replace it (uniform, capped, ...).
-    metrics: dict of float32 scalars: ``train_loss`` (mean loss over every
-      example visited in local training, 0 for an empty client),
-      ``num_examples`` and ``num_steps`` (optimizer steps taken).
+    delta: pytree like the params: ``local_params - server_params`` (or the
+      algorithm's message).
+    weight: float32 scalar: the client's weight in the aggregate, normally
+      its number of examples (0 for an empty client). Aggregators may
+      replace it (uniform, capped, ...).
+    metrics: dict of float32 scalars that are *means* over the client's
+      examples, e.g. ``train_loss`` (see :attr:`LocalResult.mean_loss`). The
+      round averages each over the cohort weighted by the client's
+      ``counts["num_examples"]``.
     state: the client's new persistent state (SCAFFOLD's control variate,
-      Ditto's personal model, an error-feedback residual), or ``None`` for a
-      stateless client update. A stateful client update is called as
-      ``client_update(broadcast, client_data, key, client_state)``; the round
-      gathers the cohort's states from the population's stacked store and
-      scatters these back (see :func:`fedjax_lite.build_federated_algorithm`).
+      Ditto's personal model, an error-feedback residual); ``()`` for a
+      stateless client update. The round scatters it back into the
+      population's store (see :class:`ClientUpdate`).
+    counts: dict of float32 scalars that are *counts*, summed over the
+      cohort: ``num_examples`` (the examples that took part; the weight of
+      ``metrics``), ``num_steps``, ... ``None`` is ``{"num_examples": n}``
+      with ``n`` the client's data count.
+
+  A client whose delta, weight, state, metrics or counts hold NaN/Inf is
+  non-finite and handled by the round's ``nonfinite`` policy.
   """
 
   delta: Params
   weight: Any
   metrics: dict[str, Any]
-  state: Any = None
+  state: Any = ()
+  counts: dict[str, Any] | None = None
 
 
-ClientUpdate = Callable[[Params, FederatedData, PRNGKey], ClientOutput]
+class ClientUpdate(NamedTuple):
+  """A client update paired with its state's initializer, in the optax style.
+
+  Attributes:
+    init: ``init(params) -> one client's initial state`` (a pytree; ``()``
+      for a stateless update). A non-empty state makes the algorithm keep one
+      per client: ``algo.init(params, num_clients=N)`` stores ``N`` copies
+      stacked ``[N, ...]`` in ``ServerState.client_states``, indexed by
+      client id; each round gathers the cohort's, and writes back
+      ``ClientOutput.state`` for the clients that had data and finite
+      outputs.
+    update: ``update(broadcast, client_data, key, client_state) ->
+      ClientOutput``: ``broadcast`` is what the server sends (its params, or
+      the :class:`fedjax_lite.ServerUpdate`'s ``broadcast``), ``client_data``
+      one client's slice of a :class:`FederatedData`, ``key`` the round's
+      client key (fold in ``client_data.client_ids`` for per-client
+      randomness).
+
+  A plain function ``client_update(params, client_data, key) ->
+  ClientOutput`` (what :func:`build_client_update` returns) is accepted
+  wherever a ``ClientUpdate`` is, as a stateless update
+  (:func:`as_client_update`).
+  """
+
+  init: Callable[[Params], Any]
+  update: Callable[[Any, FederatedData, PRNGKey, Any], ClientOutput]
+
+
+ClientUpdateFn = Callable[[Params, FederatedData, PRNGKey], ClientOutput]
+"""A stateless client update as a plain function (e.g. from :func:`build_client_update`)."""
+
+
+def _no_state(params: Params) -> tuple:
+  del params
+  return ()
+
+
+def as_client_update(client_update: Any) -> ClientUpdate:
+  """A :class:`ClientUpdate` as is; a plain ``f(params, data, key)`` as a stateless one.
+
+  Args:
+    client_update: a :class:`ClientUpdate`, or a callable
+      ``client_update(broadcast, client_data, key) -> ClientOutput``.
+
+  Returns:
+    A :class:`ClientUpdate` (for a plain function: ``init`` returns ``()``
+    and ``update`` ignores the state).
+
+  Raises:
+    TypeError: for anything else.
+  """
+  if isinstance(client_update, ClientUpdate):
+    return client_update
+  if not callable(client_update):
+    raise TypeError(
+        "`client_update` must be a fedjax_lite.ClientUpdate(init, update) or a function "
+        f"client_update(params, client_data, key) -> ClientOutput; got {client_update!r}.")
+  return ClientUpdate(_no_state, lambda broadcast, data, key, state: client_update(
+      broadcast, data, key))
 
 
 SHUFFLE_METHODS = ("auto", "rank", "sort")
@@ -122,7 +186,6 @@ def shuffle_order(key: PRNGKey, num_examples: Any, max_examples: int,
   rank = jnp.sum(before, axis=0, dtype=jnp.int32)  # rank[j] = position of example j
   return jnp.sum(jnp.where(rank[None, :] == idx[:, None], idx[None, :], 0), axis=1,
                  dtype=jnp.int32)
-
 
 
 def per_example_losses(loss_fn: LossFn, params: Params, batch: Batch) -> Any:
@@ -258,6 +321,15 @@ class LocalResult(NamedTuple):
   loss_sum: Any
   num_steps: Any
   num_examples_visited: Any
+
+  @property
+  def mean_loss(self) -> Any:
+    """float32 scalar: the mean loss over every real example visited (0 if none).
+
+    The one definition of a client's ``train_loss``.
+    """
+    visited = self.num_examples_visited.astype(jnp.float32)
+    return self.loss_sum / jnp.maximum(visited, 1.0)
 
 
 def local_train(
@@ -406,27 +478,6 @@ class WorkBudget(NamedTuple):
   dropped: Any
 
 
-def _is_concrete(value: Any) -> bool:
-  return not isinstance(value, jax.core.Tracer)
-
-
-def _check_real(name: str, value: Any, *, low: float, high: float = math.inf,
-                low_open: bool = False, hint: str = "") -> None:
-  """Checks a (possibly traced) real hyperparameter; tracers pass unchecked."""
-  if not _is_concrete(value):
-    return
-  if isinstance(value, bool):
-    raise TypeError(f"`{name}` must be a number; got bool {value!r}.")
-  try:
-    v = float(value)
-  except (TypeError, ValueError):
-    raise TypeError(f"`{name}` must be a number; got {type(value).__name__} {value!r}.") from None
-  if not (v > low if low_open else v >= low) or not v <= high:
-    lo = "(" if low_open else "["
-    hi = "]" if math.isfinite(high) else ")"
-    raise ValueError(f"`{name}` must be in {lo}{low}, {high}{hi}; got {value!r}.{hint}")
-
-
 def fixed(steps: int) -> LocalWork:
   """Every client takes ``steps`` local steps (or all its steps, if fewer).
 
@@ -440,7 +491,7 @@ def fixed(steps: int) -> LocalWork:
   Raises:
     TypeError, ValueError: for a non-int or non-positive ``steps``.
   """
-  steps = _check_int("steps", steps, minimum=1)
+  steps = check_int("steps", steps, minimum=1)
 
   def budget(key, num_examples, steps_per_epoch, num_epochs):
     del key, num_examples, steps_per_epoch, num_epochs
@@ -467,8 +518,8 @@ def sampled(min_steps: int, max_steps: int) -> LocalWork:
     TypeError, ValueError: for non-int bounds, ``min_steps < 1`` or
       ``max_steps < min_steps``.
   """
-  min_steps = _check_int("min_steps", min_steps, minimum=1)
-  max_steps = _check_int("max_steps", max_steps, minimum=min_steps)
+  min_steps = check_int("min_steps", min_steps, minimum=1)
+  max_steps = check_int("max_steps", max_steps, minimum=min_steps)
 
   def budget(key, num_examples, steps_per_epoch, num_epochs):
     del num_examples, steps_per_epoch, num_epochs
@@ -506,9 +557,9 @@ def proportional(*, steps_per_example: float | None = None,
     raise ValueError("give exactly one of `steps_per_example` and `fraction`; got "
                      f"steps_per_example={steps_per_example!r}, fraction={fraction!r}.")
   if fraction is not None:
-    _check_real("fraction", fraction, low=0.0, high=1.0, low_open=True)
+    check_real("fraction", fraction, low=0.0, high=1.0, low_open=True)
   else:
-    _check_real("steps_per_example", steps_per_example, low=0.0, low_open=True)
+    check_real("steps_per_example", steps_per_example, low=0.0, low_open=True)
 
   def budget(key, num_examples, steps_per_epoch, num_epochs):
     del key
@@ -564,7 +615,7 @@ def stragglers(fraction: float, mode: str = "drop", *, unit: str = "steps") -> L
     ValueError: for ``fraction`` outside ``[0, 1]``, an unknown ``mode`` or
       ``unit``.
   """
-  _check_real("fraction", fraction, low=0.0, high=1.0)
+  check_real("fraction", fraction, low=0.0, high=1.0)
   if mode not in STRAGGLER_MODES:
     raise ValueError(f"`mode` must be one of {STRAGGLER_MODES}; got {mode!r}.")
   if unit not in STRAGGLER_UNITS:
@@ -629,7 +680,7 @@ def build_client_update(
     grad_mode: str = "auto",
     proximal_mu: float = 0.0,
     local_work: LocalWork | None = None,
-) -> ClientUpdate:
+) -> ClientUpdateFn:
   """Builds a pure local-training function for one client.
 
   The client starts from the server parameters with a fresh optimizer state,
@@ -674,12 +725,12 @@ def build_client_update(
     ``client_data`` is one client's slice of a :class:`FederatedData` (arrays
     ``[max_examples, ...]``, scalar ``num_examples`` and ``client_ids``) and
     ``key`` is the round's PRNG key (the client folds in its own id). Pure and
-    safe under ``jax.jit`` and ``jax.vmap``. The metrics are ``train_loss``
-    (mean over the examples visited), ``num_examples`` and ``num_steps``;
-    with ``local_work`` also ``num_stragglers`` and
-    ``num_dropped_stragglers`` (0 or 1 per client, summed by the round), and
-    a dropped straggler reports ``num_examples`` 0 (it did not take part, so
-    the round's ``num_clients`` and ``num_examples`` leave it out).
+    safe under ``jax.jit`` and ``jax.vmap``. Its ``metrics`` hold
+    ``train_loss`` (:attr:`LocalResult.mean_loss`), its ``counts``
+    ``num_examples`` and ``num_steps``; with ``local_work`` also
+    ``num_stragglers`` and ``num_dropped_stragglers`` (0 or 1 per client),
+    and a dropped straggler counts ``num_examples`` 0 (it did not take part,
+    so the round's ``num_clients`` and ``num_examples`` leave it out).
 
   Raises:
     TypeError, ValueError: for a non-int or non-positive ``num_epochs`` or
@@ -687,8 +738,8 @@ def build_client_update(
       an unknown ``grad_mode``, a negative ``proximal_mu`` or a
       ``local_work`` that is not a :class:`LocalWork`.
   """
-  _check_int("batch_size", batch_size, minimum=1)
-  _check_int("num_epochs", num_epochs, minimum=1)
+  check_int("batch_size", batch_size, minimum=1)
+  check_int("num_epochs", num_epochs, minimum=1)
   if grad_mode not in GRAD_MODES:
     raise ValueError(f"`grad_mode` must be one of {GRAD_MODES}; got {grad_mode!r}.")
   if not callable(loss_fn):
@@ -697,9 +748,9 @@ def build_client_update(
     raise TypeError(
         "`optimizer` must be an optax.GradientTransformation (e.g. optax.sgd(0.1)); got "
         f"{optimizer!r}.")
-  _check_real("proximal_mu", proximal_mu, low=0.0, hint=" Use 0 for no proximal term.")
+  check_real("proximal_mu", proximal_mu, low=0.0, hint=" Use 0 for no proximal term.")
   _check_local_work(local_work)
-  proximal = not (_is_concrete(proximal_mu) and float(proximal_mu) == 0.0)
+  proximal = not (is_concrete(proximal_mu) and float(proximal_mu) == 0.0)
 
   def client_update(server_params, client_data: FederatedData, key) -> ClientOutput:
     n = client_data.num_examples
@@ -719,24 +770,15 @@ def build_client_update(
                          max_steps=None if work is None else work.max_steps)
     delta = jax.tree.map(jnp.subtract, result.params, server_params)
     n_f = n.astype(jnp.float32)
+    metrics = {"train_loss": result.mean_loss}
+    counts = {"num_examples": n_f, "num_steps": result.num_steps.astype(jnp.float32)}
     if work is None:
-      metrics = {
-          "train_loss": result.loss_sum / jnp.maximum(n_f * num_epochs, 1.0),
-          "num_examples": n_f,
-          "num_steps": result.num_steps.astype(jnp.float32),
-      }
-      return ClientOutput(delta, n_f, metrics)
+      return ClientOutput(delta, n_f, metrics, counts=counts)
     kept = ~work.dropped
     delta = jax.tree.map(lambda d: jnp.where(kept, d, 0).astype(d.dtype), delta)
     n_f = jnp.where(kept, n_f, 0.0)
-    visited = result.num_examples_visited.astype(jnp.float32)
-    metrics = {
-        "train_loss": result.loss_sum / jnp.maximum(visited, 1.0),
-        "num_examples": n_f,
-        "num_steps": result.num_steps.astype(jnp.float32),
-        "num_stragglers": work.straggler.astype(jnp.float32),
-        "num_dropped_stragglers": work.dropped.astype(jnp.float32),
-    }
-    return ClientOutput(delta, n_f, metrics)
+    counts.update(num_examples=n_f, num_stragglers=work.straggler.astype(jnp.float32),
+                  num_dropped_stragglers=work.dropped.astype(jnp.float32))
+    return ClientOutput(delta, n_f, metrics, counts=counts)
 
   return client_update

@@ -12,8 +12,8 @@ Two ways to send fewer bits from clients to the server:
   ``k`` largest-magnitude coordinates of its message and keeps the rest in a
   per-client residual that is added to its next message (error feedback;
   Stich et al. 2018, Karimireddy et al. 2019). The residual is the client's
-  persistent state, so the wrapped client update is *stateful* (see
-  :func:`fedjax_lite.build_federated_algorithm`'s ``client_state_init``).
+  persistent state, so the wrapper returns a stateful
+  :class:`fedjax_lite.ClientUpdate`.
 
 Everything here is pure and safe under ``jax.jit`` and ``jax.vmap``; sizes
 (``bits``, ``k``) are static Python ints.
@@ -39,12 +39,11 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from fedjax_lite._types import Params, PRNGKey
+from fedjax_lite._validate import check_int
 from fedjax_lite.aggregation import Aggregator, mean_aggregator
-from fedjax_lite.client import ClientOutput
-from fedjax_lite.data import FederatedData, _check_int
-
-Params = Any
-PRNGKey = Any
+from fedjax_lite.client import ClientOutput, ClientUpdate, as_client_update
+from fedjax_lite.data import FederatedData
 
 # Bits of one float sent uncompressed (a value, or a quantization scale).
 FLOAT_BITS = 32
@@ -58,7 +57,7 @@ MAX_BITS = 32
 
 
 def _check_bits(bits: Any) -> int:
-  _check_int("bits", bits, minimum=1)
+  check_int("bits", bits, minimum=1)
   if bits > MAX_BITS:
     raise ValueError(f"`bits` must be at most {MAX_BITS} (float32 resolution); got {bits}.")
   return bits
@@ -313,7 +312,7 @@ def top_k(x: Params, k: int) -> Params:
       non-floating leaf.
   """
   _float_leaves(x, "x")
-  _check_int("k", k, minimum=1)
+  check_int("k", k, minimum=1)
   d = message_size(x)
   if k > d:
     raise ValueError(f"`k`={k} exceeds the message's {d} coordinates; use k <= {d}.")
@@ -343,18 +342,17 @@ def top_k_bits(d: int, k: int) -> int:
   Raises:
     ValueError, TypeError: for a non-int or out-of-range ``d`` or ``k``.
   """
-  _check_int("d", d, minimum=1)
-  _check_int("k", k, minimum=0)
+  check_int("d", d, minimum=1)
+  check_int("k", k, minimum=0)
   return k * (FLOAT_BITS + math.ceil(math.log2(d)))
 
 
 def error_feedback_state_init(params: Params) -> Params:
   """The initial error-feedback residual of one client: zeros like ``params``.
 
-  Pass it as ``client_state_init`` to
-  :func:`fedjax_lite.build_federated_algorithm` with a client update wrapped
-  by :func:`with_error_feedback` (the message must be shaped like the params,
-  as a model delta is).
+  The ``init`` of the :class:`fedjax_lite.ClientUpdate` that
+  :func:`with_error_feedback` returns (the message must be shaped like the
+  params, as a model delta is).
 
   Args:
     params: the model parameters (a pytree).
@@ -366,16 +364,18 @@ def error_feedback_state_init(params: Params) -> Params:
 
 
 def with_error_feedback(
-    client_update: Callable[[Any, FederatedData, PRNGKey], ClientOutput],
+    client_update: ClientUpdate | Callable[[Any, FederatedData, PRNGKey], ClientOutput],
     k: int | None = None,
     *,
     fraction: float | None = None,
-) -> Callable[[Any, FederatedData, PRNGKey, Params], ClientOutput]:
+) -> ClientUpdate:
   """Top-k sparsified client messages with per-client error feedback.
 
-  Wraps a stateless ``client_update(broadcast, client_data, key)`` into a
-  stateful one, ``(broadcast, client_data, key, residual) -> ClientOutput``,
-  that for a client with data computes
+  Wraps a stateless client update into a complete stateful
+  :class:`fedjax_lite.ClientUpdate` whose state is the client's residual
+  (``init``: :func:`error_feedback_state_init`) and whose ``update(broadcast,
+  client_data, key, residual) -> ClientOutput`` for a client with data
+  computes
 
       corrected = delta + residual
       sent      = top_k(corrected, k)
@@ -386,12 +386,9 @@ def with_error_feedback(
   the sum of its sent messages plus its residual equals the sum of its
   deltas (the "memory" of Stich et al. 2018; error feedback of Karimireddy et
   al. 2019, which makes biased compressors like top-k converge). A client
-  with no data sends zeros and keeps its residual unchanged. The metric
+  with no data sends zeros and keeps its residual unchanged. The count
   ``num_bits_sent`` (``top_k_bits(d, k)`` for a client with data, else 0)
-  is added to the client's metrics; the round sums ``num_*`` metrics.
-
-  Use with ``client_state_init=error_feedback_state_init`` in
-  :func:`fedjax_lite.build_federated_algorithm`.
+  is added to the client's counts (the round sums it).
 
   References:
     Stich, Cordonnier, Jaggi. "Sparsified SGD with Memory", NeurIPS 2018.
@@ -401,43 +398,47 @@ def with_error_feedback(
     https://arxiv.org/abs/1901.09847
 
   Args:
-    client_update: a stateless client update (e.g. from
-      :func:`fedjax_lite.build_client_update`) returning ``ClientOutput``
-      with ``state=None``.
+    client_update: a stateless client update: a plain function (e.g. from
+      :func:`fedjax_lite.build_client_update`) or a
+      :class:`fedjax_lite.ClientUpdate` with an empty state.
     k: coordinates kept per message (static int >= 1, at most the message's
       size ``d``); give exactly one of ``k`` and ``fraction``.
     fraction: the share of coordinates kept, in ``(0, 1]``:
       ``k = max(1, ceil(fraction * d))``, resolved from the message's shape.
 
   Returns:
-    A stateful client update, pure and safe under ``jax.jit``/``jax.vmap``.
+    A :class:`fedjax_lite.ClientUpdate`, pure and safe under
+    ``jax.jit``/``jax.vmap``.
 
   Raises:
     ValueError, TypeError: unless exactly one of ``k`` and ``fraction`` is
-      given and valid, or if ``client_update`` is not callable; when called,
-      if ``k`` exceeds the message size, the residual's structure differs
-      from the message's, or ``client_update`` is itself stateful.
+      given and valid, or if ``client_update`` is not a client update; from
+      ``init``, if ``client_update`` is itself stateful; when called, if
+      ``k`` exceeds the message size or the residual's structure differs from
+      the message's.
   """
-  if not callable(client_update):
-    raise TypeError(f"`client_update` must be callable; got {client_update!r}.")
+  inner = as_client_update(client_update)
   if (k is None) == (fraction is None):
     raise ValueError("give exactly one of `k` (coordinates kept) and `fraction` (share kept).")
   if k is not None:
-    _check_int("k", k, minimum=1)
+    check_int("k", k, minimum=1)
   elif isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not (
       0.0 < fraction <= 1.0):
     raise ValueError(f"`fraction` must be a float in (0, 1]; got {fraction!r}.")
 
+  def init(params):
+    if jax.tree.leaves(inner.init(params)):
+      raise TypeError("`client_update` must be stateless (its ClientUpdate.init returns a "
+                      "state); with_error_feedback adds the residual as the client state.")
+    return error_feedback_state_init(params)
+
   def stateful_update(broadcast, client_data: FederatedData, key, residual) -> ClientOutput:
-    out = client_update(broadcast, client_data, key)
-    if out.state is not None:
-      raise TypeError("`client_update` must be stateless (ClientOutput.state=None); "
-                      "with_error_feedback adds the residual as the client state.")
+    out = inner.update(broadcast, client_data, key, ())
     if jax.tree.structure(out.delta) != jax.tree.structure(residual):
       raise ValueError(
           "the error-feedback residual (client state) must have the message's structure "
-          f"{jax.tree.structure(out.delta)}; got {jax.tree.structure(residual)}. Use "
-          "client_state_init=error_feedback_state_init for parameter deltas.")
+          f"{jax.tree.structure(out.delta)}; got {jax.tree.structure(residual)}: the message "
+          "must be shaped like the params, as a model delta is.")
     d = message_size(out.delta)
     keep = k if k is not None else max(1, math.ceil(fraction * d))
     if keep > d:
@@ -453,9 +454,10 @@ def with_error_feedback(
     left = unflatten(jnp.where(mask, zeros, flat))
     new_residual = jax.tree.map(
         lambda new, old: jnp.where(has_data, new.astype(old.dtype), old), left, residual)
-    metrics = dict(out.metrics)
-    metrics["num_bits_sent"] = jnp.where(has_data, float(top_k_bits(d, keep)), 0.0).astype(
+    counts = {"num_examples": client_data.num_examples.astype(jnp.float32),
+              **(out.counts or {})}
+    counts["num_bits_sent"] = jnp.where(has_data, float(top_k_bits(d, keep)), 0.0).astype(
         jnp.float32)
-    return ClientOutput(sent, out.weight, metrics, state=new_residual)
+    return ClientOutput(sent, out.weight, out.metrics, state=new_residual, counts=counts)
 
-  return stateful_update
+  return ClientUpdate(init, stateful_update)

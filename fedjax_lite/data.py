@@ -21,7 +21,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-Array = Any
+from fedjax_lite._types import Array
+from fedjax_lite._validate import check_int
 
 
 class FederatedData(NamedTuple):
@@ -204,7 +205,7 @@ def from_clients(
   longest = max(counts)
   if max_examples is None:
     max_examples = max(longest, 1)
-  _check_int("max_examples", max_examples, minimum=1)
+  check_int("max_examples", max_examples, minimum=1)
   if max_examples < longest:
     raise ValueError(
         f"`max_examples`={max_examples} is smaller than the largest client ({longest} examples); "
@@ -332,7 +333,7 @@ def check_labels(data: FederatedData, num_classes: int, key: str = "y", *,
       id, its offending labels and the fix).
     TypeError: if ``num_classes`` is not an int.
   """
-  num_classes = _check_int("num_classes", num_classes, minimum=1)
+  num_classes = check_int("num_classes", num_classes, minimum=1)
   if not isinstance(data, FederatedData):
     raise TypeError(f"`{name}` must be a FederatedData (see fedjax_lite.from_clients); got "
                     f"{type(data).__name__}.")
@@ -374,11 +375,3 @@ def check_labels(data: FederatedData, num_classes: int, key: str = "y", *,
   raise ValueError(
       f"labels must be in [0, {num_classes}): {who} has "
       f"label{'s' if len(values) > 1 else ''} {shown} in {where}{also}; {fix}.")
-
-
-def _check_int(name: str, value: Any, minimum: int) -> int:
-  if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-    raise TypeError(f"`{name}` must be an int; got {type(value).__name__} {value!r}.")
-  if value < minimum:
-    raise ValueError(f"`{name}` must be >= {minimum}; got {value}.")
-  return int(value)

@@ -25,10 +25,11 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
-from fedjax_lite.data import FederatedData, _check_int, from_arrays
+from fedjax_lite import mapreduce
+from fedjax_lite._types import MetricsFn
+from fedjax_lite._validate import check_int
+from fedjax_lite.data import FederatedData, from_arrays
 from fedjax_lite.sharding import num_real_clients
-
-MetricsFn = Callable[[Any, dict[str, Any]], tuple[Any, Any, Any]]
 
 PERCENTILES = (10, 50, 90)
 
@@ -71,7 +72,8 @@ def client_sums(metrics_fn: MetricsFn, params: Any, data: FederatedData, *,
     (loss, correct, count), _ = jax.lax.scan(step, init, jnp.arange(steps))
     return {"loss_sum": loss, "correct": correct, "count": count}
 
-  return jax.lax.map(one_client, data, batch_size=min(client_chunk, data.num_clients))
+  return mapreduce.map_clients(lambda _, client: one_client(client), None, data,
+                               chunk_size=client_chunk)
 
 
 def summarize(sums: dict[str, Any]) -> dict[str, Any]:
@@ -123,8 +125,8 @@ def build_evaluator(metrics_fn: MetricsFn, *, batch_size: int = 64,
     and returns :func:`summarize` of it. ``data`` may be sharded over a mesh
     (:func:`fedjax_lite.shard_clients`); its padding clients are left out.
   """
-  _check_int("batch_size", batch_size, minimum=1)
-  _check_int("client_chunk", client_chunk, minimum=1)
+  check_int("batch_size", batch_size, minimum=1)
+  check_int("client_chunk", client_chunk, minimum=1)
   sums = jax.jit(lambda p, d: client_sums(metrics_fn, p, d, batch_size=batch_size,
                                           client_chunk=client_chunk))
 

@@ -1254,15 +1254,16 @@ class DPSetup:
   sampler: Any
   delta: float
   accountant: str
-  _cache: dict = dataclasses.field(default_factory=dict)
+  _curve: Any = None
 
   def epsilon(self, rounds: int) -> float:
-    # Under PLD, accounting.epsilon builds the one-round distribution once per
-    # spec (cached there) and self-composes it for each round count.
-    if rounds not in self._cache:
+    # One accounting.EpsilonCurve per run: under PLD it composes each new
+    # round onto the distribution of the rounds before (one construction of
+    # the one-round distribution, one composition per round).
+    if self._curve is None:
       from fedjax_lite import accounting
-      self._cache[rounds] = accounting.epsilon(self.spec, rounds, self.delta, self.accountant)
-    return self._cache[rounds]
+      self._curve = accounting.EpsilonCurve(self.spec, self.delta, self.accountant)
+    return self._curve(rounds)
 
   def describe(self) -> dict[str, Any]:
     out = {**dataclasses.asdict(self.spec), "delta": self.delta, "accountant": self.accountant,

@@ -36,7 +36,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.extend.core as jax_core
 
-Params = Any
+from fedjax_lite._types import Params
 
 
 class Tuning(NamedTuple):
@@ -256,7 +256,8 @@ def auto_chunk_size(params: Params, cohort: Any, budget_bytes: int | None = None
   Args:
     params: the model parameters (arrays or ``ShapeDtypeStruct``s).
     cohort: the cohort, a :class:`fedjax_lite.FederatedData` (only its arrays'
-      shapes are read).
+      shapes are read; any other pytree with a leading client axis counts as
+      data of one example per client).
     budget_bytes: the working-set target of one chunk. ``None`` (the
       default): the platform's: :data:`CPU_CHUNK_BYTES` on a CPU;
       :data:`ACCELERATOR_MEMORY_FRACTION` of the device's free memory less
@@ -275,9 +276,12 @@ def auto_chunk_size(params: Params, cohort: Any, budget_bytes: int | None = None
     A chunk size ``>= 1`` (callers cap it at the cohort size).
   """
   memory = device_memory() if memory is None else memory
-  arrays = cohort.arrays
-  example_axis = next(iter(arrays.values())).shape[1] if arrays else 1
-  data = sum(math.prod(x.shape[1:]) * x.dtype.itemsize for x in arrays.values())
+  if isinstance(getattr(cohort, "arrays", None), dict):
+    arrays = list(cohort.arrays.values())
+    example_axis = arrays[0].shape[1] if arrays else 1
+  else:  # any pytree with a leading client axis
+    arrays, example_axis = jax.tree.leaves(cohort), 1
+  data = sum(math.prod(x.shape[1:]) * x.dtype.itemsize for x in arrays)
   per_client = _client_bytes_estimate(params, example_axis, data, memory.platform)
   chunk_bytes = tuning(memory.platform).chunk_bytes
   if chunk_bytes is None:  # an accelerator: a memory budget

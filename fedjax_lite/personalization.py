@@ -33,13 +33,13 @@ import numpy as np
 import optax
 from jax.sharding import NamedSharding, PartitionSpec
 
+from fedjax_lite import mapreduce
+from fedjax_lite._types import Params, PRNGKey
+from fedjax_lite._validate import check_int
 from fedjax_lite.client import GRAD_MODES, LossFn, local_train
-from fedjax_lite.data import FederatedData, _check_int
+from fedjax_lite.data import FederatedData
 from fedjax_lite.evaluation import MetricsFn, client_sums, summarize
 from fedjax_lite.sharding import num_real_clients
-
-Params = Any
-PRNGKey = Any
 
 
 def one_client_sums(metrics_fn: MetricsFn, params: Params, client: FederatedData, *,
@@ -108,14 +108,14 @@ def build_per_client_evaluator(
       ``client_chunk``; ``evaluate`` raises ``ValueError`` if the leading
       axis of ``client_params`` is not ``N``.
   """
-  _check_int("batch_size", batch_size, minimum=1)
-  _check_int("client_chunk", client_chunk, minimum=1)
+  check_int("batch_size", batch_size, minimum=1)
+  check_int("client_chunk", client_chunk, minimum=1)
 
   @jax.jit
   def sums(client_params, data):
-    return jax.lax.map(
-        lambda pc: one_client_sums(metrics_fn, pc[0], pc[1], batch_size=batch_size),
-        (client_params, data), batch_size=min(client_chunk, data.num_clients))
+    return mapreduce.map_clients(
+        lambda _, pc: one_client_sums(metrics_fn, pc[0], pc[1], batch_size=batch_size),
+        None, (client_params, data), chunk_size=client_chunk)
 
   def evaluate(client_params, data: FederatedData) -> dict[str, Any]:
     leading = {jnp.shape(x)[0] if jnp.ndim(x) else None for x in jax.tree.leaves(client_params)}
@@ -201,12 +201,12 @@ def build_fine_tune_evaluator(
   if (num_epochs is None) == (num_steps is None):
     raise ValueError("give exactly one of `num_epochs` and `num_steps` for fine-tuning.")
   if num_epochs is not None:
-    _check_int("num_epochs", num_epochs, minimum=1)
+    check_int("num_epochs", num_epochs, minimum=1)
   if num_steps is not None:
-    _check_int("num_steps", num_steps, minimum=1)
-  _check_int("batch_size", batch_size, minimum=1)
-  _check_int("eval_batch_size", eval_batch_size, minimum=1)
-  _check_int("client_chunk", client_chunk, minimum=1)
+    check_int("num_steps", num_steps, minimum=1)
+  check_int("batch_size", batch_size, minimum=1)
+  check_int("eval_batch_size", eval_batch_size, minimum=1)
+  check_int("client_chunk", client_chunk, minimum=1)
   if grad_mode not in GRAD_MODES:
     raise ValueError(f"`grad_mode` must be one of {GRAD_MODES}; got {grad_mode!r}.")
 

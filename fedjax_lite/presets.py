@@ -249,9 +249,6 @@ def build_algorithm(c: dict[str, Any], loss_fn, client_optimizer, *, dp_aggregat
     update = _attack(c, update)
     if c["topk_fraction"] is not None:
       update = fl.compression.with_error_feedback(update, fraction=c["topk_fraction"])
-      return fl.build_federated_algorithm(
-          update, server_opt, client_state_init=fl.compression.error_feedback_state_init,
-          **common)
     return fl.build_federated_algorithm(update, server_opt, **common)
   if attacked:
     raise ValueError(f"--attack wraps FedAvg's client update here; it works with "

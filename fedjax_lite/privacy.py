@@ -38,6 +38,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from fedjax_lite._validate import concrete_float
 from fedjax_lite.accounting import (
     ACCOUNTANTS,
     MECHANISMS,
@@ -161,13 +162,6 @@ class DPState(NamedTuple):
   clip: Any
 
 
-def _concrete(x: Any) -> float | None:
-  """``float(x)``, or ``None`` when ``x`` is traced (inside jit/vmap)."""
-  try:
-    return float(x)
-  except (TypeError, jax.errors.ConcretizationTypeError):
-    return None
-
 
 def gaussian_aggregator(
     clip: float,
@@ -259,7 +253,7 @@ def _dp_aggregator(mechanism, clip, noise_multiplier, expected_cohort_size, *, a
         "counts once).")
   # noise_multiplier (and clip) may be traced, e.g. in a vectorized sweep over
   # noise levels (fedjax_lite.run_sweep); they are checked when concrete.
-  z_value = _concrete(noise_multiplier)
+  z_value = concrete_float(noise_multiplier)
   if z_value is not None and not z_value >= 0:
     raise ValueError(f"`noise_multiplier` must be >= 0; got {noise_multiplier}.")
   if not expected_cohort_size > 0:
@@ -279,7 +273,7 @@ def _dp_aggregator(mechanism, clip, noise_multiplier, expected_cohort_size, *, a
   else:
     sigma_b = None
     z_delta = noise_multiplier
-  clip_value = _concrete(clip)
+  clip_value = concrete_float(clip)
   if clip_value is not None and not clip_value > 0:
     raise ValueError(f"`clip` must be > 0; got {clip}.")
   ord_ = 2 if mechanism == "gaussian" else 1

@@ -30,11 +30,10 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from fedjax_lite.aggregation import Aggregator, mean_aggregator, weighted_mean
-from fedjax_lite.data import _check_int
+from fedjax_lite._types import Params
+from fedjax_lite._validate import check_int, concrete_float
+from fedjax_lite.aggregation import Aggregator, PerClient, mean_aggregator, weighted_mean
 from fedjax_lite.privacy import clip_by_global_norm
-
-Params = Any
 
 
 def _identity_per_client(delta, weight, state, key):
@@ -140,13 +139,6 @@ def coordinate_median() -> Aggregator:
 # Coordinate-wise trimmed mean
 
 
-def _concrete_float(x: Any) -> float | None:
-  try:
-    return float(x)
-  except (TypeError, jax.errors.ConcretizationTypeError):
-    return None
-
-
 def trimmed_mean(beta: float) -> Aggregator:
   """The coordinate-wise ``beta``-trimmed mean of the present clients' deltas.
 
@@ -179,7 +171,7 @@ def trimmed_mean(beta: float) -> Aggregator:
   Raises:
     ValueError: if ``beta`` is not in ``[0, 0.5)``.
   """
-  concrete = _concrete_float(beta)
+  concrete = concrete_float(beta)
   if isinstance(beta, bool) or (concrete is not None and not 0.0 <= concrete < 0.5):
     raise ValueError(f"`beta` must be a fraction in [0, 0.5); got {beta!r}.")
 
@@ -293,8 +285,8 @@ def krum(num_byzantine: int, multi: int = 1) -> Aggregator:
     TypeError, ValueError: for a non-int or negative ``num_byzantine``, or a
       non-int or non-positive ``multi``.
   """
-  f = _check_int("num_byzantine", num_byzantine, minimum=0)
-  multi = _check_int("multi", multi, minimum=1)
+  f = check_int("num_byzantine", num_byzantine, minimum=0)
+  multi = check_int("multi", multi, minimum=1)
 
   def combine(deltas, weights, stats, state, key):
     del stats, key
@@ -310,7 +302,7 @@ def krum(num_byzantine: int, multi: int = 1) -> Aggregator:
     aggregate = jax.tree.map(lambda a, x: a.astype(x.dtype), aggregate, deltas)
     metrics = {"num_present": m.astype(jnp.float32),
                "num_selected": num_selected.astype(jnp.float32),
-               "selected": selected.astype(jnp.float32)}
+               "selected": PerClient(selected.astype(jnp.float32))}
     return aggregate, state, metrics
 
   return Aggregator(_stateless_init, _identity_per_client, _combine_only_finalize("krum"),
@@ -358,7 +350,7 @@ def norm_bounding(inner: Aggregator | None = None, *, max_norm: float) -> Aggreg
     raise TypeError(
         f"`inner` must be a fedjax_lite.Aggregator (e.g. fl.mean_aggregator() or "
         f"fedjax_lite.robust.coordinate_median()); got {type(inner).__name__}.")
-  concrete = _concrete_float(max_norm)
+  concrete = concrete_float(max_norm)
   if isinstance(max_norm, bool) or (concrete is not None and not concrete > 0):
     raise ValueError(f"`max_norm` must be > 0; got {max_norm!r}.")
 

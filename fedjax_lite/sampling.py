@@ -14,7 +14,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from fedjax_lite.data import _check_int
+from fedjax_lite._validate import check_int, check_rate
 
 
 def sample_clients(key: Any, num_clients: int, cohort_size: int) -> Any:
@@ -38,8 +38,8 @@ def sample_clients(key: Any, num_clients: int, cohort_size: int) -> Any:
   Raises:
     ValueError: if ``cohort_size`` is not in ``[1, num_clients]``.
   """
-  _check_int("num_clients", num_clients, minimum=1)
-  _check_int("cohort_size", cohort_size, minimum=1)
+  check_int("num_clients", num_clients, minimum=1)
+  check_int("cohort_size", cohort_size, minimum=1)
   if cohort_size > num_clients:
     raise ValueError(
         f"`cohort_size`={cohort_size} is larger than the population ({num_clients} clients); "
@@ -158,8 +158,8 @@ def poisson_cohort_bound(num_clients: int, rate: float,
   """
   from scipy import stats
 
-  _check_int("num_clients", num_clients, minimum=1)
-  _check_rate(rate)
+  check_int("num_clients", num_clients, minimum=1)
+  check_rate(rate)
   if not 0.0 < overflow_probability < 1.0:
     raise ValueError(f"`overflow_probability` must be in (0, 1); got {overflow_probability}.")
   if rate == 1.0:
@@ -193,8 +193,3 @@ def poisson_sample(key: Any, num_clients: int, rate: float, max_cohort: int
   (indices,) = jnp.nonzero(included, size=max_cohort, fill_value=0)
   mask = jnp.arange(max_cohort) < count
   return indices.astype(jnp.int32), mask, count > max_cohort
-
-
-def _check_rate(rate):
-  if isinstance(rate, bool) or not (isinstance(rate, (int, float)) and 0.0 < rate <= 1.0):
-    raise ValueError(f"sampling rate `q` must be in (0, 1]; got {rate!r}.")

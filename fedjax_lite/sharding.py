@@ -34,7 +34,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from fedjax_lite.data import FederatedData, _check_int
+from fedjax_lite._validate import check_int
+from fedjax_lite.data import FederatedData
 
 CLIENT_AXIS = "clients"
 PADDING_CLIENT_ID = -1
@@ -55,7 +56,7 @@ def client_mesh(num_devices: int | None = None, axis: str = CLIENT_AXIS) -> Mesh
   devices = jax.devices()
   if num_devices is None:
     num_devices = len(devices)
-  _check_int("num_devices", num_devices, minimum=1)
+  check_int("num_devices", num_devices, minimum=1)
   if num_devices > len(devices):
     raise ValueError(
         f"`num_devices`={num_devices} but JAX sees {len(devices)} device(s). On a CPU, set "
@@ -85,7 +86,7 @@ def pad_clients(data: FederatedData, multiple: int) -> FederatedData:
     The data with ``ceil(N / multiple) * multiple`` clients; the first ``N``
     are unchanged.
   """
-  _check_int("multiple", multiple, minimum=1)
+  check_int("multiple", multiple, minimum=1)
   pad = -data.num_clients % multiple
   if not pad:
     return data
@@ -196,8 +197,8 @@ def initialize_distributed(coordinator_address: str, num_processes: int, process
   Returns:
     None. Afterwards ``jax.devices()`` lists every process's devices.
   """
-  _check_int("num_processes", num_processes, minimum=1)
-  _check_int("process_id", process_id, minimum=0)
+  check_int("num_processes", num_processes, minimum=1)
+  check_int("process_id", process_id, minimum=0)
   if process_id >= num_processes:
     raise ValueError(f"`process_id`={process_id} must be below `num_processes`={num_processes}.")
   if ":" not in coordinator_address:

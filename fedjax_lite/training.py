@@ -11,8 +11,9 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
+from fedjax_lite._validate import check_int
 from fedjax_lite.algorithm import FederatedAlgorithm, ServerState, raise_if_nonfinite
-from fedjax_lite.data import FederatedData, _check_int, take
+from fedjax_lite.data import FederatedData, take
 from fedjax_lite.sampling import Sampler, fixed_size_sampler
 from fedjax_lite.sharding import PADDING_CLIENT_ID, num_real_clients
 
@@ -166,7 +167,7 @@ def run_rounds(
       ``cohort_size`` and ``sampler``, a sampler for another population, a
       Poisson overflow, or (with ``nonfinite="raise"``) a NaN/Inf client delta.
   """
-  _check_int("num_rounds", num_rounds, minimum=0)
+  check_int("num_rounds", num_rounds, minimum=0)
   sampler = _resolve_sampler(num_real_clients(population), cohort_size, sampler)
   population = _on_device(population)
   check_client_states(state, population)
@@ -279,7 +280,7 @@ def run_sweep(
       ``params`` or ``states``, ``states`` at different rounds, a bad
       ``num_rounds``/``cohort_size``/``sampler``, or a Poisson overflow.
   """
-  _check_int("num_rounds", num_rounds, minimum=0)
+  check_int("num_rounds", num_rounds, minimum=0)
   sampler = _resolve_sampler(num_real_clients(population), cohort_size, sampler)
   keys = jnp.asarray(keys)
   if not jnp.issubdtype(keys.dtype, jax.dtypes.prng_key):

@@ -172,3 +172,35 @@ def test_rdp_accounting_is_untouched_by_the_pld_cache(monkeypatch):
     np.testing.assert_allclose(accounting.epsilon(spec, t, 1e-5, "rdp"), acc.get_epsilon(1e-5),
                                rtol=1e-9, atol=0)
   assert calls == [] and accounting._one_round_pld.cache_info().currsize == 0
+
+
+@pytest.mark.parametrize("case", ["poisson_gaussian", "poisson_laplace", "local_gaussian"])
+def test_epsilon_curve_equals_the_direct_answer_for_every_round(case, monkeypatch):
+  """The curve composes one new round per call, and agrees with epsilon() and dp-accounting."""
+  spec, event, neighbours, cached = PLD_CASES[case]
+  calls = _count_constructions(monkeypatch)
+  composed = []
+  original = pld.privacy_loss_distribution.PrivacyLossDistribution.compose
+
+  def counting_compose(self, other, *args, **kwargs):
+    composed.append(1)
+    return original(self, other, *args, **kwargs)
+
+  monkeypatch.setattr(pld.privacy_loss_distribution.PrivacyLossDistribution, "compose",
+                      counting_compose)
+  curve = accounting.EpsilonCurve(spec, 1e-5, "pld")
+  rounds = [*range(1, 13), 20, 15, 12]  # one at a time, a jump, back (a resume), a repeat
+  eps = [curve(r) for r in rounds]
+  if cached:
+    assert len(calls) == 1
+    assert len(composed) == 12 + 1 + 1  # one per new round count, none for a repeat
+  expected = {r: _direct_pld_epsilon(event, r, 1e-5, neighbours) for r in set(rounds)}
+  np.testing.assert_allclose(eps, [expected[r] for r in rounds], rtol=1e-9, atol=0)
+  assert all(a < b for a, b in zip(eps[:13], eps[1:13], strict=False))
+
+
+def test_epsilon_curve_refuses_what_epsilon_refuses():
+  with pytest.raises(ValueError, match="accountant='rdp' or sampling='poisson'"):
+    accounting.EpsilonCurve(DPSpec("gaussian", 1.5, "fixed", 1000, 50), 1e-5, "pld")
+  with pytest.raises(ValueError, match="delta"):
+    accounting.EpsilonCurve(DPSpec("gaussian", 1.5, "poisson", 1000, 50), 2.0, "rdp")

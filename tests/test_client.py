@@ -36,8 +36,8 @@ def test_client_update_matches_reference_and_metrics():
   for a, b in zip(jax.tree.leaves(out.delta), jax.tree.leaves(ref), strict=True):
     np.testing.assert_allclose(a, b, atol=1e-6, rtol=1e-5)
   assert float(out.weight) == n == 11
-  assert float(out.metrics["num_steps"]) == 3 * 3  # ceil(11 / 4) per epoch
-  assert float(out.metrics["num_examples"]) == 11
+  assert float(out.counts["num_steps"]) == 3 * 3  # ceil(11 / 4) per epoch
+  assert float(out.counts["num_examples"]) == 11
   assert 0 < float(out.metrics["train_loss"]) < 5
 
 
@@ -49,7 +49,7 @@ def test_empty_client_returns_zero_delta_and_weight():
   for d in jax.tree.leaves(out.delta):
     assert not np.asarray(d[0]).any() and np.asarray(d[1]).any()
   np.testing.assert_array_equal(out.weight, [0.0, 4.0])
-  np.testing.assert_array_equal(out.metrics["num_steps"], [0.0, 4.0])
+  np.testing.assert_array_equal(out.counts["num_steps"], [0.0, 4.0])
   assert float(out.metrics["train_loss"][0]) == 0.0
 
 

@@ -312,7 +312,7 @@ def _fake_update(broadcast, data, key):
   ka, kb = jax.random.split(ck)
   delta = {"w": jax.random.normal(ka, (3, 4)), "b": jax.random.normal(kb, (4,))}
   n = data.num_examples.astype(jnp.float32)
-  return fl.ClientOutput(delta, n, {"num_examples": n})
+  return fl.ClientOutput(delta, n, {}, counts={"num_examples": n})
 
 
 def _one_client(n, cid=3):
@@ -322,9 +322,13 @@ def _one_client(n, cid=3):
 @pytest.mark.parametrize("how", [{"k": 5}, {"fraction": 0.3}])  # ceil(0.3 * 16) = 5
 def test_error_feedback_conserves_the_sum_of_deltas(how):
   k = 5
-  update = jax.jit(compression.with_error_feedback(_fake_update, **how))
+  wrapped = compression.with_error_feedback(_fake_update, **how)
+  assert isinstance(wrapped, fl.ClientUpdate)  # complete: it carries its state's init
+  update = jax.jit(wrapped.update)
   like = {"w": jnp.zeros((3, 4)), "b": jnp.zeros((4,))}
-  residual = compression.error_feedback_state_init(like)
+  residual = wrapped.init(like)
+  assert jax.tree.all(jax.tree.map(lambda r, x: r.shape == x.shape and not r.any(), residual,
+                                   like))
   ref_residual = np.zeros(16)
   sent_sum, delta_sum = np.zeros(16), np.zeros(16)
   for r in range(3):
@@ -338,8 +342,8 @@ def test_error_feedback_conserves_the_sum_of_deltas(how):
     np.testing.assert_allclose(flat(out.delta), ref_sent, atol=1e-6)
     np.testing.assert_allclose(flat(out.state), ref_residual, atol=1e-6)
     assert np.count_nonzero(flat(out.delta)) == k
-    assert float(out.metrics["num_bits_sent"]) == k * (32 + 4)  # d = 16
-    assert float(out.metrics["num_examples"]) == 2.0
+    assert float(out.counts["num_bits_sent"]) == k * (32 + 4)  # d = 16
+    assert float(out.counts["num_examples"]) == 2.0
     residual = out.state
     sent_sum += flat(out.delta)
     delta_sum += delta
@@ -350,15 +354,21 @@ def test_error_feedback_conserves_the_sum_of_deltas(how):
   out = update(None, _one_client(0), jax.random.key(9), residual)
   np.testing.assert_array_equal(flat(out.delta), np.zeros(16))
   np.testing.assert_array_equal(flat(out.state), flat(residual))
-  assert float(out.metrics["num_bits_sent"]) == 0.0
+  assert float(out.counts["num_bits_sent"]) == 0.0
+
+
+def test_error_feedback_refuses_a_stateful_update():
+  stateful = fl.ClientUpdate(lambda p: p, lambda b, d, k, s: _fake_update(b, d, k))
+  with pytest.raises(TypeError, match="stateless"):
+    compression.with_error_feedback(stateful, 2).init({"w": jnp.zeros((3, 4))})
 
 
 def test_error_feedback_rejects_a_mismatched_residual():
-  update = compression.with_error_feedback(_fake_update, 2)
+  update = compression.with_error_feedback(_fake_update, 2).update
   with pytest.raises(ValueError, match="structure"):
     update(None, _one_client(2), jax.random.key(0), jnp.zeros((16,)))
   with pytest.raises(ValueError, match="exceeds"):
-    compression.with_error_feedback(_fake_update, 17)(
+    compression.with_error_feedback(_fake_update, 17).update(
         None, _one_client(2), jax.random.key(0),
         {"w": jnp.zeros((3, 4)), "b": jnp.zeros((4,))})
 
@@ -381,8 +391,7 @@ def test_error_feedback_round_matches_numpy_reference():
   d = sum(x.size for x in jax.tree.leaves(params))  # 6 * 3 + 3 = 21
   update = fl.build_client_update(loss, optax.sgd(lr), num_epochs=epochs, batch_size=batch)
   algo = fl.build_federated_algorithm(
-      compression.with_error_feedback(update, k), fl.server.fedavg(1.0),
-      client_state_init=compression.error_feedback_state_init, chunk_size=3)
+      compression.with_error_feedback(update, k), fl.server.fedavg(1.0), chunk_size=3)
   state = algo.init(params, num_clients=len(clients))
   cohorts = [[0, 1, 2, 3], [2, 4, 5, 6], [0, 2, 5, 6]]  # client 1 is empty
   keys = [jax.random.key(40 + r) for r in range(3)]

@@ -232,7 +232,7 @@ def test_local_work_budgets_and_truncated_deltas(setup, spec):
     w, taken = local_sgd(params, arrays, ck, max_steps=steps)
     assert taken == steps
     assert_close(tree(lambda d, cid=cid: d[cid], out.delta), tree(np.subtract, w, np32(params)))
-  np.testing.assert_array_equal(out.metrics["num_steps"], expected_steps)
+  np.testing.assert_array_equal(out.counts["num_steps"], expected_steps)
   np.testing.assert_array_equal(out.weight, [float(n) for n in SIZES])
   # Heterogeneous and truncated: some client does less than its full work.
   assert any(s < full_steps(n) for s, n in zip(expected_steps, SIZES, strict=True))
@@ -257,16 +257,16 @@ def test_stragglers_drop_and_partial_draw_the_same_clients(setup):
   n = np.array(SIZES, np.float32)
   drop, partial = outs["drop"], outs["partial"]
   np.testing.assert_array_equal(drop.weight, np.where(straggler, 0.0, n))
-  np.testing.assert_array_equal(drop.metrics["num_dropped_stragglers"], straggler)
-  np.testing.assert_array_equal(drop.metrics["num_stragglers"], straggler)
-  np.testing.assert_array_equal(drop.metrics["num_examples"], np.where(straggler, 0.0, n))
-  np.testing.assert_array_equal(drop.metrics["num_steps"],
+  np.testing.assert_array_equal(drop.counts["num_dropped_stragglers"], straggler)
+  np.testing.assert_array_equal(drop.counts["num_stragglers"], straggler)
+  np.testing.assert_array_equal(drop.counts["num_examples"], np.where(straggler, 0.0, n))
+  np.testing.assert_array_equal(drop.counts["num_steps"],
                                 [0 if s else full_steps(k) for k, s in zip(SIZES, straggler,
                                                                            strict=True)])
   np.testing.assert_array_equal(partial.weight, n)
-  np.testing.assert_array_equal(partial.metrics["num_stragglers"], straggler)
-  np.testing.assert_array_equal(partial.metrics["num_dropped_stragglers"], 0.0)
-  np.testing.assert_array_equal(partial.metrics["num_steps"], [s for s, _, _ in drawn])
+  np.testing.assert_array_equal(partial.counts["num_stragglers"], straggler)
+  np.testing.assert_array_equal(partial.counts["num_dropped_stragglers"], 0.0)
+  np.testing.assert_array_equal(partial.counts["num_steps"], [s for s, _, _ in drawn])
   for d_drop, d_partial in zip(jax.tree.leaves(drop.delta), jax.tree.leaves(partial.delta),
                                strict=True):
     d_drop, d_partial = np.asarray(d_drop), np.asarray(d_partial)
@@ -283,13 +283,13 @@ def test_stragglers_in_whole_epochs(setup):
   update = fl.build_client_update(loss, optax.sgd(LR), num_epochs=3, batch_size=BATCH,
                                   local_work=fc.stragglers(1.0, "partial", unit="epochs"))
   out = jax.jit(jax.vmap(update, in_axes=(None, 0, None)))(params, cohort, key)
-  np.testing.assert_array_equal(out.metrics["num_stragglers"], [float(n > 0) for n in SIZES])
+  np.testing.assert_array_equal(out.counts["num_stragglers"], [float(n > 0) for n in SIZES])
   expected = []
   for cid, n in enumerate(SIZES):
     _, k_steps = jax.random.split(work_key(jax.random.fold_in(key, cid)))
     epochs = int(jax.random.randint(k_steps, (), 1, 4)) if n else 0
     expected.append(epochs * math.ceil(n / BATCH))
-  np.testing.assert_array_equal(out.metrics["num_steps"], expected)
+  np.testing.assert_array_equal(out.counts["num_steps"], expected)
   assert len({s // max(math.ceil(n / BATCH), 1) for s, n in zip(expected, SIZES, strict=True)
               if n}) > 1  # clients drew different numbers of epochs
 
@@ -345,7 +345,7 @@ def test_fedsgd_client_update_grad_modes(setup):
   empty = jax.tree.map(lambda x: x[1], cohort)
   out = update(mlp_params, empty, jax.random.key(0))
   assert all(not np.asarray(d).any() for d in jax.tree.leaves(out.delta))
-  assert float(out.weight) == 0.0 and float(out.metrics["num_steps"]) == 0.0
+  assert float(out.weight) == 0.0 and float(out.counts["num_steps"]) == 0.0
 
 
 # ----------------------------------------------------------------------------

@@ -166,7 +166,8 @@ def test_krum_matches_numpy_on_present_clients(k, present, f, multi):
   expected, chosen = _krum_reference(_present_only(deltas, weights), f, multi)
   _assert_tree_close(out, expected)
   positions = np.flatnonzero(weights > 0)[chosen]
-  np.testing.assert_array_equal(np.flatnonzero(np.asarray(metrics["selected"])), positions)
+  assert isinstance(metrics["selected"], fl.aggregation.PerClient)  # declared, not inferred
+  np.testing.assert_array_equal(np.flatnonzero(np.asarray(metrics["selected"].value)), positions)
   assert float(metrics["num_selected"]) == len(chosen)
 
 
@@ -179,7 +180,7 @@ def test_krum_picks_an_honest_client_when_outliers_are_far():
   is_honest = np.array([False] * 2 + [True] * (k - f) + [False])
   for multi in (1, 4):
     out, _, metrics = _jitted_combine("krum", f, multi)({"x": x}, np.ones(k, np.float32))
-    selected = np.asarray(metrics["selected"]) > 0
+    selected = np.asarray(metrics["selected"].value) > 0
     assert selected.sum() == multi and np.all(is_honest[selected])
     assert np.max(np.abs(np.asarray(out["x"]) - 1.0)) < 0.5
 
@@ -198,8 +199,8 @@ def test_invariant_to_client_order(name, args):
   out_p, _, metrics_p = combine(jax.tree.map(lambda x: x[perm], deltas), weights[perm])
   _assert_tree_close(out_p, jax.tree.map(np.asarray, out), atol=1e-6)
   if "selected" in metrics:
-    np.testing.assert_array_equal(np.asarray(metrics_p["selected"]),
-                                  np.asarray(metrics["selected"])[perm])
+    np.testing.assert_array_equal(np.asarray(metrics_p["selected"].value),
+                                  np.asarray(metrics["selected"].value)[perm])
 
 
 def test_combine_under_vmap_and_traced_beta():
@@ -335,7 +336,7 @@ def _toy_update(server_params, data, key):
   mask = fl.example_mask(n, data.arrays["x"].shape[0])
   mean_x = jnp.sum(jnp.where(mask[:, None], data.arrays["x"], 0.0), 0) / jnp.maximum(n, 1)
   nf = n.astype(jnp.float32)
-  return fl.ClientOutput({"v": mean_x + server_params["v"]}, nf, {"num_examples": nf})
+  return fl.ClientOutput({"v": mean_x + server_params["v"]}, nf, {}, counts={"num_examples": nf})
 
 
 SIZES = (5, 0, 4, 1, 8, 6, 3, 7, 2, 9, 4, 5)
@@ -377,7 +378,7 @@ def test_attack_corrupts_exactly_the_malicious_clients_in_any_order(attack):
     out = attacked_fn(params, cohort, KEY)
     expected = np.where(bad[perm][:, None], factor, 1.0) * np.asarray(honest.delta["v"])
     np.testing.assert_allclose(np.asarray(out.delta["v"]), expected, rtol=1e-6)
-    np.testing.assert_array_equal(np.asarray(out.metrics["num_malicious"]), bad[perm])
+    np.testing.assert_array_equal(np.asarray(out.counts["num_malicious"]), bad[perm])
     np.testing.assert_array_equal(np.asarray(out.weight), np.asarray(honest.weight))
 
 
@@ -413,17 +414,21 @@ def test_attacks_pass_through_stateful_client_updates():
   sizes = (2, 3, 0, 4, 1, 2)
   pop = fl.from_clients(make_clients(sizes, num_features=4), max_examples=4)
 
-  def stateful(broadcast, data, key, state):
+  def update(broadcast, data, key, state):
     out = _toy_update(broadcast, data, key)
     return out._replace(state=state + 1.0)
 
-  fn = jax.jit(jax.vmap(attacks.sign_flip(stateful, 1.0), in_axes=(None, 0, None, 0)))
+  init = lambda params: jnp.zeros(())
+  stateful = fl.ClientUpdate(init, update)
+  attacked = attacks.sign_flip(stateful, 1.0)
+  assert isinstance(attacked, fl.ClientUpdate) and attacked.init is init
+  fn = jax.jit(jax.vmap(attacked.update, in_axes=(None, 0, None, 0)))
   out = fn({"v": jnp.zeros(4)}, pop, KEY, jnp.arange(6.0))
-  honest = jax.vmap(stateful, in_axes=(None, 0, None, 0))({"v": jnp.zeros(4)}, pop, KEY,
-                                                          jnp.arange(6.0))
+  honest = jax.vmap(update, in_axes=(None, 0, None, 0))({"v": jnp.zeros(4)}, pop, KEY,
+                                                        jnp.arange(6.0))
   np.testing.assert_allclose(np.asarray(out.state), np.arange(6.0) + 1.0)
   np.testing.assert_allclose(np.asarray(out.delta["v"]), -np.asarray(honest.delta["v"]))
-  np.testing.assert_array_equal(np.asarray(out.metrics["num_malicious"]),
+  np.testing.assert_array_equal(np.asarray(out.counts["num_malicious"]),
                                 np.array(sizes) > 0)
 
 

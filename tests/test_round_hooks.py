@@ -34,7 +34,7 @@ def _toy_client(broadcast, data, key, state):
       n, 1)
   message = {"w": mean_x + state + broadcast["offset"]}
   nf = n.astype(jnp.float32)
-  return fl.ClientOutput(message, nf, {"num_examples": nf}, state=state + message["w"])
+  return fl.ClientOutput(message, nf, {}, state=state + message["w"], counts={"num_examples": nf})
 
 
 def _server_update(state, aggregate, metrics, key):
@@ -45,13 +45,15 @@ def _server_update(state, aggregate, metrics, key):
   return params, state.opt_state, extra
 
 
+TOY_CLIENT = fl.ClientUpdate(lambda p: jnp.zeros_like(p["w"]), _toy_client)
+TOY_SERVER = fl.ServerUpdate(
+    init=lambda p: ((), {"rounds": jnp.zeros((), jnp.int32), "clients": jnp.zeros(())}),
+    update=_server_update,
+    broadcast=lambda s: {"offset": 0.1 * s.extra["rounds"].astype(jnp.float32)})
+
+
 def _toy_algorithm(**kwargs):
-  return fl.build_federated_algorithm(
-      _toy_client, fl.server.fedavg(),
-      client_state_init=lambda p: jnp.zeros_like(p["w"]),
-      broadcast=lambda s: {"offset": 0.1 * s.extra["rounds"].astype(jnp.float32)},
-      extra_init=lambda p: {"rounds": jnp.zeros((), jnp.int32), "clients": jnp.zeros(())},
-      server_update=_server_update, **kwargs)
+  return fl.build_federated_algorithm(TOY_CLIENT, TOY_SERVER, **kwargs)
 
 
 def _reference(clients, cohorts):
@@ -134,8 +136,9 @@ def test_nonfinite_client_state_is_refused_and_not_written():
 
   for policy, applied in (("raise", 0.0), ("drop", 1.0)):
     algo = fl.build_federated_algorithm(
-        client, fl.server.fedavg(), client_state_init=lambda p: jnp.zeros_like(p["w"]),
-        broadcast=lambda s: {"offset": 0.0}, nonfinite=policy)
+        fl.ClientUpdate(lambda p: jnp.zeros_like(p["w"]), client),
+        fl.ServerUpdate(TOY_SERVER.init, _server_update, lambda s: {"offset": 0.0}),
+        nonfinite=policy)
     state = algo.init({"w": jnp.zeros(DIM)}, num_clients=len(SIZES))
     state, metrics = algo.round(state, fl.take(pop, jnp.asarray([2, 3, 4])), jax.random.key(0))
     assert float(metrics["num_nonfinite_clients"]) == 1 and float(metrics["applied"]) == applied
@@ -209,3 +212,75 @@ def test_run_rounds_and_run_sweep_with_client_states():
   with pytest.raises(ValueError, match="ids 0..N-1"):
     fl.run_rounds(algo, algo.init({"w": jnp.zeros(DIM)}, num_clients=4), pop, num_rounds=1,
                   cohort_size=2, key=jax.random.key(0))
+
+
+# --------------------------------------------------------------------------
+# The contracts are explicit: structure and types decide, never names or arity
+
+
+def test_metric_kinds_are_declared_not_named():
+  """``counts`` are summed and ``metrics`` example-weighted, whatever their names."""
+  pop = _population()
+
+  def client(params, data, key):
+    del key
+    nf = data.num_examples.astype(jnp.float32)
+    cid = data.client_ids.astype(jnp.float32)
+    return fl.ClientOutput({"w": jnp.zeros(DIM)}, nf, {"num_looks_like_a_count": cid},
+                           counts={"num_examples": nf, "tokens": 2.0 * nf})
+
+  algo = fl.build_federated_algorithm(client, fl.server.fedavg())
+  cohort = [0, 2, 3, 1]
+  _, m = algo.round(algo.init({"w": jnp.zeros(DIM)}), fl.take(pop, jnp.asarray(cohort)),
+                    jax.random.key(0))
+  n = np.array([SIZES[c] for c in cohort], np.float64)
+  assert float(m["tokens"]) == 2 * n.sum()  # a count without the num_ prefix: summed
+  np.testing.assert_allclose(float(m["num_looks_like_a_count"]), (n * cohort).sum() / n.sum(),
+                             rtol=1e-6)  # a mean despite its name
+  np.testing.assert_array_equal(m["clients"]["tokens"], 2 * n)
+
+
+def test_a_nonfinite_client_loss_is_caught_like_a_nonfinite_delta():
+  pop = _population()
+
+  def client(params, data, key):
+    del key
+    nf = data.num_examples.astype(jnp.float32)
+    loss = jnp.where(data.client_ids == 2, jnp.nan, 1.0)
+    return fl.ClientOutput({"w": jnp.ones(DIM)}, nf, {"train_loss": loss},
+                           counts={"num_examples": nf})
+
+  for policy, applied in (("raise", 0.0), ("drop", 1.0)):
+    algo = fl.build_federated_algorithm(client, fl.server.fedavg(), nonfinite=policy)
+    state0 = algo.init({"w": jnp.zeros(DIM)})
+    state, m = algo.round(state0, fl.take(pop, jnp.asarray([0, 2, 3])), jax.random.key(0))
+    np.testing.assert_array_equal(m["clients"]["nonfinite"], [False, True, False])
+    assert float(m["applied"]) == applied and float(m["num_nonfinite_clients"]) == 1
+    assert np.isfinite(float(m["train_loss"]))  # the bad client is left out of the mean
+    expected = np.ones(DIM) if policy == "drop" else np.zeros(DIM)
+    np.testing.assert_allclose(state.params["w"], expected, rtol=1e-6)
+
+
+def test_plain_functions_and_paired_updates_are_interchangeable():
+  """A plain ``f(params, data, key)`` is the stateless ClientUpdate; an optax optimizer the
+  ServerUpdate that applies it to -aggregate."""
+  pop = _population()
+  update = fl.build_client_update(lambda p, b: jnp.mean((b["x"][:, :DIM] @ p["w"]) ** 2),
+                                  optax.sgd(0.1), batch_size=4)
+  paired = fl.ClientUpdate(lambda p: (), lambda b, d, k, s: update(b, d, k))
+  server = fl.algorithm.optax_server_update(fl.server.fedavg(0.5))
+  params = {"w": jnp.ones((DIM,))}
+  cohort, key = fl.take(pop, jnp.asarray([0, 2, 4])), jax.random.key(3)
+  results = []
+  for c, s in ((update, fl.server.fedavg(0.5)), (paired, server), (update, server)):
+    algo = fl.build_federated_algorithm(c, s)
+    state = algo.init(params)  # no state per client: no num_clients needed
+    assert state.client_states == () and state.extra == ()
+    results.append(np.asarray(algo.round(state, cohort, key)[0].params["w"]))
+  np.testing.assert_array_equal(results[0], results[1])
+  np.testing.assert_array_equal(results[0], results[2])
+  assert not np.allclose(results[0], params["w"])
+  with pytest.raises(TypeError, match="client_update"):
+    fl.build_federated_algorithm(42, fl.server.fedavg())
+  with pytest.raises(TypeError, match="server_optimizer"):
+    fl.build_federated_algorithm(update, lambda g: g)

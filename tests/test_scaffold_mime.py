@@ -290,7 +290,7 @@ def test_scaffold_with_dp_noise_runs_and_reports_epsilon():
 def test_scaffold_client_without_steps_keeps_its_state_and_sends_zeros():
   clients, data, params, loss = _setup()
   update = jax.jit(build_scaffold_client_update(loss, client_lr=LR, num_epochs=EPOCHS,
-                                                batch_size=BATCH))
+                                                batch_size=BATCH).update)
   c = _tree(lambda p: jnp.full(p.shape, 0.5, p.dtype), params)
   c_i = _tree(lambda p: jnp.full(p.shape, -0.25, p.dtype), params)
   client = lambda cid: jax.tree.map(lambda x: x[cid], data)

@@ -9,9 +9,9 @@ from typing import Any
 
 import optax
 
-from fedjax_lite.algorithm import ServerState
-from fedjax_lite.client import GRAD_MODES, _check_real
-from fedjax_lite.data import _check_int
+from fedjax_lite._validate import check_int, check_real
+from fedjax_lite.algorithm import ServerState, ServerUpdate
+from fedjax_lite.client import GRAD_MODES
 
 
 def check_loss_and_grad_mode(loss_fn: Any, grad_mode: Any) -> None:
@@ -26,9 +26,31 @@ def check_local_sgd(loss_fn: Any, client_lr: Any, num_epochs: Any, batch_size: A
                     grad_mode: Any) -> None:
   """Checks the arguments of a local-SGD client update (learning rate > 0, ints >= 1)."""
   check_loss_and_grad_mode(loss_fn, grad_mode)
-  _check_real("client_lr", client_lr, low=0.0, low_open=True)
-  _check_int("num_epochs", num_epochs, minimum=1)
-  _check_int("batch_size", batch_size, minimum=1)
+  check_real("client_lr", client_lr, low=0.0, low_open=True)
+  check_int("num_epochs", num_epochs, minimum=1)
+  check_int("batch_size", batch_size, minimum=1)
+
+
+def server_update(server_optimizer: optax.GradientTransformation, update: Any, *,
+                  extra_init: Any = None, broadcast: Any = None) -> ServerUpdate:
+  """A :class:`fedjax_lite.ServerUpdate` whose ``opt_state`` is ``server_optimizer``'s.
+
+  Args:
+    server_optimizer: the server's optax transformation (its ``init`` makes
+      ``opt_state``).
+    update: ``update(state, aggregate, metrics, key) -> (params, opt_state,
+      extra)``.
+    extra_init: optional ``extra_init(params) -> extra`` (default ``()``).
+    broadcast: optional ``broadcast(state) -> what clients receive``.
+
+  Returns:
+    The paired :class:`fedjax_lite.ServerUpdate`.
+  """
+
+  def init(params):
+    return server_optimizer.init(params), (() if extra_init is None else extra_init(params))
+
+  return ServerUpdate(init, update, broadcast)
 
 
 def apply_server_optimizer(server_optimizer: optax.GradientTransformation, state: ServerState,

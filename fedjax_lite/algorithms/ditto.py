@@ -45,14 +45,14 @@ import optax
 from jax.sharding import Mesh
 
 from fedjax_lite import server as server_lib
+from fedjax_lite._types import Params
+from fedjax_lite._validate import check_int, check_real
 from fedjax_lite.aggregation import Aggregator
 from fedjax_lite.algorithm import FederatedAlgorithm, ServerState, build_federated_algorithm
 from fedjax_lite.algorithms._common import check_local_sgd
-from fedjax_lite.client import ClientOutput, LossFn, _check_real, local_train
-from fedjax_lite.data import FederatedData, _check_int
+from fedjax_lite.client import ClientOutput, ClientUpdate, LossFn, local_train
+from fedjax_lite.data import FederatedData
 from fedjax_lite.sharding import CLIENT_AXIS
-
-Params = Any
 
 # fold_in(client_key, PERSONAL_STREAM) seeds the personal steps; epochs of the
 # global part use fold_in(client_key, e) for e < num_epochs, far below this.
@@ -96,13 +96,15 @@ def build_ditto_client_update(
     grad_mode: see :func:`fedjax_lite.build_client_update`.
 
   Returns:
-    ``client_update(w, client_data, key, v) -> ClientOutput`` with ``w`` the
-    global params, ``v`` the client's personal model, ``key`` the round's
-    client key. ``delta`` is ``w_k - w``, ``weight`` the number of examples,
-    ``state`` the new personal model, and ``metrics`` ``train_loss``,
-    ``num_examples``, ``num_steps`` (of the global part, as FedAvg) plus
+    A :class:`fedjax_lite.ClientUpdate` whose ``init(w)`` starts the personal
+    model at ``w`` and whose ``update(w, client_data, key, v) ->
+    ClientOutput`` takes ``w`` the global params, ``v`` the client's personal
+    model, ``key`` the round's client key. ``delta`` is ``w_k - w``,
+    ``weight`` the number of examples, ``state`` the new personal model,
+    ``metrics`` ``train_loss`` (of the global part, as FedAvg) and
     ``personal_train_loss`` (mean loss ``F_k`` over the examples of the
-    personal steps, without the proximal term) and ``num_personal_steps``.
+    personal steps, without the proximal term), and ``counts``
+    ``num_examples``, ``num_steps`` and ``num_personal_steps``.
 
   Raises:
     TypeError, ValueError: for a non-callable ``loss_fn``, non-positive
@@ -110,12 +112,12 @@ def build_ditto_client_update(
       unknown ``grad_mode``.
   """
   check_local_sgd(loss_fn, client_lr, num_epochs, batch_size, grad_mode)
-  _check_real("personal_lr", personal_lr, low=0.0, low_open=True)
-  _check_real("lam", lam, low=0.0, hint=" e.g. 0.1.")
+  check_real("personal_lr", personal_lr, low=0.0, low_open=True)
+  check_real("lam", lam, low=0.0, hint=" e.g. 0.1.")
   if personal_epochs is not None:
-    _check_int("personal_epochs", personal_epochs, minimum=1)
+    check_int("personal_epochs", personal_epochs, minimum=1)
   if personal_steps is not None:
-    _check_int("personal_steps", personal_steps, minimum=1)
+    check_int("personal_steps", personal_steps, minimum=1)
   if personal_epochs is None:
     personal_epochs = num_epochs if personal_steps is None else personal_steps
   global_sgd, personal_sgd = optax.sgd(client_lr), optax.sgd(personal_lr)
@@ -136,17 +138,12 @@ def build_ditto_client_update(
                            grad_mode=grad_mode, grad_correction=proximal,
                            max_steps=personal_steps)
     n_f = client_data.num_examples.astype(jnp.float32)
-    visited = personal.num_examples_visited.astype(jnp.float32)
-    metrics = {
-        "train_loss": glob.loss_sum / jnp.maximum(n_f * num_epochs, 1.0),
-        "num_examples": n_f,
-        "num_steps": glob.num_steps.astype(jnp.float32),
-        "personal_train_loss": personal.loss_sum / jnp.maximum(visited, 1.0),
-        "num_personal_steps": personal.num_steps.astype(jnp.float32),
-    }
-    return ClientOutput(delta, n_f, metrics, personal.params)
+    metrics = {"train_loss": glob.mean_loss, "personal_train_loss": personal.mean_loss}
+    counts = {"num_examples": n_f, "num_steps": glob.num_steps.astype(jnp.float32),
+              "num_personal_steps": personal.num_steps.astype(jnp.float32)}
+    return ClientOutput(delta, n_f, metrics, state=personal.params, counts=counts)
 
-  return client_update
+  return ClientUpdate(lambda params: params, client_update)
 
 
 def ditto(
@@ -205,7 +202,7 @@ def ditto(
     server_optimizer = server_lib.fedavg(1.0)
   return build_federated_algorithm(
       update, server_optimizer, aggregator=aggregator, chunk_size=chunk_size, nonfinite=nonfinite,
-      jit=jit, mesh=mesh, client_axis=client_axis, client_state_init=lambda params: params)
+      jit=jit, mesh=mesh, client_axis=client_axis)
 
 
 def personal_models(state: ServerState, client_ids: Any) -> Params:

@@ -46,17 +46,22 @@ import optax
 from jax.sharding import Mesh
 
 from fedjax_lite import server as server_lib
+from fedjax_lite._validate import check_real, is_concrete
 from fedjax_lite.aggregation import Aggregator
-from fedjax_lite.algorithm import FederatedAlgorithm, ServerState, build_federated_algorithm
+from fedjax_lite.algorithm import (
+  FederatedAlgorithm,
+  ServerState,
+  ServerUpdate,
+  build_federated_algorithm,
+)
 from fedjax_lite.algorithms._common import apply_server_optimizer
+from fedjax_lite.algorithms._common import server_update as common_server_update
 from fedjax_lite.client import (
-    ClientOutput,
-    ClientUpdate,
-    LocalWork,
-    LossFn,
-    _check_real,
-    _is_concrete,
-    build_client_update,
+  ClientOutput,
+  ClientUpdateFn,
+  LocalWork,
+  LossFn,
+  build_client_update,
 )
 from fedjax_lite.data import FederatedData
 
@@ -74,7 +79,7 @@ def fednova_normalizer(num_steps: Any, momentum: Any = 0.0, *, max_steps: int) -
     float32 scalar ``a`` (0 for ``tau = 0``).
   """
   tau = jnp.asarray(num_steps).astype(jnp.int32)
-  if _is_concrete(momentum) and float(momentum) == 0.0:
+  if is_concrete(momentum) and float(momentum) == 0.0:
     return tau.astype(jnp.float32)
   rho = jnp.asarray(momentum, jnp.float32)
   k = jnp.arange(max_steps, dtype=jnp.float32)
@@ -93,7 +98,7 @@ def build_fednova_client_update(
     momentum: float = 0.0,
     local_work: LocalWork | None = None,
     grad_mode: str = "auto",
-) -> ClientUpdate:
+) -> ClientUpdateFn:
   """FedNova's client update: local SGD, the change normalized by its work ``a_i``.
 
   Wang, Liu, Liang, Joshi, Poor. "Tackling the Objective Inconsistency Problem
@@ -123,11 +128,11 @@ def build_fednova_client_update(
       outside ``[0, 1)``, or the errors of
       :func:`fedjax_lite.build_client_update`.
   """
-  _check_real("client_lr", client_lr, low=0.0, low_open=True)
-  _check_real("momentum", momentum, low=0.0, high=1.0)
-  if _is_concrete(momentum) and float(momentum) >= 1.0:
+  check_real("client_lr", client_lr, low=0.0, low_open=True)
+  check_real("momentum", momentum, low=0.0, high=1.0)
+  if is_concrete(momentum) and float(momentum) >= 1.0:
     raise ValueError(f"`momentum` must be in [0.0, 1.0); got {momentum!r}.")
-  no_momentum = _is_concrete(momentum) and float(momentum) == 0.0
+  no_momentum = is_concrete(momentum) and float(momentum) == 0.0
   optimizer = optax.sgd(client_lr, momentum=None if no_momentum else momentum)
   local = build_client_update(loss_fn, optimizer, num_epochs=num_epochs, batch_size=batch_size,
                               grad_mode=grad_mode, local_work=local_work)
@@ -136,25 +141,26 @@ def build_fednova_client_update(
     out = local(server_params, client_data, key)
     max_n = next(iter(client_data.arrays.values())).shape[0]
     max_steps = num_epochs * -(-max_n // batch_size)
-    a = fednova_normalizer(out.metrics["num_steps"], momentum, max_steps=max_steps)
+    a = fednova_normalizer(out.counts["num_steps"], momentum, max_steps=max_steps)
     inv = jnp.where(a > 0, 1.0 / jnp.maximum(a, 1e-30), 0.0)
     message = {"delta": jax.tree.map(lambda d: (d * inv).astype(d.dtype), out.delta), "a": a}
-    return ClientOutput(message, out.weight, {**out.metrics, "fednova_a": a})
+    return ClientOutput(message, out.weight, {**out.metrics, "fednova_a": a},
+                        counts=out.counts)
 
   return client_update
 
 
-def fednova_server_update(server_optimizer: optax.GradientTransformation):
-  """FedNova's server step, for ``build_federated_algorithm(server_update=...)``.
+def fednova_server_update(server_optimizer: optax.GradientTransformation) -> ServerUpdate:
+  """FedNova's server step, for ``build_federated_algorithm(client_update, server_update)``.
 
   Args:
     server_optimizer: optax transformation applied to ``-tau_eff * d``
       (``fedavg(server_lr)``: ``x + server_lr tau_eff d``).
 
   Returns:
-    ``server_update(state, aggregate, metrics, key) -> (params, opt_state,
-    extra)`` where ``aggregate = {"delta": d, "a": tau_eff}`` (the weighted
-    means of the clients' messages).
+    A :class:`fedjax_lite.ServerUpdate` whose ``update(state, aggregate,
+    metrics, key)`` takes ``aggregate = {"delta": d, "a": tau_eff}`` (the
+    weighted means of the clients' messages).
   """
 
   def server_update(state: ServerState, aggregate, metrics, key):
@@ -164,7 +170,7 @@ def fednova_server_update(server_optimizer: optax.GradientTransformation):
     params, opt_state = apply_server_optimizer(server_optimizer, state, pseudo_grad)
     return params, opt_state, state.extra
 
-  return server_update
+  return common_server_update(server_optimizer, server_update)
 
 
 def fednova(
@@ -219,6 +225,5 @@ def fednova(
   if server_optimizer is None:
     server_optimizer = server_lib.fedavg()
   return build_federated_algorithm(
-      client_update, server_optimizer, aggregator=aggregator, chunk_size=chunk_size,
-      nonfinite=nonfinite, jit=jit, mesh=mesh,
-      server_update=fednova_server_update(server_optimizer))
+      client_update, fednova_server_update(server_optimizer), aggregator=aggregator,
+      chunk_size=chunk_size, nonfinite=nonfinite, jit=jit, mesh=mesh)

@@ -23,15 +23,10 @@ import optax
 from jax.sharding import Mesh
 
 from fedjax_lite import server as server_lib
+from fedjax_lite._validate import check_real
 from fedjax_lite.aggregation import Aggregator
 from fedjax_lite.algorithm import FederatedAlgorithm, build_federated_algorithm
-from fedjax_lite.client import (
-    ClientUpdate,
-    LocalWork,
-    LossFn,
-    _check_real,
-    build_client_update,
-)
+from fedjax_lite.client import ClientUpdateFn, LocalWork, LossFn, build_client_update
 
 
 def client_optimizer_from(client_lr: float | None,
@@ -48,7 +43,7 @@ def client_optimizer_from(client_lr: float | None,
                      f"client_optimizer={client_optimizer!r}.")
   if client_optimizer is not None:
     return client_optimizer
-  _check_real("client_lr", client_lr, low=0.0, low_open=True)
+  check_real("client_lr", client_lr, low=0.0, low_open=True)
   return optax.sgd(client_lr)
 
 
@@ -62,7 +57,7 @@ def build_fedprox_client_update(
     client_optimizer: optax.GradientTransformation | None = None,
     local_work: LocalWork | None = None,
     grad_mode: str = "auto",
-) -> ClientUpdate:
+) -> ClientUpdateFn:
   """FedProx's client update: local training on ``F_k(w) + mu/2 ||w - w_t||^2``.
 
   Li, Sahu, Zaheer, Sanjabi, Talwalkar, Smith. "Federated Optimization in
@@ -87,7 +82,7 @@ def build_fedprox_client_update(
       ``client_lr`` and ``client_optimizer``, or the errors of
       :func:`fedjax_lite.build_client_update`.
   """
-  _check_real("mu", mu, low=0.0, hint=" mu = 0 is FedAvg.")
+  check_real("mu", mu, low=0.0, hint=" mu = 0 is FedAvg.")
   optimizer = client_optimizer_from(client_lr, client_optimizer)
   return build_client_update(loss_fn, optimizer, num_epochs=num_epochs, batch_size=batch_size,
                              grad_mode=grad_mode, proximal_mu=mu, local_work=local_work)

@@ -23,22 +23,22 @@ import optax
 from jax.sharding import Mesh
 
 from fedjax_lite import server as server_lib
+from fedjax_lite._validate import check_real
 from fedjax_lite.aggregation import Aggregator
 from fedjax_lite.algorithm import FederatedAlgorithm, build_federated_algorithm
 from fedjax_lite.algorithms._common import check_loss_and_grad_mode
 from fedjax_lite.client import (
-    ClientOutput,
-    ClientUpdate,
-    LossFn,
-    _check_real,
-    check_loss_fn,
-    masked_mean_grad,
-    resolve_grad_mode,
+  ClientOutput,
+  ClientUpdateFn,
+  LossFn,
+  check_loss_fn,
+  masked_mean_grad,
+  resolve_grad_mode,
 )
 from fedjax_lite.data import FederatedData
 
 
-def build_fedsgd_client_update(loss_fn: LossFn, *, grad_mode: str = "auto") -> ClientUpdate:
+def build_fedsgd_client_update(loss_fn: LossFn, *, grad_mode: str = "auto") -> ClientUpdateFn:
   """FedSGD's client update: minus the full-batch gradient of the client's mean loss.
 
   McMahan, Moore, Ramage, Hampson, Aguera y Arcas. "Communication-Efficient
@@ -77,12 +77,9 @@ def build_fedsgd_client_update(loss_fn: LossFn, *, grad_mode: str = "auto") -> C
                                        resolve_grad_mode(grad_mode, server_params))
     delta = jax.tree.map(jnp.negative, grads)
     n_f = n.astype(jnp.float32)
-    metrics = {
-        "train_loss": loss_sum / jnp.maximum(n_f, 1.0),
-        "num_examples": n_f,
-        "num_steps": (n > 0).astype(jnp.float32),
-    }
-    return ClientOutput(delta, n_f, metrics)
+    counts = {"num_examples": n_f, "num_steps": (n > 0).astype(jnp.float32)}
+    return ClientOutput(delta, n_f, {"train_loss": loss_sum / jnp.maximum(n_f, 1.0)},
+                        counts=counts)
 
   return client_update
 
@@ -130,7 +127,7 @@ def fedsgd(
                      f"got learning_rate={learning_rate!r}, "
                      f"server_optimizer={server_optimizer!r}.")
   if server_optimizer is None:
-    _check_real("learning_rate", learning_rate, low=0.0, low_open=True)
+    check_real("learning_rate", learning_rate, low=0.0, low_open=True)
     server_optimizer = server_lib.fedavg(learning_rate)
   client_update = build_fedsgd_client_update(loss_fn, grad_mode=grad_mode)
   return build_federated_algorithm(client_update, server_optimizer, aggregator=aggregator,

@@ -34,34 +34,35 @@ valid.
 
 from __future__ import annotations
 
-from typing import Any
-
 import jax
 import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh
 
 from fedjax_lite import server as server_lib
+from fedjax_lite._validate import check_real, is_concrete
 from fedjax_lite.aggregation import Aggregator
-from fedjax_lite.algorithm import FederatedAlgorithm, ServerState, build_federated_algorithm
+from fedjax_lite.algorithm import (
+  FederatedAlgorithm,
+  ServerState,
+  ServerUpdate,
+  build_federated_algorithm,
+)
 from fedjax_lite.algorithms._common import apply_server_optimizer, check_local_sgd
+from fedjax_lite.algorithms._common import server_update as common_server_update
 from fedjax_lite.client import (
-    ClientOutput,
-    LossFn,
-    _check_real,
-    _is_concrete,
-    local_train,
-    masked_mean_grad,
-    resolve_grad_mode,
+  ClientOutput,
+  LossFn,
+  local_train,
+  masked_mean_grad,
+  resolve_grad_mode,
 )
 from fedjax_lite.data import FederatedData
 
-Params = Any
-
 
 def _check_beta(beta):
-  _check_real("beta", beta, low=0.0, high=1.0)
-  if _is_concrete(beta) and float(beta) >= 1.0:
+  check_real("beta", beta, low=0.0, high=1.0)
+  if is_concrete(beta) and float(beta) >= 1.0:
     raise ValueError(f"`beta` (the momentum) must be in [0.0, 1.0); got {beta!r}.")
 
 
@@ -93,8 +94,8 @@ def build_mime_lite_client_update(
     ``client_update(broadcast, client_data, key) -> ClientOutput`` where
     ``broadcast = {"params": x, "momentum": m}``; the output's ``delta`` is
     ``{"params": y - x, "grad": grad_i(x)}`` (zeros for an empty client), its
-    weight the client's number of examples and its metrics ``train_loss``,
-    ``num_examples``, ``num_steps``.
+    weight the client's number of examples, its metrics ``train_loss`` and
+    its counts ``num_examples``, ``num_steps``.
 
   Raises:
     TypeError, ValueError: for a non-callable ``loss_fn``, a non-positive
@@ -123,26 +124,26 @@ def build_mime_lite_client_update(
         "grad": zero_unless(full_grad),
     }
     n_f = n.astype(jnp.float32)
-    metrics = {
-        "train_loss": result.loss_sum / jnp.maximum(n_f * num_epochs, 1.0),
-        "num_examples": n_f,
-        "num_steps": result.num_steps.astype(jnp.float32),
-    }
-    return ClientOutput(delta, jnp.where(trained, n_f, 0.0), metrics)
+    counts = {"num_examples": n_f, "num_steps": result.num_steps.astype(jnp.float32)}
+    return ClientOutput(delta, jnp.where(trained, n_f, 0.0), {"train_loss": result.mean_loss},
+                        counts=counts)
 
   return client_update
 
 
-def mime_lite_server_update(server_optimizer: optax.GradientTransformation, beta: float = 0.9):
-  """Mime-Lite's server step, for ``build_federated_algorithm(server_update=...)``.
+def mime_lite_server_update(server_optimizer: optax.GradientTransformation,
+                            beta: float = 0.9) -> ServerUpdate:
+  """Mime-Lite's server step: the model step and the server momentum ``m``.
 
   Args:
     server_optimizer: optax transformation applied to ``-mean(dy)``.
     beta: the momentum ``beta`` in ``[0, 1)``.
 
   Returns:
-    ``server_update(state, aggregate, metrics, key) -> (params, opt_state,
-    m)`` with ``m = (1 - beta) aggregate["grad"] + beta state.extra``.
+    A :class:`fedjax_lite.ServerUpdate`: ``init`` starts ``m = 0`` in
+    ``state.extra``, ``broadcast`` sends ``{"params": x, "momentum": m}``,
+    and ``update(state, aggregate, metrics, key) -> (params, opt_state, m)``
+    sets ``m = (1 - beta) aggregate["grad"] + beta state.extra``.
 
   Raises:
     ValueError: for ``beta`` outside ``[0, 1)``.
@@ -157,7 +158,9 @@ def mime_lite_server_update(server_optimizer: optax.GradientTransformation, beta
                             state.extra, aggregate["grad"])
     return params, opt_state, momentum
 
-  return server_update
+  return common_server_update(
+      server_optimizer, server_update, extra_init=lambda p: jax.tree.map(jnp.zeros_like, p),
+      broadcast=lambda state: {"params": state.params, "momentum": state.extra})
 
 
 def mime_lite(
@@ -209,8 +212,5 @@ def mime_lite(
   if server_optimizer is None:
     server_optimizer = server_lib.fedavg()
   return build_federated_algorithm(
-      client_update, server_optimizer, aggregator=aggregator, chunk_size=chunk_size,
-      nonfinite=nonfinite, jit=jit, mesh=mesh,
-      broadcast=lambda state: {"params": state.params, "momentum": state.extra},
-      server_update=mime_lite_server_update(server_optimizer, beta),
-      extra_init=lambda params: jax.tree.map(jnp.zeros_like, params))
+      client_update, mime_lite_server_update(server_optimizer, beta), aggregator=aggregator,
+      chunk_size=chunk_size, nonfinite=nonfinite, jit=jit, mesh=mesh)

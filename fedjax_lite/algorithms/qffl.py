@@ -42,21 +42,26 @@ import optax
 from jax.sharding import Mesh
 
 from fedjax_lite import server as server_lib
+from fedjax_lite._types import Params
+from fedjax_lite._validate import check_real
 from fedjax_lite.aggregation import Aggregator, mean_aggregator
-from fedjax_lite.algorithm import FederatedAlgorithm, ServerState, build_federated_algorithm
+from fedjax_lite.algorithm import (
+  FederatedAlgorithm,
+  ServerState,
+  ServerUpdate,
+  build_federated_algorithm,
+)
 from fedjax_lite.algorithms._common import apply_server_optimizer, check_local_sgd
+from fedjax_lite.algorithms._common import server_update as common_server_update
 from fedjax_lite.client import (
-    ClientOutput,
-    LossFn,
-    _check_real,
-    check_loss_fn,
-    local_train,
-    per_example_losses,
+  ClientOutput,
+  LossFn,
+  check_loss_fn,
+  local_train,
+  per_example_losses,
 )
 from fedjax_lite.data import FederatedData
 from fedjax_lite.sharding import CLIENT_AXIS
-
-Params = Any
 
 
 def mean_loss(loss_fn: LossFn, params: Params, client_data: FederatedData, *,
@@ -94,8 +99,8 @@ def mean_loss(loss_fn: LossFn, params: Params, client_data: FederatedData, *,
 
 def _check_args(loss_fn, q, client_lr, num_epochs, batch_size, eps, grad_mode):
   check_local_sgd(loss_fn, client_lr, num_epochs, batch_size, grad_mode)
-  _check_real("q", q, low=0.0, hint=" q = 0 is FedAvg; e.g. 1 or 5.")
-  _check_real("eps", eps, low=0.0)
+  check_real("q", q, low=0.0, hint=" q = 0 is FedAvg; e.g. 1 or 5.")
+  check_real("eps", eps, low=0.0)
 
 
 def build_qffl_client_update(
@@ -124,9 +129,9 @@ def build_qffl_client_update(
   Returns:
     ``client_update(w, client_data, key) -> ClientOutput`` whose ``delta`` is
     the message ``{"Delta": pytree like w, "h": float32 scalar}``, weight the
-    number of examples (the default aggregator makes it uniform), and metrics
-    ``train_loss``, ``num_examples``, ``num_steps`` (as FedAvg) and
-    ``loss_at_server`` (``F_k(w)``).
+    number of examples (the default aggregator makes it uniform), metrics
+    ``train_loss`` (as FedAvg) and ``loss_at_server`` (``F_k(w)``), and
+    counts ``num_examples``, ``num_steps``.
 
   Raises:
     TypeError, ValueError: for a non-callable ``loss_fn``, a negative ``q``
@@ -152,19 +157,15 @@ def build_qffl_client_update(
     message = {"Delta": jax.tree.map(lambda d: (f_q * d).astype(d.dtype), dw),
                "h": h.astype(jnp.float32)}
     n_f = client_data.num_examples.astype(jnp.float32)
-    metrics = {
-        "train_loss": result.loss_sum / jnp.maximum(n_f * num_epochs, 1.0),
-        "num_examples": n_f,
-        "num_steps": result.num_steps.astype(jnp.float32),
-        "loss_at_server": loss,
-    }
-    return ClientOutput(message, n_f, metrics)
+    metrics = {"train_loss": result.mean_loss, "loss_at_server": loss}
+    counts = {"num_examples": n_f, "num_steps": result.num_steps.astype(jnp.float32)}
+    return ClientOutput(message, n_f, metrics, counts=counts)
 
   return client_update
 
 
-def qffl_server_update(server_optimizer: optax.GradientTransformation):
-  """q-FedAvg's server step, for ``build_federated_algorithm(server_update=...)``.
+def qffl_server_update(server_optimizer: optax.GradientTransformation) -> ServerUpdate:
+  """q-FedAvg's server step, for ``build_federated_algorithm(client_update, server_update)``.
 
   Args:
     server_optimizer: optax transformation fed the pseudo-gradient ``sum
@@ -172,8 +173,8 @@ def qffl_server_update(server_optimizer: optax.GradientTransformation):
       ``w <- w - sum Delta / sum h``).
 
   Returns:
-    ``server_update(state, aggregate, metrics, key) -> (params, opt_state,
-    extra)`` with ``aggregate = {"Delta": mean Delta, "h": mean h}`` (the
+    A :class:`fedjax_lite.ServerUpdate` whose ``update(state, aggregate,
+    metrics, key)`` takes ``aggregate = {"Delta": mean Delta, "h": mean h}`` (the
     same weights in both means, so their ratio is the ratio of sums). A
     round with ``h = 0`` (no participating client) leaves the params alone.
   """
@@ -188,7 +189,7 @@ def qffl_server_update(server_optimizer: optax.GradientTransformation):
     params, opt_state = apply_server_optimizer(server_optimizer, state, step)
     return params, opt_state, state.extra
 
-  return server_update
+  return common_server_update(server_optimizer, server_update)
 
 
 def qffl(
@@ -241,6 +242,5 @@ def qffl(
   if aggregator is None:
     aggregator = mean_aggregator("uniform")
   return build_federated_algorithm(
-      update, server_optimizer, aggregator=aggregator, chunk_size=chunk_size, nonfinite=nonfinite,
-      jit=jit, mesh=mesh, client_axis=client_axis,
-      server_update=qffl_server_update(server_optimizer))
+      update, qffl_server_update(server_optimizer), aggregator=aggregator, chunk_size=chunk_size,
+      nonfinite=nonfinite, jit=jit, mesh=mesh, client_axis=client_axis)

@@ -43,21 +43,24 @@ noised release alone.
 
 from __future__ import annotations
 
-from typing import Any
-
 import jax
 import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh
 
 from fedjax_lite import server as server_lib
+from fedjax_lite._types import Params
 from fedjax_lite.aggregation import Aggregator
-from fedjax_lite.algorithm import FederatedAlgorithm, ServerState, build_federated_algorithm
+from fedjax_lite.algorithm import (
+  FederatedAlgorithm,
+  ServerState,
+  ServerUpdate,
+  build_federated_algorithm,
+)
 from fedjax_lite.algorithms._common import apply_server_optimizer, check_local_sgd
-from fedjax_lite.client import ClientOutput, LossFn, local_train
+from fedjax_lite.algorithms._common import server_update as common_server_update
+from fedjax_lite.client import ClientOutput, ClientUpdate, LossFn, local_train
 from fedjax_lite.data import FederatedData
-
-Params = Any
 
 
 def build_scaffold_client_update(
@@ -82,13 +85,14 @@ def build_scaffold_client_update(
     grad_mode: see :func:`fedjax_lite.build_client_update`.
 
   Returns:
-    ``client_update(broadcast, client_data, key, client_state) ->
-    ClientOutput`` where ``broadcast = {"params": x, "control": c}``,
-    ``client_state`` is the client's ``c_i`` (a pytree like the params),
-    ``key`` the round's client key (the client folds in its id). The output's
+    A :class:`fedjax_lite.ClientUpdate` whose ``init(params)`` is ``c_i = 0``
+    and whose ``update(broadcast, client_data, key, client_state) ->
+    ClientOutput`` takes ``broadcast = {"params": x, "control": c}``,
+    ``client_state`` the client's ``c_i`` (a pytree like the params), ``key``
+    the round's client key (the client folds in its id). The output's
     ``delta`` is ``{"params": y - x, "control": c_i+ - c_i}``, its ``state``
-    ``c_i+``, its weight the client's number of examples and its metrics
-    ``train_loss``, ``num_examples``, ``num_steps``.
+    ``c_i+``, its weight the client's number of examples, its metrics
+    ``train_loss`` and its counts ``num_examples``, ``num_steps``.
 
   Raises:
     TypeError, ValueError: for a non-callable ``loss_fn``, a non-positive
@@ -119,19 +123,20 @@ def build_scaffold_client_update(
         "control": jax.tree.map(lambda new, old: new - old, c_new, c_i),
     }
     n_f = client_data.num_examples.astype(jnp.float32)
-    metrics = {
-        "train_loss": result.loss_sum / jnp.maximum(n_f * num_epochs, 1.0),
-        "num_examples": n_f,
-        "num_steps": steps.astype(jnp.float32),
-    }
-    return ClientOutput(delta, jnp.where(trained, n_f, 0.0), metrics, c_new)
+    return ClientOutput(delta, jnp.where(trained, n_f, 0.0), {"train_loss": result.mean_loss},
+                        state=c_new,
+                        counts={"num_examples": n_f, "num_steps": steps.astype(jnp.float32)})
 
-  return client_update
+  return ClientUpdate(_zeros, client_update)
+
+
+def _zeros(params: Params) -> Params:
+  return jax.tree.map(jnp.zeros_like, params)
 
 
 def scaffold_server_update(server_optimizer: optax.GradientTransformation,
-                           cohort_size: float | None = None):
-  """SCAFFOLD's server step, for ``build_federated_algorithm(server_update=...)``.
+                           cohort_size: float | None = None) -> ServerUpdate:
+  """SCAFFOLD's server step: the model step and the server control variate ``c``.
 
   Args:
     server_optimizer: optax transformation applied to ``-mean(dy)`` (``eta_g``).
@@ -141,10 +146,11 @@ def scaffold_server_update(server_optimizer: optax.GradientTransformation,
       DP aggregator's ``expected_cohort_size``).
 
   Returns:
-    ``server_update(state, aggregate, metrics, key) -> (params, opt_state,
-    c)`` where ``aggregate = {"params": mean dy, "control": mean dc}``,
-    ``state.extra`` is ``c`` and ``N`` is the leading dimension of
-    ``state.client_states``.
+    A :class:`fedjax_lite.ServerUpdate`: ``init`` starts ``c = 0`` in
+    ``state.extra``, ``broadcast`` sends ``{"params": x, "control": c}``, and
+    ``update(state, aggregate, metrics, key) -> (params, opt_state, c)``
+    takes ``aggregate = {"params": mean dy, "control": mean dc}``; ``N`` is
+    the leading dimension of ``state.client_states``.
   """
 
   def server_update(state: ServerState, aggregate, metrics, key):
@@ -158,7 +164,9 @@ def scaffold_server_update(server_optimizer: optax.GradientTransformation,
                            state.extra, aggregate["control"])
     return params, opt_state, control
 
-  return server_update
+  return common_server_update(
+      server_optimizer, server_update, extra_init=_zeros,
+      broadcast=lambda state: {"params": state.params, "control": state.extra})
 
 
 def scaffold(
@@ -221,9 +229,6 @@ def scaffold(
       grad_mode=grad_mode)
   if server_optimizer is None:
     server_optimizer = server_lib.fedavg()
-  zeros = lambda params: jax.tree.map(jnp.zeros_like, params)
   return build_federated_algorithm(
-      client_update, server_optimizer, aggregator=aggregator, chunk_size=chunk_size,
-      nonfinite=nonfinite, jit=jit, mesh=mesh, client_state_init=zeros,
-      broadcast=lambda state: {"params": state.params, "control": state.extra},
-      server_update=scaffold_server_update(server_optimizer, cohort_size), extra_init=zeros)
+      client_update, scaffold_server_update(server_optimizer, cohort_size),
+      aggregator=aggregator, chunk_size=chunk_size, nonfinite=nonfinite, jit=jit, mesh=mesh)

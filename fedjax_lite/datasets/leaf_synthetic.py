@@ -37,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from fedjax_lite.data import _check_int
+from fedjax_lite._validate import check_int
 from fedjax_lite.datasets.base import FederatedDataset
 from fedjax_lite.datasets.partition import partition, split_indices
 
@@ -95,11 +95,11 @@ def leaf_synthetic_params(
   Raises:
     ValueError: for negative or non-finite ``alpha``/``beta`` or bad sizes or seed.
   """
-  num_clients = _check_int("num_clients", num_clients, 1)
+  num_clients = check_int("num_clients", num_clients, 1)
   alpha = _check_variance("alpha", alpha)
   beta = _check_variance("beta", beta)
-  f = _check_int("num_features", num_features, 1)
-  c = _check_int("num_classes", num_classes, 2)
+  f = check_int("num_features", num_features, 1)
+  c = check_int("num_classes", num_classes, 2)
   shared_ss, model_ss, _, _ = _streams(seed, num_clients)
   w = np.empty((num_clients, c, f))
   b = np.empty((num_clients, c))
@@ -182,7 +182,7 @@ def leaf_synthetic(
     if sizes.min() < 0:
       raise ValueError(f"`examples_per_client` must be >= 0; got min {sizes.min()}.")
   if max_examples_per_client is not None:
-    cap = _check_int("max_examples_per_client", max_examples_per_client, 1)
+    cap = check_int("max_examples_per_client", max_examples_per_client, 1)
     sizes = np.minimum(sizes, cap)
   if sizes.sum() == 0:
     raise ValueError("every client has 0 examples; raise `examples_per_client`.")

@@ -31,7 +31,8 @@ from typing import Any
 
 import numpy as np
 
-from fedjax_lite.data import FederatedData, _check_int, from_clients
+from fedjax_lite._validate import check_int
+from fedjax_lite.data import FederatedData, from_clients
 from fedjax_lite.datasets.base import FederatedDataset
 
 METHODS = ("iid", "dirichlet", "shards", "natural")
@@ -63,7 +64,7 @@ def _check_labels(labels: Any, name: str = "labels") -> np.ndarray:
 
 
 def _check_num_clients(num_clients: Any, num_examples: int) -> int:
-  num_clients = _check_int("num_clients", num_clients, 1)
+  num_clients = check_int("num_clients", num_clients, 1)
   if num_clients > num_examples:
     raise ValueError(
         f"`num_clients`={num_clients} is larger than the number of examples ({num_examples}); "
@@ -99,7 +100,7 @@ def iid_indices(num_examples: int, num_clients: int, seed: int) -> list[np.ndarr
   Raises:
     ValueError: if ``num_examples < 1``, ``num_clients < 1`` or ``num_clients > num_examples``.
   """
-  num_examples = _check_int("num_examples", num_examples, 1)
+  num_examples = check_int("num_examples", num_examples, 1)
   num_clients = _check_num_clients(num_clients, num_examples)
   rng = np.random.default_rng(_check_seed(seed))
   order = rng.permutation(num_examples).astype(np.int64)
@@ -167,7 +168,7 @@ def dirichlet_indices(
     raise ValueError(
         f"`alpha` must be a finite number > 0 (small = skewed clients, large = near-IID); got "
         f"{alpha!r}.")
-  min_examples_per_client = _check_int("min_examples_per_client", min_examples_per_client, 0)
+  min_examples_per_client = check_int("min_examples_per_client", min_examples_per_client, 0)
   if min_examples_per_client > n // num_clients:
     raise ValueError(
         f"`min_examples_per_client`={min_examples_per_client} cannot be met: {n} examples over "
@@ -260,8 +261,8 @@ def shard_indices(
   """
   labels = _check_labels(labels)
   n = labels.shape[0]
-  num_clients = _check_int("num_clients", num_clients, 1)
-  shards_per_client = _check_int("shards_per_client", shards_per_client, 1)
+  num_clients = check_int("num_clients", num_clients, 1)
+  shards_per_client = check_int("shards_per_client", shards_per_client, 1)
   num_shards = num_clients * shards_per_client
   if num_shards > n:
     raise ValueError(
@@ -517,7 +518,7 @@ def partition_dataset(
     if central is not None and labels_key in central and central[labels_key].size:
       top = max(top, int(np.max(central[labels_key])))
     num_classes = top + 1
-  num_classes = _check_int("num_classes", num_classes, 1)
+  num_classes = check_int("num_classes", num_classes, 1)
   if labels.size and labels.max() >= num_classes:
     raise ValueError(
         f"`num_classes`={num_classes} but the labels go up to {labels.max()}; raise it or leave "
