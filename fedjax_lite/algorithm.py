@@ -361,7 +361,7 @@ def build_federated_algorithm(
 
 def raise_if_nonfinite(metrics: dict[str, Any], cohort_client_ids: Any = None,
                        round_index: int | None = None) -> None:
-  """Raises ``ValueError`` if a round's metrics report non-finite client deltas.
+  """Raises ``ValueError`` if a round's metrics report non-finite client outputs.
 
   Args:
     metrics: the metrics returned by ``algo.round``.
@@ -383,7 +383,8 @@ def raise_if_nonfinite(metrics: dict[str, Any], cohort_client_ids: Any = None,
     where = [int(ids[i]) for i in where]
   when = "" if round_index is None else f" in round {round_index}"
   raise ValueError(
-      f"client delta is NaN/Inf for {len(where)} client(s){when} (client ids {where[:20]}); the "
+      f"client output (delta, weight, state, loss or counts) is NaN/Inf for {len(where)} "
+      f"client(s){when} (client ids {where[:20]}); the "
       "server state was left unchanged. Lower the client learning rate or check the data, or "
       "build the algorithm with nonfinite='drop' to exclude such clients (weight 0) and continue.")
 

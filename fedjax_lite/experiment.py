@@ -991,12 +991,6 @@ def run_sweep_experiment(config: dict[str, Any], *, stop_after: int | None = Non
 
   def on_round(r, states, row):
     nonlocal last_acc
-    bad = [names[i] for i in np.flatnonzero(np.asarray(row["applied"]) == 0)]
-    if bad:
-      raise ValueError(
-          f"round {r}: a client delta is NaN/Inf in experiment(s) {bad}; the round was not "
-          "recorded (the last checkpoint is intact). Lower their learning rate or leave those "
-          "values out of the sweep.")
     evaluated = _due(config, "eval_every", r)
     accs = []
     for i in range(num):
@@ -1016,11 +1010,20 @@ def run_sweep_experiment(config: dict[str, Any], *, stop_after: int | None = Non
     return {"acc": f"{np.nanmin(last_acc):.3f}..{np.nanmax(last_acc):.3f}"} if last_acc else None
 
   if remaining > 0:
-    states, _ = fl.run_sweep(make, sweep_h, params, train, num_rounds=remaining,
-                             keys=keys, sampler=dps[0].sampler if dps[0] else None,
-                             cohort_size=None if dps[0] else config["clients_per_round"],
-                             stacked_params=True, states=states, callback=on_round,
-                             progress=config["progress"] if main else False)
+    try:
+      states, _ = fl.run_sweep(make, sweep_h, params, train, num_rounds=remaining,
+                               keys=keys, sampler=dps[0].sampler if dps[0] else None,
+                               cohort_size=None if dps[0] else config["clients_per_round"],
+                               stacked_params=True, states=states, callback=on_round,
+                               progress=config["progress"] if main else False)
+    except ValueError as e:
+      # run_sweep refuses a round an experiment did not apply (NaN/Inf clients).
+      refused = re.match(r"experiment (\d+) ", str(e))
+      if refused is None:
+        raise
+      raise ValueError(f"{names[int(refused[1])]}: {e} The round was not recorded (the last "
+                       "checkpoint is intact); lower that learning rate or leave the value out "
+                       "of the sweep.") from None
   rounds_completed = start_round if states is None else int(np.asarray(states.round).flat[0])
   wall = time.perf_counter() - started
   table = []

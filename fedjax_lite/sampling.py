@@ -7,6 +7,7 @@ the rest. The DP accountant must be told which one ran
 (:mod:`fedjax_lite.privacy`).
 """
 
+import dataclasses
 import math
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -116,12 +117,32 @@ def fixed_size_sampler(num_clients: int, cohort_size: int) -> Sampler:
     A :class:`Sampler` whose cohorts have exactly ``cohort_size`` real clients.
   """
   sample_clients(jax.random.key(0), num_clients, cohort_size)  # validates the sizes
+  return Sampler(_FixedSample(int(num_clients), int(cohort_size)), int(cohort_size), "fixed",
+                 int(num_clients), cohort_size / num_clients)
 
-  def sample(key):
-    idx = sample_clients(key, num_clients, cohort_size)
-    return idx, jnp.ones((cohort_size,), bool), jnp.bool_(False)
 
-  return Sampler(sample, cohort_size, "fixed", num_clients, cohort_size / num_clients)
+# The samplers' draw functions are values (equal for equal arguments), so two
+# samplers built alike are equal and a compiled round step can be reused.
+
+
+@dataclasses.dataclass(frozen=True)
+class _FixedSample:
+  num_clients: int
+  cohort_size: int
+
+  def __call__(self, key):
+    idx = sample_clients(key, self.num_clients, self.cohort_size)
+    return idx, jnp.ones((self.cohort_size,), bool), jnp.bool_(False)
+
+
+@dataclasses.dataclass(frozen=True)
+class _PoissonSample:
+  num_clients: int
+  rate: float
+  bound: int
+
+  def __call__(self, key):
+    return poisson_sample(key, self.num_clients, self.rate, self.bound)
 
 
 def poisson_sampler(num_clients: int, rate: float, overflow_probability: float = 1e-9
@@ -144,8 +165,8 @@ def poisson_sampler(num_clients: int, rate: float, overflow_probability: float =
     (unused slots are empty clients).
   """
   bound = poisson_cohort_bound(num_clients, rate, overflow_probability)
-  return Sampler(lambda key: poisson_sample(key, num_clients, rate, bound), bound, "poisson",
-                 num_clients, float(rate))
+  return Sampler(_PoissonSample(int(num_clients), float(rate), bound), bound, "poisson",
+                 int(num_clients), float(rate))
 
 
 def poisson_cohort_bound(num_clients: int, rate: float,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable
 from typing import Any
@@ -115,6 +116,18 @@ def sampled_round(algorithm: FederatedAlgorithm, sampler: Sampler, key: Any, sta
   return new_state, metrics, cohort.client_ids
 
 
+@functools.lru_cache(maxsize=16)
+def _round_step(algorithm: FederatedAlgorithm, sampler: Sampler):
+  """The jitted round step of ``run_rounds``, one per (algorithm, sampler).
+
+  Kept across calls, so calling :func:`run_rounds` again with the same
+  algorithm, sampler and shapes (e.g. to continue a run from a notebook)
+  reuses the compiled program instead of compiling it again.
+  """
+  return jax.jit(lambda state, population, key, r: sampled_round(
+      algorithm, sampler, key, state, population, r), donate_argnums=0)
+
+
 def run_rounds(
     algorithm: FederatedAlgorithm,
     state: ServerState,
@@ -165,15 +178,18 @@ def run_rounds(
   Raises:
     ValueError: for a bad ``num_rounds`` or ``cohort_size``, neither or both of
       ``cohort_size`` and ``sampler``, a sampler for another population, a
-      Poisson overflow, or (with ``nonfinite="raise"``) a NaN/Inf client delta.
+      Poisson overflow, or (with ``nonfinite="raise"``) a NaN/Inf client output.
   """
   check_int("num_rounds", num_rounds, minimum=0)
   sampler = _resolve_sampler(num_real_clients(population), cohort_size, sampler)
   population = _on_device(population)
   check_client_states(state, population)
   state = jax.tree.map(jnp.copy, state)  # the caller's buffers are never donated
-  step = jax.jit(lambda state, population, r: sampled_round(algorithm, sampler, key, state,
-                                                           population, r), donate_argnums=0)
+  try:
+    step = _round_step(algorithm, sampler)
+  except TypeError:  # an unhashable algorithm or sampler: compiled for this call only
+    step = _round_step.__wrapped__(algorithm, sampler)
+  key = jnp.asarray(key)
   first = int(jax.device_get(state.round))
   history = []
   bar = tqdm(total=num_rounds, disable=None if progress is None else not progress,
@@ -181,7 +197,7 @@ def run_rounds(
   try:
     for r in range(first, first + num_rounds):
       start = time.perf_counter()
-      state, metrics, ids = step(state, population, np.int32(r))
+      state, metrics, ids = step(state, population, key, np.int32(r))
       jax.block_until_ready(state)
       seconds = time.perf_counter() - start
       if bool(metrics["sampling_overflow"]):
@@ -215,6 +231,7 @@ def run_sweep(
     cohort_size: int | None = None,
     sampler: Sampler | None = None,
     stacked_params: bool = False,
+    stacked_population: bool = False,
     states: ServerState | None = None,
     callback: Callable[[int, ServerState, dict[str, np.ndarray]], dict[str, Any] | None]
     | None = None,
@@ -247,13 +264,17 @@ def run_sweep(
       with ``stacked_params``, one set per experiment (a leading axis ``S`` on
       every leaf, e.g. each initialized from its own seed). Ignored when
       ``states`` is given.
-    population: all clients (shared).
+    population: all clients, shared by every experiment; or, with
+      ``stacked_population``, one population per experiment (a leading axis
+      ``S`` on every leaf, e.g. each partitioned with its own seed or
+      Dirichlet alpha), all of the same shape and client count.
     num_rounds: rounds to run (>= 0).
     keys: ``S`` PRNG keys, one per experiment (e.g. ``jax.random.split(key, S)``
       or ``jax.vmap(jax.random.key)(seeds)``).
     cohort_size: fixed-size sampling, as in :func:`run_rounds`.
     sampler: or a :class:`~fedjax_lite.Sampler`.
     stacked_params: ``params`` has a leading experiment axis ``S``.
+    stacked_population: ``population`` has a leading experiment axis ``S``.
     states: instead of initializing from ``params``, continue these stacked
       states (e.g. a checkpoint of an earlier sweep's result; leading axis
       ``S``). Rounds continue from ``states.round``, which must be the same
@@ -277,11 +298,18 @@ def run_sweep(
 
   Raises:
     ValueError: for mismatched ``S`` between ``keys``, ``hparams``, stacked
-      ``params`` or ``states``, ``states`` at different rounds, a bad
-      ``num_rounds``/``cohort_size``/``sampler``, or a Poisson overflow.
+      ``params``, a stacked ``population`` or ``states``, ``states`` at
+      different rounds, a bad ``num_rounds``/``cohort_size``/``sampler``, a
+      Poisson overflow, or -- as in :func:`run_rounds` -- a round that an
+      experiment's algorithm (with ``nonfinite="raise"``) did not apply
+      because a client's outputs were NaN/Inf, naming the experiment and
+      clients (the states before that round were the last ones handed to
+      ``callback``).
   """
   check_int("num_rounds", num_rounds, minimum=0)
-  sampler = _resolve_sampler(num_real_clients(population), cohort_size, sampler)
+  first_population = (jax.tree.map(lambda x: x[0], population) if stacked_population
+                      else population)
+  sampler = _resolve_sampler(num_real_clients(first_population), cohort_size, sampler)
   keys = jnp.asarray(keys)
   if not jnp.issubdtype(keys.dtype, jax.dtypes.prng_key):
     keys = jax.random.wrap_key_data(keys)
@@ -290,7 +318,9 @@ def run_sweep(
       ("hparams", hparams, "one hyperparameter per experiment"),
       ("params", params if stacked_params and states is None else None,
        "one set of params per experiment (or stacked_params=False to share them)"),
-      ("states", states, "one state per experiment")):
+      ("states", states, "one state per experiment"),
+      ("population", population if stacked_population else None,
+       "one population per experiment (or stacked_population=False to share one)")):
     sizes = {np.shape(x)[0] if np.ndim(x) else None for x in jax.tree.leaves(tree)}
     if sizes - {num_experiments}:
       raise ValueError(f"`{name}` leaves have leading axes {sorted(sizes, key=str)} but there "
@@ -300,12 +330,15 @@ def run_sweep(
   population = _on_device(population)
 
   def one_round(state, h, key, population, round_index):
-    new_state, metrics, _ = sampled_round(make_algorithm(h), sampler, key, state, population,
-                                          round_index)
-    return new_state, {k: v for k, v in metrics.items() if k != "clients"}
-  step = jax.jit(jax.vmap(one_round, in_axes=(0, 0, 0, None, None)), donate_argnums=0)
+    new_state, metrics, ids = sampled_round(make_algorithm(h), sampler, key, state, population,
+                                            round_index)
+    nonfinite = metrics["clients"]["nonfinite"]
+    return new_state, {k: v for k, v in metrics.items() if k != "clients"}, (nonfinite, ids)
+  population_axis = 0 if stacked_population else None
+  step = jax.jit(jax.vmap(one_round, in_axes=(0, 0, 0, population_axis, None)),
+                 donate_argnums=0)
   if states is None:
-    num_clients = num_real_clients(population)
+    num_clients = num_real_clients(first_population)
     init = lambda h, p: make_algorithm(h).init(p, num_clients=num_clients)
     states = jax.jit(jax.vmap(init, in_axes=(0, 0 if stacked_params else None)))(hparams,
                                                                                     params)
@@ -317,19 +350,27 @@ def run_sweep(
       raise ValueError(f"`states` are at different rounds {rounds.tolist()}; a sweep continues "
                        "all its experiments from one round.")
     first = int(rounds.flat[0]) if rounds.size else 0
-  check_client_states(states, population, stacked=True)
+  check_client_states(states, first_population, stacked=True)
   history = []
   bar = tqdm(total=num_rounds, disable=None if progress is None else not progress,
              desc="rounds", unit="round")
   try:
     for r in range(first, first + num_rounds):
       start = time.perf_counter()
-      states, metrics = step(states, hparams, keys, population, np.int32(r))
+      states, metrics, (nonfinite, ids) = step(states, hparams, keys, population, np.int32(r))
       jax.block_until_ready(states)
       seconds = time.perf_counter() - start
       if bool(np.any(jax.device_get(metrics["sampling_overflow"]))):
         raise ValueError(f"round {r}: a Poisson sample overflowed the padded cohort of "
                          f"{sampler.cohort_size} slots; the round was not applied.")
+      refused = np.flatnonzero(np.asarray(jax.device_get(metrics["applied"])) == 0)
+      if refused.size:
+        s = int(refused[0])
+        try:
+          raise_if_nonfinite({"clients": {"nonfinite": nonfinite[s]}}, ids[s], r)
+        except ValueError as e:
+          raise ValueError(f"experiment {s} (of {refused.size} refused: {refused.tolist()}): "
+                           f"{e}") from None
       row = {k: np.asarray(v) for k, v in jax.device_get(metrics).items()}
       row["seconds"] = np.float64(seconds)  # wall time of the round of all S experiments
       history.append(row)

@@ -9,7 +9,7 @@ import optax
 import pytest
 
 import fedjax_lite as fl
-from tests.conftest import MODELS, RAGGED_SIZES, make_clients
+from tests.conftest import MODELS, RAGGED_SIZES, linear_model, make_clients
 from tests.reference import NumpyServer, reference_round
 
 LR, EPOCHS, BATCH = 0.1, 2, 4
@@ -245,3 +245,34 @@ def test_auto_chunk_size_follows_model_and_data_size():
   huge = {"w": jax.ShapeDtypeStruct((4096, 4096), jnp.float32)}
   assert fl.auto_chunk_size(huge, cohort(1, 1)) == 1
   assert fl.auto_chunk_size(small, cohort(32, 61), budget_bytes=per_client * 7) == 7
+
+
+def test_run_rounds_twice_compiles_once():
+  """A second run_rounds call with the same algorithm, sampler and shapes reuses the program."""
+  params, loss = linear_model()
+  population = fl.from_clients(make_clients(RAGGED_SIZES))
+  update = fl.build_client_update(loss, optax.sgd(0.1), batch_size=4)
+  inner = fl.build_federated_algorithm(update, fl.server.fedavg(), jit=False)
+  traces = []
+
+  def round_fn(state, cohort, key):
+    traces.append(1)  # runs once per trace (compile), not per round
+    return inner.round(state, cohort, key)
+
+  algo = fl.FederatedAlgorithm(inner.init, round_fn)
+  key = jax.random.key(0)
+  state, h1 = fl.run_rounds(algo, algo.init(params), population, num_rounds=2, key=key,
+                            cohort_size=3, progress=False)
+  state, h2 = fl.run_rounds(algo, state, population, num_rounds=2, key=key, cohort_size=3,
+                            progress=False)
+  assert len(traces) == 1
+  # ... and continuing equals the uninterrupted run.
+  _, h = fl.run_rounds(algo, algo.init(params), population, num_rounds=4, key=key,
+                       cohort_size=3, progress=False)
+  assert len(traces) == 1
+  assert [r["train_loss"] for r in h1 + h2] == [r["train_loss"] for r in h]
+  sampler = fl.poisson_sampler(len(RAGGED_SIZES), 0.5)
+  for _ in range(2):
+    fl.run_rounds(algo, algo.init(params), population, num_rounds=1, key=key,
+                  sampler=fl.poisson_sampler(len(RAGGED_SIZES), 0.5), progress=False)
+  assert len(traces) == 2 and sampler == fl.poisson_sampler(len(RAGGED_SIZES), 0.5)

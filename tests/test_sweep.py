@@ -123,3 +123,44 @@ def test_sweep_argument_errors():
   with pytest.raises(ValueError, match="exactly one of `cohort_size`"):
     fl.run_sweep(_make(loss), None, params, data, num_rounds=1,
                  keys=jax.random.split(jax.random.key(0), 3))
+
+
+def test_stacked_populations_sweep_equals_runs_on_each():
+  """One population per experiment (e.g. a partition seed each): each equals its own run."""
+  params, loss = MODELS["mlp"]()
+  pops = [fl.datasets.synthetic_classification(40, (np.arange(40) + s) % 7 + 1, num_features=6,
+                                               num_classes=3, seed=10 + s) for s in range(3)]
+  stacked = jax.tree.map(lambda *xs: np.stack(xs), *pops)  # [3, 40, 7, ...]: same shapes
+  make = _make(loss)
+  keys = jnp.stack([jax.random.key(5)] * 3)
+  states, hist = fl.run_sweep(make, None, params, stacked, num_rounds=2, keys=keys,
+                              cohort_size=8, stacked_population=True)
+  for s in range(3):
+    algo = make(None)
+    ref, ref_hist = fl.run_rounds(algo, algo.init(params), pops[s], num_rounds=2, cohort_size=8,
+                                  key=jax.random.key(5), progress=False)
+    _assert_close(jax.tree.map(lambda x, s=s: x[s], states), ref)
+    np.testing.assert_allclose([h["train_loss"][s] for h in hist],
+                               [h["train_loss"] for h in ref_hist], rtol=1e-5)
+  with pytest.raises(ValueError, match="population"):
+    fl.run_sweep(make, None, params, stacked, num_rounds=1, keys=keys[:2], cohort_size=8,
+                 stacked_population=True)
+
+
+def test_sweep_refuses_a_nonfinite_round_like_run_rounds():
+  data, params, loss = _setup()
+
+  def make(h):
+    update = fl.build_client_update(loss, optax.sgd(h), num_epochs=2, batch_size=3)
+    return fl.build_federated_algorithm(update, fl.server.fedavg(), chunk_size=4, jit=False)
+
+  lrs = jnp.array([0.1, jnp.nan])  # the second experiment's clients go NaN
+  seen = []
+  with pytest.raises(ValueError, match=r"experiment 1 .*is NaN/Inf for 8 client\(s\) in round 0"):
+    fl.run_sweep(make, lrs, params, data, num_rounds=2, keys=jnp.stack([jax.random.key(0)] * 2),
+                 cohort_size=8, callback=lambda r, s, row: seen.append(r))
+  assert seen == []  # the refused round was never handed on
+  algo = make(jnp.nan)
+  with pytest.raises(ValueError, match="is NaN/Inf for 8 client"):
+    fl.run_rounds(algo, algo.init(params), data, num_rounds=1, cohort_size=8,
+                  key=jax.random.key(0), progress=False)
