@@ -44,7 +44,7 @@ def main(argv=None) -> int:
   ns = argparse.Namespace(**shape)
   setup = w2.build(ns)
   make_with = lambda chunk: lambda h: fl.build_federated_algorithm(
-      setup["update"], fl.server.fedavg(), chunk_size=chunk, jit=False)
+      setup["update"], fl.server.fedavg(), chunk_size=chunk)
   keys = jax.vmap(jax.random.key)(np.arange(args.experiments))
   total = args.rounds + 1  # the first round includes compilation
 

@@ -133,6 +133,21 @@ def as_server_update(server: Any) -> ServerUpdate:
       f"fedjax_lite.server.fedavg()) or a fedjax_lite.ServerUpdate; got {server!r}.")
 
 
+class AlgorithmSpec(NamedTuple):
+  """What a federated algorithm computes, apart from how it runs.
+
+  Attributes:
+    client_update: the :class:`fedjax_lite.ClientUpdate`.
+    server_update: the :class:`ServerUpdate`.
+    aggregator: the :class:`fedjax_lite.Aggregator` (``None``: the example-
+      weighted mean).
+  """
+
+  client_update: ClientUpdate
+  server_update: ServerUpdate
+  aggregator: Aggregator | None = None
+
+
 class FederatedAlgorithm(NamedTuple):
   """A federated algorithm as two pure functions.
 
@@ -140,29 +155,40 @@ class FederatedAlgorithm(NamedTuple):
     init: ``init(params) -> ServerState``; an algorithm whose client update
       keeps a state needs ``init(params, num_clients=N)`` to create the
       population's stacked client states.
-    round: ``round(state, cohort, key) -> (state, metrics)``; see
-      :func:`build_federated_algorithm` for the metrics.
+    round: ``round(state, cohort, key) -> (state, metrics)``, already wrapped
+      in ``jax.jit`` (it also composes under a caller's ``jit``, ``vmap`` and
+      ``grad``); see :func:`build_federated_algorithm` for the metrics.
+    spec: the :class:`AlgorithmSpec` it was built from, so that
+      ``build_federated_algorithm(algo, mesh=..., chunk_size=...)`` runs the
+      same algorithm another way (``None`` for a hand-made pair).
   """
 
   init: Callable[..., ServerState]
   round: Callable[[ServerState, FederatedData, PRNGKey], tuple[ServerState, dict[str, Any]]]
+  spec: AlgorithmSpec | None = None
 
 
 NONFINITE_POLICIES = ("raise", "drop")
 
 
 def build_federated_algorithm(
-    client_update: ClientUpdate | ClientUpdateFn,
-    server_optimizer: optax.GradientTransformation | ServerUpdate,
+    client_update: ClientUpdate | ClientUpdateFn | FederatedAlgorithm | AlgorithmSpec,
+    server_optimizer: optax.GradientTransformation | ServerUpdate | None = None,
     *,
     aggregator: Aggregator | None = None,
     chunk_size: int | str | None = "auto",
     nonfinite: str = "raise",
-    jit: bool = True,
     mesh: Mesh | None = None,
     client_axis: str = CLIENT_AXIS,
 ) -> FederatedAlgorithm:
-  """Composes a client update, an aggregator and a server step.
+  """Composes a client update, an aggregator and a server step; chooses how the round runs.
+
+  What the algorithm computes comes from ``client_update``,
+  ``server_optimizer`` and ``aggregator`` (or from an algorithm already
+  built, e.g. by :mod:`fedjax_lite.algorithms`); how it runs is chosen here
+  once, by ``chunk_size``, ``nonfinite`` and ``mesh``::
+
+      algo = fl.build_federated_algorithm(fl.algorithms.scaffold(loss, ...), mesh=mesh)
 
   Args:
     client_update: a :class:`fedjax_lite.ClientUpdate` ``(init, update)``, or
@@ -198,8 +224,6 @@ def build_federated_algorithm(
       the server state unchanged for that round (``metrics["applied"]`` is
       0; :func:`fedjax_lite.run_rounds` then raises with the client ids);
       ``"drop"`` applies the round without those clients.
-    jit: wrap ``round`` in ``jax.jit`` (default). Pass ``False`` to embed
-      the round in a larger traced program (e.g. :func:`fedjax_lite.run_sweep`).
     mesh: optional ``jax.sharding.Mesh`` to shard the cohort's clients over
       the ``client_axis`` devices: the cohort is padded with empty clients to
       a multiple of that axis's size, each device runs its share through the
@@ -232,8 +256,22 @@ def build_federated_algorithm(
   mapreduce.check_chunk_size(chunk_size)
   if nonfinite not in NONFINITE_POLICIES:
     raise ValueError(f"`nonfinite` must be one of {NONFINITE_POLICIES}; got {nonfinite!r}.")
+  if isinstance(client_update, FederatedAlgorithm):
+    if client_update.spec is None:
+      raise TypeError("this FederatedAlgorithm was made by hand (no spec); pass its client "
+                      "update and server step to build_federated_algorithm instead.")
+    client_update = client_update.spec
+  if isinstance(client_update, AlgorithmSpec):
+    if server_optimizer is not None or aggregator is not None:
+      raise TypeError("an algorithm already has its server step and aggregator; give only "
+                      "chunk_size, nonfinite and mesh to run it another way.")
+    client_update, server_optimizer, aggregator = client_update
+  elif server_optimizer is None:
+    raise TypeError("`server_optimizer` is missing: give an optax.GradientTransformation (e.g. "
+                    "fedjax_lite.server.fedavg()) or a fedjax_lite.ServerUpdate.")
   client = as_client_update(client_update)
   server = as_server_update(server_optimizer)
+  spec = AlgorithmSpec(client, server, aggregator)
   if aggregator is None:
     aggregator = mean_aggregator()
   if mesh is not None and client_axis not in mesh.shape:
@@ -356,7 +394,7 @@ def build_federated_algorithm(
         metrics[f"aggregator/{name}"] = v
     return new_state, metrics
 
-  return FederatedAlgorithm(init, jax.jit(round_fn) if jit else round_fn)
+  return FederatedAlgorithm(init, jax.jit(round_fn), spec)
 
 
 def raise_if_nonfinite(metrics: dict[str, Any], cohort_client_ids: Any = None,

@@ -937,7 +937,7 @@ def run_sweep_experiment(config: dict[str, Any], *, stop_after: int | None = Non
       z = values["noise_multiplier"] if "noise_multiplier" in values \
           else dps[0].spec.noise_multiplier
       aggregator = _dp_aggregator(c, z)
-    return _algorithm(c, task, aggregator, jit=False, mesh=mesh)
+    return _algorithm(c, task, aggregator, mesh=mesh)
 
   inits: dict[int, Any] = {}
   for c in configs:
@@ -1093,15 +1093,11 @@ def _describe_run(config: dict[str, Any], ds) -> str:
           f"{config['algorithm']}, {config['clients_per_round']} clients/round")
 
 
-def _algorithm(config: dict[str, Any], task: Task, aggregator, *, jit: bool = True,
-               mesh=None):
+def _algorithm(config: dict[str, Any], task: Task, aggregator, *, mesh=None):
   """The federated algorithm of a configuration (its learning rates may be traced)."""
-  import fedjax_lite as fl
-
-  del fl
   try:
     return presets.build_algorithm(config, task.loss, _client_optimizer(config),
-                                   dp_aggregator=aggregator, jit=jit, mesh=mesh)
+                                   dp_aggregator=aggregator, mesh=mesh)
   except ValueError as e:
     raise ConfigError(str(e)) from e
 

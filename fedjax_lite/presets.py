@@ -210,7 +210,7 @@ def _attack(c: dict[str, Any], update):
 
 
 def build_algorithm(c: dict[str, Any], loss_fn, client_optimizer, *, dp_aggregator=None,
-                    jit: bool = True, mesh=None):
+                    mesh=None):
   """The :class:`fedjax_lite.FederatedAlgorithm` of a configuration.
 
   Args:
@@ -220,13 +220,20 @@ def build_algorithm(c: dict[str, Any], loss_fn, client_optimizer, *, dp_aggregat
     loss_fn: ``loss(params, batch)``.
     client_optimizer: the client's optax optimizer (SGD at ``client_lr``).
     dp_aggregator: the DP aggregator, if the run is private.
-    jit: jit the round.
     mesh: the client mesh, or ``None``.
 
   Returns:
     The algorithm; stateful ones (:data:`STATEFUL`) need ``init(params,
     num_clients=N)``.
   """
+  import fedjax_lite as fl
+
+  algo = _algorithm(c, loss_fn, client_optimizer, dp_aggregator)
+  return fl.build_federated_algorithm(algo, chunk_size=c["chunk_size"], mesh=mesh)
+
+
+def _algorithm(c: dict[str, Any], loss_fn, client_optimizer, dp_aggregator):
+  """What the configuration's algorithm computes (run with the default execution)."""
   import fedjax_lite as fl
   from fedjax_lite import algorithms, server
 
@@ -235,7 +242,7 @@ def build_algorithm(c: dict[str, Any], loss_fn, client_optimizer, *, dp_aggregat
   server_kwargs = {} if c["server_lr"] is None else {"learning_rate": c["server_lr"]}
   opt_name = algorithm if algorithm in SERVER_OPTIMIZERS else (c["server_optimizer"] or "fedavg")
   server_opt = server.server_optimizer(opt_name, **server_kwargs)
-  common = dict(aggregator=aggregator, chunk_size=c["chunk_size"], jit=jit, mesh=mesh)
+  common = dict(aggregator=aggregator)
   shape = dict(num_epochs=c["local_epochs"], batch_size=c["batch_size"])
   attacked = c["attack"] != "none"
 

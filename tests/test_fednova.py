@@ -73,9 +73,9 @@ def setup():
 @pytest.mark.parametrize("momentum", [0.0, 0.5])
 def test_fednova_matches_reference(setup, momentum):
   clients, cohort, params, loss = setup
-  algo = fednova(loss, client_lr=LR, num_epochs=EPOCHS, batch_size=BATCH, momentum=momentum,
-                 local_work=make_spec(SPEC), server_optimizer=fl.server.fedavg(0.8),
-                 chunk_size=3)
+  algo = fl.build_federated_algorithm(
+      fednova(loss, client_lr=LR, num_epochs=EPOCHS, batch_size=BATCH, momentum=momentum,
+              local_work=make_spec(SPEC), server_optimizer=fl.server.fedavg(0.8)), chunk_size=3)
   state = algo.init(params)
   history = []
   for key in KEYS:

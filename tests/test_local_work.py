@@ -161,8 +161,9 @@ def run(algo, params, cohort, keys):
 def test_fedprox_matches_reference(setup, spec):
   clients, cohort, params, loss = setup
   work = None if spec is None else make_spec(spec)
-  algo = fedprox(loss, client_lr=LR, num_epochs=EPOCHS, batch_size=BATCH, mu=MU,
-                 local_work=work, server_optimizer=fl.server.fedavg(0.9), chunk_size=3)
+  algo = fl.build_federated_algorithm(
+      fedprox(loss, client_lr=LR, num_epochs=EPOCHS, batch_size=BATCH, mu=MU, local_work=work,
+              server_optimizer=fl.server.fedavg(0.9)), chunk_size=3)
   state, history = run(algo, params, cohort, KEYS)
   expected, dropped = reference_fedprox(params, clients, range(len(SIZES)), KEYS, spec=spec,
                                         server_lr=0.9)
@@ -301,9 +302,9 @@ def test_results_do_not_depend_on_chunking_or_cohort_order(setup):
   perm = np.array([6, 2, 7, 0, 4, 1, 5, 3])
   shuffled = jax.tree.map(lambda x: np.asarray(x)[perm], cohort)
   key = jax.random.key(21)
-  base, m_base = fedprox(loss, chunk_size=None, **kw).round(
+  base, m_base = fl.build_federated_algorithm(fedprox(loss, **kw), chunk_size=None).round(
       fedprox(loss, **kw).init(params), cohort, key)
-  algo2 = fedprox(loss, chunk_size=2, **kw)
+  algo2 = fl.build_federated_algorithm(fedprox(loss, **kw), chunk_size=2)
   for data, order in [(cohort, np.arange(8)), (shuffled, perm)]:
     state, m = algo2.round(algo2.init(params), data, key)
     assert_close(state.params, base.params, 1e-6)
@@ -320,7 +321,7 @@ def test_results_do_not_depend_on_chunking_or_cohort_order(setup):
 def test_fedsgd_is_centralized_full_batch_gradient_descent(setup):
   clients, cohort, params, loss = setup
   eta = 0.7
-  algo = fedsgd(loss, learning_rate=eta, chunk_size=3)
+  algo = fl.build_federated_algorithm(fedsgd(loss, learning_rate=eta), chunk_size=3)
   state, history = run(algo, params, cohort, KEYS)
   union = {k: np.concatenate([c[k] for c in clients]) for k in ("x", "y")}
   x = tree(np.float64, params)

@@ -154,9 +154,9 @@ def test_ditto_matches_reference_loop():
   clients = make_clients(RAGGED_SIZES)
   params, loss = mlp_model()
   lr, plr, lam, epochs = 0.2, 0.15, 0.7, 1
-  algo = ditto(loss, client_lr=lr, personal_lr=plr, lam=lam, num_epochs=epochs,
-                     batch_size=BATCH, personal_epochs=personal_epochs,
-                     personal_steps=personal_steps, chunk_size=2)
+  algo = fl.build_federated_algorithm(
+      ditto(loss, client_lr=lr, personal_lr=plr, lam=lam, num_epochs=epochs, batch_size=BATCH,
+            personal_epochs=personal_epochs, personal_steps=personal_steps), chunk_size=2)
   data = fl.from_clients(clients)
   state = algo.init(params, num_clients=len(clients))
   keys = [jax.random.key(40 + r) for r in range(3)]

@@ -26,7 +26,8 @@ def test_matches_numpy_reference_for_three_rounds():
   clients = make_clients(RAGGED_SIZES)
   params, loss = mlp_model()
   q, lr, epochs = 1.5, 0.2, 2
-  algo = qffl(loss, q=q, client_lr=lr, num_epochs=epochs, batch_size=BATCH, chunk_size=3)
+  algo = fl.build_federated_algorithm(
+      qffl(loss, q=q, client_lr=lr, num_epochs=epochs, batch_size=BATCH), chunk_size=3)
   data = fl.from_clients(clients)
   state = algo.init(params)
   keys = [jax.random.key(70 + r) for r in range(3)]

@@ -197,11 +197,11 @@ def test_round_compiles_once_across_rounds():
 
 
 def test_round_is_pure_and_composable_under_jit_and_vmap():
-  """jit=False gives the pure function; vmapping it over seeds runs independent rounds."""
+  """The (already jitted) round composes under jit and vmap: over seeds, independent rounds."""
   data = fl.from_clients(make_clients((4, 7, 2)))
   params, loss = MODELS["linear"]()
   update = fl.build_client_update(loss, optax.sgd(0.1), num_epochs=1, batch_size=2)
-  pure = fl.build_federated_algorithm(update, fl.server.fedavg(), jit=False)
+  pure = fl.build_federated_algorithm(update, fl.server.fedavg())
   keys = jax.random.split(jax.random.key(0), 3)
   states, _ = jax.jit(jax.vmap(lambda k: pure.round(pure.init(params), data, k)))(keys)
   for i in range(3):
@@ -252,7 +252,7 @@ def test_run_rounds_twice_compiles_once():
   params, loss = linear_model()
   population = fl.from_clients(make_clients(RAGGED_SIZES))
   update = fl.build_client_update(loss, optax.sgd(0.1), batch_size=4)
-  inner = fl.build_federated_algorithm(update, fl.server.fedavg(), jit=False)
+  inner = fl.build_federated_algorithm(update, fl.server.fedavg())
   traces = []
 
   def round_fn(state, cohort, key):

@@ -204,7 +204,7 @@ def test_run_rounds_and_run_sweep_with_client_states():
   state, _ = fl.run_rounds(algo, state, pop, num_rounds=3, cohort_size=4, key=jax.random.key(1))
   participated = np.abs(np.asarray(state.client_states)).sum(1) > 0
   assert 4 <= participated.sum() <= 10 and float(state.extra["clients"]) >= 4
-  states, _ = fl.run_sweep(lambda h: _toy_algorithm(chunk_size=2, jit=False), None,
+  states, _ = fl.run_sweep(lambda h: _toy_algorithm(chunk_size=2), None,
                            {"w": jnp.zeros(DIM)}, pop, num_rounds=3, cohort_size=4,
                            keys=jnp.stack([jax.random.key(1), jax.random.key(2)]))
   assert states.client_states.shape == (2, len(SIZES), DIM)
@@ -284,3 +284,29 @@ def test_plain_functions_and_paired_updates_are_interchangeable():
     fl.build_federated_algorithm(42, fl.server.fedavg())
   with pytest.raises(TypeError, match="server_optimizer"):
     fl.build_federated_algorithm(update, lambda g: g)
+
+
+def test_execution_is_chosen_once_where_the_algorithm_is_built():
+  """Constructors take only their hyperparameters; chunking, mesh and the NaN policy are
+  chosen by build_federated_algorithm, with results independent of them."""
+  pop = _population()
+  params = {"w": jnp.zeros(DIM)}
+  loss = lambda p, b: jnp.mean((b["x"][:, :DIM] @ p["w"] - b["y"]) ** 2)
+  base = fl.algorithms.fedprox(loss, mu=0.1, client_lr=0.05, num_epochs=1, batch_size=4)
+  assert isinstance(base.spec, fl.algorithm.AlgorithmSpec)
+  cohort, key = fl.take(pop, jnp.arange(8)), jax.random.key(1)
+  ref = base.round(base.init(params), cohort, key)[0].params["w"]
+  for execution in (dict(chunk_size=3), dict(chunk_size=None, nonfinite="drop"),
+                    dict(chunk_size=2, mesh=fl.client_mesh(4))):
+    algo = fl.build_federated_algorithm(base, **execution)
+    np.testing.assert_allclose(algo.round(algo.init(params), cohort, key)[0].params["w"], ref,
+                               rtol=1e-5, atol=1e-7)
+  with pytest.raises(TypeError, match="chunk_size"):
+    fl.algorithms.fedprox(loss, mu=0.1, client_lr=0.05, num_epochs=1, batch_size=4,
+                          chunk_size=2)
+  with pytest.raises(TypeError, match="already has its server step"):
+    fl.build_federated_algorithm(base, fl.server.fedavg())
+  with pytest.raises(TypeError, match="made by hand"):
+    fl.build_federated_algorithm(fl.FederatedAlgorithm(base.init, base.round), chunk_size=2)
+  with pytest.raises(TypeError, match="server_optimizer"):
+    fl.build_federated_algorithm(lambda p, d, k: None)

@@ -161,9 +161,10 @@ def _moved(a, b):
 @functools.cache
 def _scaffold_run(weighting="num_examples", chunk_size=2, sharded=False):
   _, data, params, loss = _setup()
-  algo = scaffold(loss, client_lr=LR, num_epochs=EPOCHS, batch_size=BATCH,
-                  aggregator=fl.mean_aggregator(weighting), chunk_size=chunk_size,
-                  mesh=fl.client_mesh(4) if sharded else None)
+  algo = fl.build_federated_algorithm(
+      scaffold(loss, client_lr=LR, num_epochs=EPOCHS, batch_size=BATCH,
+               aggregator=fl.mean_aggregator(weighting)),
+      chunk_size=chunk_size, mesh=fl.client_mesh(4) if sharded else None)
   return _run(algo, params, data)
 
 
@@ -213,8 +214,8 @@ def test_scaffold_sharded_over_four_devices_equals_unsharded():
 def test_mime_lite_matches_reference_loop():
   clients, data, params, loss = _setup()
   ref_x, ref_m = reference_mime(params, clients)
-  algo = mime_lite(loss, client_lr=LR, beta=BETA, num_epochs=EPOCHS, batch_size=BATCH,
-                   chunk_size=3)
+  algo = fl.build_federated_algorithm(
+      mime_lite(loss, client_lr=LR, beta=BETA, num_epochs=EPOCHS, batch_size=BATCH), chunk_size=3)
   state, _ = _run(algo, params, data, stateful=False)
   _close(state.params, ref_x)
   _close(state.extra, ref_m)
@@ -230,9 +231,10 @@ DP_CLIP, DP_DENOM = 0.3, 5.0
 def _scaffold_dp(noise_multiplier):
   """SCAFFOLD with a Gaussian aggregator of the cohort size as fixed denominator."""
   _, _, _, loss = _setup()
-  return scaffold(loss, client_lr=LR, num_epochs=EPOCHS, batch_size=BATCH, chunk_size=2,
-                  aggregator=privacy.gaussian_aggregator(DP_CLIP, noise_multiplier, DP_DENOM),
-                  cohort_size=DP_DENOM)
+  return fl.build_federated_algorithm(
+      scaffold(loss, client_lr=LR, num_epochs=EPOCHS, batch_size=BATCH,
+               aggregator=privacy.gaussian_aggregator(DP_CLIP, noise_multiplier, DP_DENOM),
+               cohort_size=DP_DENOM), chunk_size=2)
 
 
 def _run_dp(noise_multiplier, clip=DP_CLIP):

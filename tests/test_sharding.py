@@ -116,8 +116,7 @@ def test_sharded_sweep_equals_unsharded(mesh):
 
   def make(m):
     return lambda h: fl.build_federated_algorithm(
-        fl.build_client_update(loss, optax.sgd(h), batch_size=4), fl.server.fedavg(), mesh=m,
-        jit=False)
+        fl.build_client_update(loss, optax.sgd(h), batch_size=4), fl.server.fedavg(), mesh=m)
 
   lrs = jnp.array([0.05, 0.2])
   keys = jax.random.split(jax.random.key(1), 2)

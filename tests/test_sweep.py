@@ -24,7 +24,7 @@ def _make(loss, lr_default=0.1, server=None):
     lr = h["client_lr"] if isinstance(h, dict) else lr_default
     update = fl.build_client_update(loss, optax.sgd(lr), num_epochs=2, batch_size=3)
     return fl.build_federated_algorithm(update, server or fl.server.fedadam(0.05),
-                                        chunk_size=4, jit=False)
+                                        chunk_size=4)
   return make
 
 
@@ -69,7 +69,7 @@ def test_dp_noise_sweep_runs_with_traced_noise_multiplier():
   def make(h):
     update = fl.build_client_update(loss, optax.sgd(0.1), batch_size=3)
     agg = fl.privacy.gaussian_aggregator(0.5, h["z"], 8.0)
-    return fl.build_federated_algorithm(update, fl.server.fedavg(), aggregator=agg, jit=False)
+    return fl.build_federated_algorithm(update, fl.server.fedavg(), aggregator=agg)
 
   zs = jnp.array([0.0, 1.0])
   states, hist = fl.run_sweep(make, {"z": zs}, params, data, num_rounds=2,
@@ -152,7 +152,7 @@ def test_sweep_refuses_a_nonfinite_round_like_run_rounds():
 
   def make(h):
     update = fl.build_client_update(loss, optax.sgd(h), num_epochs=2, batch_size=3)
-    return fl.build_federated_algorithm(update, fl.server.fedavg(), chunk_size=4, jit=False)
+    return fl.build_federated_algorithm(update, fl.server.fedavg(), chunk_size=4)
 
   lrs = jnp.array([0.1, jnp.nan])  # the second experiment's clients go NaN
   seen = []

@@ -1,9 +1,16 @@
 """Federated algorithms beyond FedAvg, each a :class:`fedjax_lite.FederatedAlgorithm`.
 
 Every module offers its client update builder and a factory returning the
-whole algorithm, composed from the round's extension points (stateful client
-updates, broadcast, server update) so that DP aggregators, robust
-aggregators, compression and sharding compose with it.
+whole algorithm, composed from the round's paired hooks (a
+:class:`fedjax_lite.ClientUpdate` with its state, a
+:class:`fedjax_lite.ServerUpdate` with its own) so that DP aggregators,
+robust aggregators, compression and sharding compose with it. A factory
+takes only the algorithm's own hyperparameters; how the round runs is chosen
+once, where it is built::
+
+    algo = fl.build_federated_algorithm(fl.algorithms.scaffold(loss, client_lr=0.1,
+                                                               num_epochs=1, batch_size=16),
+                                        chunk_size=64, mesh=fl.client_mesh())
 
 * :func:`fedprox` (Li et al. 2020); local work and stragglers:
   :func:`fedjax_lite.client.stragglers` and friends

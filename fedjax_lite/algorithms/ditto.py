@@ -42,7 +42,6 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import optax
-from jax.sharding import Mesh
 
 from fedjax_lite import server as server_lib
 from fedjax_lite._types import Params
@@ -52,7 +51,6 @@ from fedjax_lite.algorithm import FederatedAlgorithm, ServerState, build_federat
 from fedjax_lite.algorithms._common import check_local_sgd
 from fedjax_lite.client import ClientOutput, ClientUpdate, LossFn, local_train
 from fedjax_lite.data import FederatedData
-from fedjax_lite.sharding import CLIENT_AXIS
 
 # fold_in(client_key, PERSONAL_STREAM) seeds the personal steps; epochs of the
 # global part use fold_in(client_key, e) for e < num_epochs, far below this.
@@ -159,11 +157,6 @@ def ditto(
     server_optimizer: optax.GradientTransformation | None = None,
     aggregator: Aggregator | None = None,
     grad_mode: str = "auto",
-    chunk_size: int | str | None = "auto",
-    mesh: Mesh | None = None,
-    client_axis: str = CLIENT_AXIS,
-    jit: bool = True,
-    nonfinite: str = "raise",
 ) -> FederatedAlgorithm:
   """Ditto as a federated algorithm (global FedAvg model + per-client personal models).
 
@@ -183,8 +176,6 @@ def ditto(
       default :func:`fedjax_lite.server.fedavg` (learning rate 1).
     aggregator: default :func:`fedjax_lite.mean_aggregator` (weighted by
       examples); ``fl.mean_aggregator("uniform")`` for the paper's plain mean.
-    chunk_size, mesh, client_axis, jit, nonfinite: see
-      :func:`fedjax_lite.build_federated_algorithm`.
 
   Returns:
     A stateful :class:`fedjax_lite.FederatedAlgorithm`; round metrics are
@@ -201,8 +192,7 @@ def ditto(
   if server_optimizer is None:
     server_optimizer = server_lib.fedavg(1.0)
   return build_federated_algorithm(
-      update, server_optimizer, aggregator=aggregator, chunk_size=chunk_size, nonfinite=nonfinite,
-      jit=jit, mesh=mesh, client_axis=client_axis)
+      update, server_optimizer, aggregator=aggregator)
 
 
 def personal_models(state: ServerState, client_ids: Any) -> Params:

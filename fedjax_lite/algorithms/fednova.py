@@ -43,7 +43,6 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import optax
-from jax.sharding import Mesh
 
 from fedjax_lite import server as server_lib
 from fedjax_lite._validate import check_real, is_concrete
@@ -184,10 +183,6 @@ def fednova(
     server_optimizer: optax.GradientTransformation | None = None,
     aggregator: Aggregator | None = None,
     grad_mode: str = "auto",
-    chunk_size: int | str | None = "auto",
-    mesh: Mesh | None = None,
-    jit: bool = True,
-    nonfinite: str = "raise",
 ) -> FederatedAlgorithm:
   """FedNova as a federated algorithm.
 
@@ -208,8 +203,6 @@ def fednova(
     aggregator: default :func:`fedjax_lite.mean_aggregator` (``p_i`` = example
       counts); ``mean_aggregator("uniform")`` for ``p_i = 1 / m``.
     grad_mode: see :func:`fedjax_lite.build_client_update`.
-    chunk_size, mesh, jit, nonfinite: see
-      :func:`fedjax_lite.build_federated_algorithm`.
 
   Returns:
     A :class:`fedjax_lite.FederatedAlgorithm` (stateless: ``init(params)``);
@@ -225,5 +218,4 @@ def fednova(
   if server_optimizer is None:
     server_optimizer = server_lib.fedavg()
   return build_federated_algorithm(
-      client_update, fednova_server_update(server_optimizer), aggregator=aggregator,
-      chunk_size=chunk_size, nonfinite=nonfinite, jit=jit, mesh=mesh)
+      client_update, fednova_server_update(server_optimizer), aggregator=aggregator)

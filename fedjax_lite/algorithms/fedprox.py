@@ -20,7 +20,6 @@ them (``mode="drop"``).
 from __future__ import annotations
 
 import optax
-from jax.sharding import Mesh
 
 from fedjax_lite import server as server_lib
 from fedjax_lite._validate import check_real
@@ -100,10 +99,6 @@ def fedprox(
     aggregator: Aggregator | None = None,
     local_work: LocalWork | None = None,
     grad_mode: str = "auto",
-    chunk_size: int | str | None = "auto",
-    mesh: Mesh | None = None,
-    jit: bool = True,
-    nonfinite: str = "raise",
 ) -> FederatedAlgorithm:
   """FedProx as a federated algorithm.
 
@@ -125,8 +120,6 @@ def fedprox(
     local_work: optional :class:`fedjax_lite.client.LocalWork`, e.g.
       ``fedjax_lite.client.stragglers(0.9, mode="partial")``.
     grad_mode: see :func:`fedjax_lite.build_client_update`.
-    chunk_size, mesh, jit, nonfinite: see
-      :func:`fedjax_lite.build_federated_algorithm`.
 
   Returns:
     A :class:`fedjax_lite.FederatedAlgorithm` (stateless: ``init(params)``).
@@ -139,6 +132,4 @@ def fedprox(
       client_optimizer=client_optimizer, local_work=local_work, grad_mode=grad_mode)
   if server_optimizer is None:
     server_optimizer = server_lib.fedavg()
-  return build_federated_algorithm(client_update, server_optimizer, aggregator=aggregator,
-                                   chunk_size=chunk_size, nonfinite=nonfinite, jit=jit,
-                                   mesh=mesh)
+  return build_federated_algorithm(client_update, server_optimizer, aggregator=aggregator)

@@ -20,7 +20,6 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import optax
-from jax.sharding import Mesh
 
 from fedjax_lite import server as server_lib
 from fedjax_lite._validate import check_real
@@ -91,10 +90,6 @@ def fedsgd(
     server_optimizer: optax.GradientTransformation | None = None,
     aggregator: Aggregator | None = None,
     grad_mode: str = "auto",
-    chunk_size: int | str | None = "auto",
-    mesh: Mesh | None = None,
-    jit: bool = True,
-    nonfinite: str = "raise",
 ) -> FederatedAlgorithm:
   """FedSGD as a federated algorithm: full-batch gradient descent on the cohort's data.
 
@@ -111,8 +106,6 @@ def fedsgd(
     aggregator: default :func:`fedjax_lite.mean_aggregator` (example counts:
       the gradient of the mean over all the cohort's examples).
     grad_mode: see :func:`build_fedsgd_client_update`.
-    chunk_size, mesh, jit, nonfinite: see
-      :func:`fedjax_lite.build_federated_algorithm`.
 
   Returns:
     A :class:`fedjax_lite.FederatedAlgorithm` (stateless: ``init(params)``).
@@ -130,6 +123,4 @@ def fedsgd(
     check_real("learning_rate", learning_rate, low=0.0, low_open=True)
     server_optimizer = server_lib.fedavg(learning_rate)
   client_update = build_fedsgd_client_update(loss_fn, grad_mode=grad_mode)
-  return build_federated_algorithm(client_update, server_optimizer, aggregator=aggregator,
-                                   chunk_size=chunk_size, nonfinite=nonfinite, jit=jit,
-                                   mesh=mesh)
+  return build_federated_algorithm(client_update, server_optimizer, aggregator=aggregator)

@@ -37,7 +37,6 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import optax
-from jax.sharding import Mesh
 
 from fedjax_lite import server as server_lib
 from fedjax_lite._validate import check_real, is_concrete
@@ -173,10 +172,6 @@ def mime_lite(
     server_optimizer: optax.GradientTransformation | None = None,
     aggregator: Aggregator | None = None,
     grad_mode: str = "auto",
-    chunk_size: int | str | None = "auto",
-    mesh: Mesh | None = None,
-    jit: bool = True,
-    nonfinite: str = "raise",
 ) -> FederatedAlgorithm:
   """Mime-Lite with SGDm, as a federated algorithm.
 
@@ -197,8 +192,6 @@ def mime_lite(
     aggregator: how messages are averaged; default
       :func:`fedjax_lite.mean_aggregator` (example counts).
     grad_mode: see :func:`fedjax_lite.build_client_update`.
-    chunk_size, mesh, jit, nonfinite: see
-      :func:`fedjax_lite.build_federated_algorithm`.
 
   Returns:
     A :class:`fedjax_lite.FederatedAlgorithm`.
@@ -212,5 +205,4 @@ def mime_lite(
   if server_optimizer is None:
     server_optimizer = server_lib.fedavg()
   return build_federated_algorithm(
-      client_update, mime_lite_server_update(server_optimizer, beta), aggregator=aggregator,
-      chunk_size=chunk_size, nonfinite=nonfinite, jit=jit, mesh=mesh)
+      client_update, mime_lite_server_update(server_optimizer, beta), aggregator=aggregator)

@@ -39,7 +39,6 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import optax
-from jax.sharding import Mesh
 
 from fedjax_lite import server as server_lib
 from fedjax_lite._types import Params
@@ -61,7 +60,6 @@ from fedjax_lite.client import (
   per_example_losses,
 )
 from fedjax_lite.data import FederatedData
-from fedjax_lite.sharding import CLIENT_AXIS
 
 
 def mean_loss(loss_fn: LossFn, params: Params, client_data: FederatedData, *,
@@ -203,11 +201,6 @@ def qffl(
     server_optimizer: optax.GradientTransformation | None = None,
     aggregator: Aggregator | None = None,
     grad_mode: str = "auto",
-    chunk_size: int | str | None = "auto",
-    mesh: Mesh | None = None,
-    client_axis: str = CLIENT_AXIS,
-    jit: bool = True,
-    nonfinite: str = "raise",
 ) -> FederatedAlgorithm:
   """q-FFL via q-FedAvg as a federated algorithm.
 
@@ -223,8 +216,6 @@ def qffl(
       paper's plain sums). It sees the whole message ``{"Delta", "h"}``; a
       DP aggregator clips and noises it jointly. An example-weighted
       aggregator turns the step into ``sum n_k Delta_k / sum n_k h_k``.
-    chunk_size, mesh, client_axis, jit, nonfinite: see
-      :func:`fedjax_lite.build_federated_algorithm`.
 
   Returns:
     A :class:`fedjax_lite.FederatedAlgorithm` (stateless: ``algo.init(params)``);
@@ -242,5 +233,4 @@ def qffl(
   if aggregator is None:
     aggregator = mean_aggregator("uniform")
   return build_federated_algorithm(
-      update, qffl_server_update(server_optimizer), aggregator=aggregator, chunk_size=chunk_size,
-      nonfinite=nonfinite, jit=jit, mesh=mesh, client_axis=client_axis)
+      update, qffl_server_update(server_optimizer), aggregator=aggregator)

@@ -46,7 +46,6 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import optax
-from jax.sharding import Mesh
 
 from fedjax_lite import server as server_lib
 from fedjax_lite._types import Params
@@ -179,10 +178,6 @@ def scaffold(
     aggregator: Aggregator | None = None,
     cohort_size: float | None = None,
     grad_mode: str = "auto",
-    chunk_size: int | str | None = "auto",
-    mesh: Mesh | None = None,
-    jit: bool = True,
-    nonfinite: str = "raise",
 ) -> FederatedAlgorithm:
   """SCAFFOLD with option II control variates, as a federated algorithm.
 
@@ -207,8 +202,6 @@ def scaffold(
     cohort_size: ``None`` (``|S|`` = the round's participating clients) or a
       fixed ``|S|``; see :func:`scaffold_server_update`.
     grad_mode: see :func:`fedjax_lite.build_client_update`.
-    chunk_size, mesh, jit, nonfinite: see
-      :func:`fedjax_lite.build_federated_algorithm`.
 
   Returns:
     A :class:`fedjax_lite.FederatedAlgorithm`; ``round`` returns the usual
@@ -231,4 +224,4 @@ def scaffold(
     server_optimizer = server_lib.fedavg()
   return build_federated_algorithm(
       client_update, scaffold_server_update(server_optimizer, cohort_size),
-      aggregator=aggregator, chunk_size=chunk_size, nonfinite=nonfinite, jit=jit, mesh=mesh)
+      aggregator=aggregator)
