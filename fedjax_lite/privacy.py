@@ -94,7 +94,11 @@ def global_norm(tree: Any, ord: int = 2) -> Any:  # noqa: A002 - numpy's name
   """
   leaves = [jnp.asarray(x, jnp.float32) for x in jax.tree.leaves(tree)]
   if ord == 2:
-    return jnp.sqrt(sum(jnp.sum(x * x) for x in leaves))
+    # sqrt's derivative is infinite at 0: a zero vector (e.g. an empty
+    # client's delta) gets norm 0 with gradient 0, not NaN, under jax.grad.
+    squares = sum(jnp.sum(x * x) for x in leaves)
+    positive = squares > 0
+    return jnp.where(positive, jnp.sqrt(jnp.where(positive, squares, 1.0)), 0.0)
   if ord == 1:
     return sum(jnp.sum(jnp.abs(x)) for x in leaves)
   raise ValueError(f"`ord` must be 1 or 2; got {ord!r}.")
