@@ -531,7 +531,7 @@ class Suite:
         def orders(key, method=method, n=n):
           def client(i):
             ck = jax.random.fold_in(key, i)
-            return jax.vmap(lambda e: fl.shuffle_order(jax.random.fold_in(ck, e), n, n,
+            return jax.vmap(lambda e: fl.client.shuffle_order(jax.random.fold_in(ck, e), n, n,
                                                        method=method))(jnp.arange(5))
           return jax.vmap(client)(jnp.arange(k))
 
@@ -602,7 +602,7 @@ class Setup:
 
       def one(i):
         ck = jax.random.fold_in(client_key, i)
-        epochs = jax.vmap(lambda e: fl.shuffle_order(jax.random.fold_in(ck, e), examples,
+        epochs = jax.vmap(lambda e: fl.client.shuffle_order(jax.random.fold_in(ck, e), examples,
                                                      examples))(jnp.arange(w["epochs"]))
         return epochs.reshape(-1, b)
 

@@ -119,7 +119,7 @@ def main(argv=None) -> int:
                  "calls_per_round": calls[name], "share_of_round": t / wall if wall else None})
   chunk = args.chunk_size
   if chunk == "auto":
-    chunk = fl.auto_chunk_size(setup["params"], setup["population"])
+    chunk = fl.hardware.auto_chunk_size(setup["params"], setup["population"])
   chunk = min(chunk, ns.clients_per_round)
   common.emit({"workload": args.workload, "round_ms": wall, "chunk_size": chunk,
                "rates": product_rates(chunk, repeats=5 if args.quick else 30)})

@@ -178,7 +178,7 @@ def compare(workload: str, setup: dict[str, Any], args) -> None:
   peak = common.matmul_peak_gflops()
   chunk = args.chunk_size
   if chunk == "auto":
-    chunk = fl.auto_chunk_size(setup["params"], setup["population"])
+    chunk = fl.hardware.auto_chunk_size(setup["params"], setup["population"])
   chunk = min(chunk, math.ceil(args.clients_per_round / (args.devices or 1)))  # per device
 
   runners = {name: common.round_runner(step, init, setup["params"])

@@ -37,7 +37,7 @@ def run_one(population: int, cohort: int, chunk, rounds: int | None) -> dict:
   update = fl.build_client_update(fl.models.classification_loss(model.apply), optax.sgd(0.05),
                                   num_epochs=5, batch_size=8)
   if chunk == "auto":
-    chunk = fl.auto_chunk_size(params, data)
+    chunk = fl.hardware.auto_chunk_size(params, data)
   if rounds is None:  # small rounds are noisy just after compilation: time more of them
     rounds = 10 if cohort <= 10_000 else 3
   algo = fl.build_federated_algorithm(update, fl.server.fedavg(), chunk_size=chunk)

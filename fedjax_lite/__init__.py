@@ -4,15 +4,21 @@ Public API (everything here is a pure function or a NamedTuple of them):
 
 * data: :class:`FederatedData`, :func:`from_clients`, :func:`from_arrays`,
   :func:`take`, :func:`example_mask`
-* clients: :func:`build_client_update`, :class:`ClientOutput`, :func:`local_train`,
-  :func:`masked_mean_grad`, :func:`shuffle_order`
+* clients: :func:`build_client_update`, :class:`ClientOutput`,
+  :class:`ClientUpdate` (an update with a state per client), :func:`local_train`,
+  :class:`LocalWork` (:mod:`fedjax_lite.local_work`: heterogeneous local work,
+  stragglers); the building blocks (``masked_mean_grad``, ``shuffle_order``,
+  ...) stay in :mod:`fedjax_lite.client`
 * aggregation: :class:`Aggregator`, :func:`mean_aggregator`,
   :func:`weighted_mean`, :func:`uniform_mean`, :func:`weighted_sum`
 * server optimizers: :mod:`fedjax_lite.server` (``fedavg``, ``fedavgm``,
   ``fedadam``, ``fedyogi``, ``fedadagrad``)
 * the round: :class:`FederatedAlgorithm`, :class:`ServerState`,
-  :func:`build_federated_algorithm`, :func:`sample_clients`,
-  :func:`run_rounds`, :func:`run_sweep` (many simulations as one program)
+  :class:`ServerUpdate` (a server step with a state of its own),
+  :func:`build_federated_algorithm` (also where ``chunk_size``, ``mesh`` and
+  ``nonfinite`` are chosen), :func:`sample_clients`, :func:`run_rounds`,
+  :func:`run_sweep` (many simulations as one program); the client engine:
+  :mod:`fedjax_lite.mapreduce`
 * scaling out: :func:`client_mesh`, :func:`shard_clients`, :func:`pad_clients`,
   :func:`replicate`, :func:`num_real_clients`, :func:`initialize_distributed`
   (:mod:`fedjax_lite.sharding`; pass ``mesh=`` to the round)
@@ -44,6 +50,7 @@ from fedjax_lite import (
     datasets,
     evaluation,
     hardware,
+    local_work,
     mapreduce,
     models,
     personalization,
@@ -63,21 +70,17 @@ from fedjax_lite.algorithm import (
     FederatedAlgorithm,
     ServerState,
     ServerUpdate,
-    auto_chunk_size,
     build_federated_algorithm,
     raise_if_nonfinite,
 )
 from fedjax_lite.client import (
     ClientOutput,
     ClientUpdate,
-    LocalResult,
     build_client_update,
     local_train,
-    masked_mean_grad,
-    per_example_losses,
-    shuffle_order,
 )
 from fedjax_lite.data import FederatedData, example_mask, from_arrays, from_clients, take
+from fedjax_lite.local_work import LocalWork
 from fedjax_lite.sampling import (
     Sampler,
     fixed_size_sampler,
@@ -108,11 +111,9 @@ __all__ = [
     "ClientUpdate",
     "FederatedAlgorithm",
     "FederatedData",
-    "LocalResult",
     "ServerState",
     "ServerUpdate",
     "build_client_update",
-    "auto_chunk_size",
     "client_mesh",
     "initialize_distributed",
     "num_real_clients",
@@ -127,14 +128,14 @@ __all__ = [
     "evaluation",
     "example_mask",
     "hardware",
+    "local_work",
+    "LocalWork",
     "mapreduce",
     "from_arrays",
     "from_clients",
     "local_train",
-    "masked_mean_grad",
     "mean_aggregator",
     "models",
-    "per_example_losses",
     "raise_if_nonfinite",
     "round_keys",
     "run_rounds",
@@ -146,7 +147,6 @@ __all__ = [
     "privacy",
     "sample_clients",
     "server",
-    "shuffle_order",
     "take",
     "uniform_mean",
     "weighted_mean",

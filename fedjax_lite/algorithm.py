@@ -210,7 +210,7 @@ def build_federated_algorithm(
       example counts).
     chunk_size: clients per vmapped chunk (>= 1, or the cohort if smaller).
       ``"auto"`` (the default) picks it for the platform with
-      :func:`auto_chunk_size`: a cache-sized working set on a CPU, and on an
+      :func:`fedjax_lite.hardware.auto_chunk_size`: a cache-sized working set on a CPU, and on an
       accelerator as many clients as fit in half its free memory (so a
       cohort that fits is one chunk; see :mod:`fedjax_lite.hardware`).
       ``None`` processes the whole cohort in one chunk. Memory holds one

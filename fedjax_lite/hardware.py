@@ -7,7 +7,7 @@ Three choices of fedjax_lite depend on the machine, not on the mathematics
   many clients one vmapped chunk holds (:func:`auto_chunk_size`);
 * ``grad_mode="auto"`` of :func:`fedjax_lite.build_client_update`: per-example
   or batch gradients (:func:`fedjax_lite.client.resolve_grad_mode`);
-* the shuffle of :func:`fedjax_lite.shuffle_order`: a pairwise rank or a sort.
+* the shuffle of :func:`fedjax_lite.client.shuffle_order`: a pairwise rank or a sort.
 
 Each is read from :data:`TUNING` for the platform the program is traced for
 (``jax.default_backend()``: ``"cpu"``, ``"gpu"``, ``"tpu"``; a mesh's own
@@ -46,7 +46,7 @@ class Tuning(NamedTuple):
     per_example_max_leaf: ``grad_mode="auto"`` takes per-example gradients
       when no parameter leaf has more elements than this, else batch
       gradients.
-    rank_shuffle_max_examples: :func:`fedjax_lite.shuffle_order` ranks by
+    rank_shuffle_max_examples: :func:`fedjax_lite.client.shuffle_order` ranks by
       pairwise comparison up to this many padded examples per client, and
       sorts above it.
     chunk_bytes: the working-set target of one chunk of clients, or ``None``
@@ -248,7 +248,7 @@ def auto_chunk_size(params: Params, cohort: Any, budget_bytes: int | None = None
   A client's working set is estimated from shapes as four model copies (its
   parameters, gradient, optimizer state and delta) plus its padded data, plus
   one model copy per padded example for models small enough for per-example
-  gradients (see :func:`fedjax_lite.masked_mean_grad`); on an accelerator the
+  gradients (see :func:`fedjax_lite.client.masked_mean_grad`); on an accelerator the
   larger of that and :data:`TRACED_ESTIMATE_FACTOR` times ``client_bytes``
   (the round passes :func:`jaxpr_bytes` of one client's update). Only shapes
   are read, so it works on tracers.

@@ -18,7 +18,7 @@ from tests.reference import reference_client, reference_order
                                       (100, 129), (200, 300)])
 def test_shuffle_order_is_padding_independent_permutation(n, max_n):
   key = jax.random.key(11)
-  order = np.asarray(jax.jit(fl.shuffle_order, static_argnums=2)(key, n, max_n))
+  order = np.asarray(jax.jit(fl.client.shuffle_order, static_argnums=2)(key, n, max_n))
   assert sorted(order.tolist()) == list(range(max_n))
   assert sorted(order[:n].tolist()) == list(range(n))
   np.testing.assert_array_equal(order[:n], reference_order(key, n))
@@ -155,7 +155,7 @@ def test_shuffle_order_padding_independent_under_legacy_threefry():
   try:
     key = jax.random.key(4)
     for n, max_n in [(7, 7), (7, 20), (40, 200)]:
-      order = np.asarray(fl.shuffle_order(key, n, max_n))
+      order = np.asarray(fl.client.shuffle_order(key, n, max_n))
       np.testing.assert_array_equal(order[:n], reference_order(key, n))
   finally:
     jax.config.update("jax_threefry_partitionable", before)
@@ -167,8 +167,8 @@ def test_grad_modes_agree_with_each_other_and_with_autodiff(model):
   client = make_clients((7,), seed=3)[0]
   batch = {k: np.concatenate([v, np.zeros_like(v[:3])]) for k, v in client.items()}  # 3 padded
   mask = jnp.arange(10) < 7
-  g_batch, l_batch = fl.masked_mean_grad(loss, params, batch, mask, "batch")
-  g_pe, l_pe = fl.masked_mean_grad(loss, params, batch, mask, "per_example")
+  g_batch, l_batch = fl.client.masked_mean_grad(loss, params, batch, mask, "batch")
+  g_pe, l_pe = fl.client.masked_mean_grad(loss, params, batch, mask, "per_example")
   g_ref = jax.grad(loss)(params, client)  # plain mean over the real rows
   for a, b, c in zip(jax.tree.leaves(g_batch), jax.tree.leaves(g_pe), jax.tree.leaves(g_ref),
                      strict=True):

@@ -11,6 +11,8 @@ import re
 import warnings
 from pathlib import Path
 
+import numpy as np
+
 import fedjax_lite as fl
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -93,3 +95,33 @@ def test_every_citation_key_in_the_readme_is_in_references_bib():
   assert len(cited) >= 15, cited
   unknown = cited - set(entries)
   assert not unknown, f"cited in the README but not in docs/references.bib: {sorted(unknown)}"
+
+
+def test_contributing_worked_example_is_an_algorithm():
+  """CONTRIBUTING's worked example runs as written; at beta=0 it is FedAvg exactly."""
+  import jax
+  import jax.numpy as jnp
+  import optax
+
+  from tests.conftest import RAGGED_SIZES, linear_model, make_clients
+
+  text = (ROOT / "CONTRIBUTING.md").read_text()
+  section = text[text.index("### A worked example"):text.index("## Adding an aggregator")]
+  (code,) = re.findall(r"```python\n(.*?)```", section, re.S)
+  namespace: dict = {}
+  exec(compile(code, "CONTRIBUTING.md", "exec"), namespace)  # noqa: S102 - the docs' own code
+  params, loss = linear_model()
+  pop = fl.from_clients(make_clients(RAGGED_SIZES))
+  kw = dict(client_lr=0.1, num_epochs=1, batch_size=4)
+  fedavg = fl.build_federated_algorithm(fl.build_client_update(loss, optax.sgd(0.1),
+                                                               batch_size=4), fl.server.fedavg())
+  for beta, same in ((0.0, True), (0.9, False)):
+    algo = fl.build_federated_algorithm(namespace["lookahead_fedavg"](loss, beta=beta, **kw),
+                                        chunk_size=3)
+    a, b = algo.init(params), fedavg.init(params)
+    for r in range(3):
+      cohort, key = fl.take(pop, jnp.asarray([r, r + 2, r + 4])), jax.random.key(r)
+      a, b = algo.round(a, cohort, key)[0], fedavg.round(b, cohort, key)[0]
+    close = all(np.allclose(x, y, atol=1e-6) for x, y in zip(
+        jax.tree.leaves(a.params), jax.tree.leaves(b.params), strict=True))
+    assert close == same, beta

@@ -34,10 +34,10 @@ MLP = {"w": jax.ShapeDtypeStruct((784, 200), jnp.float32)}  # 627,200 bytes, bat
 def test_cpu_chunk_is_the_cache_budget_over_the_shape_estimate():
   cpu = hardware.DeviceMemory("cpu")
   per_client = 4 * 2440 + 32 * 60 * 4 + 32 * 2440  # model copies, data, per-example copies
-  assert fl.auto_chunk_size(SMALL, cohort_like(10, 32, 60), memory=cpu) == (
+  assert fl.hardware.auto_chunk_size(SMALL, cohort_like(10, 32, 60), memory=cpu) == (
       hardware.CPU_CHUNK_BYTES // per_client)
   # The CPU ignores the traced estimate and the device's memory.
-  assert fl.auto_chunk_size(SMALL, cohort_like(10, 32, 60), memory=cpu,
+  assert fl.hardware.auto_chunk_size(SMALL, cohort_like(10, 32, 60), memory=cpu,
                             client_bytes=10**9) == hardware.CPU_CHUNK_BYTES // per_client
 
 
@@ -46,20 +46,21 @@ def test_accelerator_chunk_is_a_fraction_of_free_memory():
   gpu = hardware.DeviceMemory("gpu", bytes_limit=80 * 10**9, bytes_in_use=30 * 10**9)
   free = 80 * 10**9 - 30 * 10**9 - 10**9
   per_client = 4 * 627_200 + 64 * 784 * 4  # batch gradients: no per-example copies
-  got = fl.auto_chunk_size(MLP, cohort_like(10, 64, 784), memory=gpu, reserved_bytes=10**9)
+  got = fl.hardware.auto_chunk_size(MLP, cohort_like(10, 64, 784), memory=gpu, reserved_bytes=10**9)
   assert got == int(hardware.ACCELERATOR_MEMORY_FRACTION * free) // per_client
   # A traced working set larger than the shape estimate wins; a smaller one does not.
-  assert fl.auto_chunk_size(MLP, cohort_like(10, 64, 784), memory=gpu, reserved_bytes=10**9,
-                            client_bytes=7 * MiB) == int(0.5 * free) // (2 * 7 * MiB)
-  assert got == fl.auto_chunk_size(MLP, cohort_like(10, 64, 784), memory=gpu,
+  assert fl.hardware.auto_chunk_size(MLP, cohort_like(10, 64, 784), memory=gpu,
+                                     reserved_bytes=10**9, client_bytes=7 * MiB) == int(
+                                         0.5 * free) // (2 * 7 * MiB)
+  assert got == fl.hardware.auto_chunk_size(MLP, cohort_like(10, 64, 784), memory=gpu,
                                    reserved_bytes=10**9, client_bytes=1000)
   # Full memory still gives one client per chunk; an explicit budget is honoured.
   full = hardware.DeviceMemory("gpu", bytes_limit=10**9, bytes_in_use=10**9)
-  assert fl.auto_chunk_size(MLP, cohort_like(10, 64, 784), memory=full) == 1
-  assert fl.auto_chunk_size(MLP, cohort_like(10, 64, 784), 7 * per_client, memory=gpu) == 7
+  assert fl.hardware.auto_chunk_size(MLP, cohort_like(10, 64, 784), memory=full) == 1
+  assert fl.hardware.auto_chunk_size(MLP, cohort_like(10, 64, 784), 7 * per_client, memory=gpu) == 7
   # An accelerator that reports no memory gets the documented fallback budget.
   silent = hardware.DeviceMemory("tpu")
-  assert fl.auto_chunk_size(MLP, cohort_like(10, 64, 784), memory=silent) == (
+  assert fl.hardware.auto_chunk_size(MLP, cohort_like(10, 64, 784), memory=silent) == (
       hardware.ACCELERATOR_FALLBACK_BYTES // per_client)
 
 
@@ -160,9 +161,9 @@ def test_grad_mode_and_shuffle_follow_the_platform_table(monkeypatch):
 def test_shuffle_methods_give_the_same_permutation(n, pad, seed):
   key = jax.random.key(seed)
   max_examples = max(n + pad, 1)
-  rank = fl.shuffle_order(key, n, max_examples, method="rank")
-  sort = fl.shuffle_order(key, n, max_examples, method="sort")
+  rank = fl.client.shuffle_order(key, n, max_examples, method="rank")
+  sort = fl.client.shuffle_order(key, n, max_examples, method="sort")
   np.testing.assert_array_equal(rank, sort)
   assert sorted(np.asarray(rank).tolist()) == list(range(max_examples))
   with pytest.raises(ValueError, match="`method` must be one of"):
-    fl.shuffle_order(key, n, max_examples, method="bogus")
+    fl.client.shuffle_order(key, n, max_examples, method="bogus")

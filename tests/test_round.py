@@ -239,12 +239,13 @@ def test_auto_chunk_size_follows_model_and_data_size():
 
   small = {"w": jnp.zeros((60, 10)), "b": jnp.zeros((10,))}
   per_client = 4 * 610 * 4 + 32 * 61 * 4 + 32 * 610 * 4  # per-example gradients: small model
-  assert fl.auto_chunk_size(small, cohort(32, 61)) == fl.algorithm.AUTO_CHUNK_BYTES // per_client
+  assert (fl.hardware.auto_chunk_size(small, cohort(32, 61))
+          == fl.algorithm.AUTO_CHUNK_BYTES // per_client)
   mlp = {"w1": jnp.zeros((784, 200)), "w2": jnp.zeros((200, 200)), "w3": jnp.zeros((200, 10))}
-  assert 5 <= fl.auto_chunk_size(mlp, cohort(64, 785)) <= 12
+  assert 5 <= fl.hardware.auto_chunk_size(mlp, cohort(64, 785)) <= 12
   huge = {"w": jax.ShapeDtypeStruct((4096, 4096), jnp.float32)}
-  assert fl.auto_chunk_size(huge, cohort(1, 1)) == 1
-  assert fl.auto_chunk_size(small, cohort(32, 61), budget_bytes=per_client * 7) == 7
+  assert fl.hardware.auto_chunk_size(huge, cohort(1, 1)) == 1
+  assert fl.hardware.auto_chunk_size(small, cohort(32, 61), budget_bytes=per_client * 7) == 7
 
 
 def test_run_rounds_twice_compiles_once():

@@ -46,8 +46,8 @@ def build_fedsgd_client_update(loss_fn: LossFn, *, grad_mode: str = "auto") -> C
   Args:
     loss_fn: ``loss(params, batch) -> scalar``, the mean loss of a batch
       (evaluated one example at a time, see
-      :func:`fedjax_lite.per_example_losses`).
-    grad_mode: see :func:`fedjax_lite.masked_mean_grad` (``"auto"`` as in
+      :func:`fedjax_lite.client.per_example_losses`).
+    grad_mode: see :func:`fedjax_lite.client.masked_mean_grad` (``"auto"`` as in
       :func:`fedjax_lite.build_client_update`). ``"per_example"`` holds one
       gradient per padded example: for large clients and models use
       ``"batch"``.

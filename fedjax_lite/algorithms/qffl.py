@@ -68,7 +68,7 @@ def mean_loss(loss_fn: LossFn, params: Params, client_data: FederatedData, *,
 
   Args:
     loss_fn: ``loss(params, batch) -> scalar`` (mean over its batch),
-      evaluated one example at a time (:func:`fedjax_lite.per_example_losses`).
+      evaluated one example at a time (:func:`fedjax_lite.client.per_example_losses`).
     params: model parameters.
     client_data: one client's slice of a :class:`FederatedData`.
     batch_size: examples evaluated together (memory bound only).
