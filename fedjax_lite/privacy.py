@@ -38,8 +38,9 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from fedjax_lite import accounting
 from fedjax_lite._validate import concrete_float
-from fedjax_lite.accounting import (
+from fedjax_lite.accounting import (  # noqa: F401  (re-exported)
     ACCOUNTANTS,
     MECHANISMS,
     PLD_DISCRETIZATION,
@@ -64,17 +65,7 @@ __all__ = [
     "global_norm",
     "laplace_aggregator",
     # Host-side accounting, re-exported from fedjax_lite.accounting.
-    "ACCOUNTANTS",
-    "DPSpec",
-    "MECHANISMS",
-    "PLD_DISCRETIZATION",
-    "SAMPLINGS",
-    "adaptive_noise_multiplier",
-    "calibrate_noise",
-    "dp_event",
-    "epsilon",
-    "make_accountant",
-    "round_event",
+    *accounting.__all__,
 ]
 
 
