@@ -191,33 +191,25 @@ def run_rounds(
     step = _round_step.__wrapped__(algorithm, sampler)
   key = jnp.asarray(key)
   first = int(jax.device_get(state.round))
-  history = []
-  bar = tqdm(total=num_rounds, disable=None if progress is None else not progress,
-             desc="rounds", unit="round")
-  try:
-    for r in range(first, first + num_rounds):
-      start = time.perf_counter()
-      state, metrics, ids = step(state, population, key, np.int32(r))
-      jax.block_until_ready(state)
-      seconds = time.perf_counter() - start
-      if bool(metrics["sampling_overflow"]):
-        raise ValueError(
-            f"round {r}: the Poisson sample overflowed the padded cohort of "
-            f"{sampler.cohort_size} slots (probability below the bound it was built with); the "
-            "round was not applied. Build the sampler with a smaller overflow_probability.")
-      if not bool(metrics["applied"]):
-        raise_if_nonfinite(metrics, ids, r)
-      row = {"round": float(r)}
-      row.update({k: float(v) for k, v in metrics.items() if k != "clients"})
-      row["seconds"] = seconds
-      history.append(row)
-      shown = {"clients": int(row["num_clients"])}
-      if "train_loss" in row:
-        shown = {"loss": f"{row['train_loss']:.4f}", **shown}
-      _report_round(bar, callback, r, state, row, shown)
-  finally:
-    bar.close()
-  return state, history
+
+  def step_round(state, r):
+    state, metrics, ids = step(state, population, key, np.int32(r))
+    return state, (metrics, ids)
+
+  def record(r, out, seconds):
+    metrics, ids = out
+    _check_overflow(r, sampler, metrics["sampling_overflow"])
+    if not bool(metrics["applied"]):
+      raise_if_nonfinite(metrics, ids, r)
+    row = {"round": float(r)}
+    row.update({k: float(v) for k, v in metrics.items() if k != "clients"})
+    row["seconds"] = seconds
+    shown = {"clients": int(row["num_clients"])}
+    if "train_loss" in row:
+      shown = {"loss": f"{row['train_loss']:.4f}", **shown}
+    return row, shown
+
+  return _loop(state, range(first, first + num_rounds), step_round, record, progress, callback)
 
 
 def run_sweep(
@@ -351,32 +343,60 @@ def run_sweep(
                        "all its experiments from one round.")
     first = int(rounds.flat[0]) if rounds.size else 0
   check_client_states(states, first_population, stacked=True)
+
+  def step_round(states, r):
+    states, metrics, nonfinite_ids = step(states, hparams, keys, population, np.int32(r))
+    return states, (metrics, nonfinite_ids)
+
+  def record(r, out, seconds):
+    metrics, (nonfinite, ids) = out
+    _check_overflow(r, sampler, metrics["sampling_overflow"])
+    refused = np.flatnonzero(np.asarray(jax.device_get(metrics["applied"])) == 0)
+    if refused.size:
+      s = int(refused[0])
+      try:
+        raise_if_nonfinite({"clients": {"nonfinite": nonfinite[s]}}, ids[s], r)
+      except ValueError as e:
+        raise ValueError(f"experiment {s} (of {refused.size} refused: {refused.tolist()}): "
+                         f"{e}") from None
+    row = {k: np.asarray(v) for k, v in jax.device_get(metrics).items()}
+    row["seconds"] = np.float64(seconds)  # wall time of the round of all S experiments
+    shown = {"loss": f"{float(np.mean(row['train_loss'])):.4f}"} if "train_loss" in row else {}
+    return row, shown
+
+  return _loop(states, range(first, first + num_rounds), step_round, record, progress, callback)
+
+
+def _check_overflow(r: int, sampler: Sampler, overflow: Any) -> None:
+  """Refuses a round whose Poisson draw overflowed the padded cohort (any experiment's)."""
+  if bool(np.any(jax.device_get(overflow))):
+    raise ValueError(
+        f"round {r}: the Poisson sample overflowed the padded cohort of {sampler.cohort_size} "
+        "slots (probability below the bound it was built with); the round was not applied. "
+        "Build the sampler with a smaller overflow_probability.")
+
+
+def _loop(state: Any, rounds: range, step_round: Callable[[Any, int], tuple[Any, Any]],
+          record: Callable[[int, Any, float], tuple[dict, dict]], progress: bool | None,
+          callback: Callable | None) -> tuple[Any, list[dict]]:
+  """The round loop of :func:`run_rounds` and :func:`run_sweep`.
+
+  Each round: ``step_round(state, r) -> (state, out)``, timed to completion;
+  ``record(r, out, seconds) -> (row, shown)`` checks it (raising refuses the
+  round before anyone sees its state) and makes its history row; then the
+  progress bar and ``callback``.
+  """
   history = []
-  bar = tqdm(total=num_rounds, disable=None if progress is None else not progress,
+  bar = tqdm(total=len(rounds), disable=None if progress is None else not progress,
              desc="rounds", unit="round")
   try:
-    for r in range(first, first + num_rounds):
+    for r in rounds:
       start = time.perf_counter()
-      states, metrics, (nonfinite, ids) = step(states, hparams, keys, population, np.int32(r))
-      jax.block_until_ready(states)
-      seconds = time.perf_counter() - start
-      if bool(np.any(jax.device_get(metrics["sampling_overflow"]))):
-        raise ValueError(f"round {r}: a Poisson sample overflowed the padded cohort of "
-                         f"{sampler.cohort_size} slots; the round was not applied.")
-      refused = np.flatnonzero(np.asarray(jax.device_get(metrics["applied"])) == 0)
-      if refused.size:
-        s = int(refused[0])
-        try:
-          raise_if_nonfinite({"clients": {"nonfinite": nonfinite[s]}}, ids[s], r)
-        except ValueError as e:
-          raise ValueError(f"experiment {s} (of {refused.size} refused: {refused.tolist()}): "
-                           f"{e}") from None
-      row = {k: np.asarray(v) for k, v in jax.device_get(metrics).items()}
-      row["seconds"] = np.float64(seconds)  # wall time of the round of all S experiments
+      state, out = step_round(state, r)
+      jax.block_until_ready(state)
+      row, shown = record(r, out, time.perf_counter() - start)
       history.append(row)
-      _report_round(bar, callback, r, states, row,
-                    {"loss": f"{float(np.mean(row['train_loss'])):.4f}"}
-                    if "train_loss" in row else {})
+      _report_round(bar, callback, r, state, row, shown)
   finally:
     bar.close()
-  return states, history
+  return state, history
