@@ -320,7 +320,7 @@ def test_run_refuses_out_of_range_labels_before_training(tmp_path, monkeypatch, 
   y = np.array(ds.train.arrays["y"])
   y[2, 0] = 12
   bad = ds._replace(train=ds.train._replace(arrays={**ds.train.arrays, "y": y}))
-  monkeypatch.setattr(experiment, "load_dataset", lambda c: bad)
+  monkeypatch.setattr(experiment.build, "load_dataset", lambda c: bad)
   out = tmp_path / "o"
   args = ["run", "--dataset", "digits", "--num-clients", "4", "--clients-per-round", "2",
           "--rounds", "1", "--out", str(out)]
@@ -332,7 +332,7 @@ def test_run_refuses_out_of_range_labels_before_training(tmp_path, monkeypatch, 
   y_test = np.array(ds.test.arrays["y"])
   y_test[1, 0] = -1
   bad_test = ds._replace(test=ds.test._replace(arrays={**ds.test.arrays, "y": y_test}))
-  monkeypatch.setattr(experiment, "load_dataset", lambda c: bad_test)
+  monkeypatch.setattr(experiment.build, "load_dataset", lambda c: bad_test)
   with pytest.raises(ValueError, match=r"client 1 has label -1 in test.arrays\['y'\]"):
     experiment.build_task(experiment.resolve_config(None, {"dataset": "digits",
                                                            "num_clients": 4}))

@@ -203,7 +203,7 @@ def test_cli_reaches_the_runtime_start_before_any_jax_computation(tmp_path):
         print("backend started:", xla_bridge.backends_are_initialized())
         raise experiment.ConfigError("stop here")
 
-      experiment.start_distributed = probe
+      experiment.runtime.start_distributed = probe
       flags = ["--coordinator", "127.0.0.1:12345", "--num-processes", "2", "--process-id", "0"]
       assert cli.main(["run", *flags, "--out", {str(tmp_path / "a")!r}]) == 2
       assert cli.main(["run", *flags, "--sweep", "seed=0..1", "--out",

@@ -1,0 +1,127 @@
+"""The main job: configure, train, evaluate, checkpoint and report a federated run.
+
+:func:`run_experiment` is what ``fedjax-lite run`` calls. A run is described
+by a flat configuration (:data:`DEFAULTS`; a TOML file and command-line flags
+override it) and writes to its output directory:
+
+* ``config.json``: the resolved configuration, library versions and seed;
+* ``metrics.jsonl``: one JSON object per round (``round``, ``train_loss``,
+  ``clients``, ``examples``, ``seconds``; on evaluation rounds ``eval_loss``,
+  ``eval_accuracy``, the per-client accuracy percentiles, and the central
+  test set's ``central_loss``/``central_accuracy`` where the dataset has one);
+* ``summary.json``: final metrics, rounds, wall time;
+* ``curves.png``: loss and accuracy against rounds;
+* ``checkpoint.ckpt``: the latest state (every ``checkpoint_every`` rounds
+  and at the end). ``--resume`` continues from it and reproduces exactly the
+  parameters of an uninterrupted run.
+
+``seed`` drives the model initialization and the client sampling, and the
+data partition (or generation) unless ``data_seed`` is set.
+
+Sweeps (``--sweep KEY=VALUES``, repeatable, or ``sweep`` in the TOML file as a
+list ``["seed=0..15"]`` or a table ``{client_lr = [0.01, 0.1]}``) run ``S``
+experiments as one vectorized program (:func:`fedjax_lite.run_sweep`).
+``VALUES`` is an inclusive integer range ``a..b`` or a comma list; several
+keys form their Cartesian product (the last key varying fastest). The
+sweepable keys are :data:`SWEEPABLE`: ``seed``, ``client_lr``, ``server_lr``,
+and under ``--dp`` ``noise_multiplier`` and ``clip`` (not with
+``--adaptive-clip``, whose clip and noise split are computed on the host; a
+noise sweep also excludes ``--target-epsilon``). All experiments share one
+population: ``data_seed`` is pinned to the base configuration's
+``data_seed``, or its ``seed``. Experiment ``s`` equals the single run of
+the configuration in its ``config.json`` (up to float rounding). ``--out
+DIR`` then holds one subdirectory per experiment (``000_seed=0/``, ...) with
+the single-run files above (``seconds`` being the wall time of the round of
+all experiments), plus:
+
+* ``sweep.json``: the sweep, the base configuration and a table of every
+  experiment's final metrics;
+* ``sweep.png``: train loss and eval accuracy of every experiment against
+  rounds;
+* ``checkpoint.ckpt``: the stacked states of all experiments; ``--resume``
+  (with the same ``--sweep``) continues the sweep exactly.
+
+Scaling out (:mod:`fedjax_lite.sharding`): ``devices`` (``--devices N`` or
+``all``) shards the client axis over a one-axis mesh of ``N`` devices: the
+training population and the clients' test data are padded with empty clients
+and sharded (:func:`fedjax_lite.shard_clients`), the central test set and the
+state are replicated, and the round runs with ``mesh=``. Sampling, keys and
+DP noise are those of the single-device run, so results equal it up to float
+summation order; single runs and sweeps alike. ``coordinator``,
+``num_processes`` and ``process_id`` (``--coordinator HOST:PORT
+--num-processes N --process-id I``, all three; or ``--coordinator auto``,
+where ``jax.distributed.initialize()`` detects SLURM, Open MPI or Cloud TPU
+and reads ``JAX_COORDINATOR_ADDRESS``) start JAX's multi-process runtime
+before anything else, and the mesh then spans every process's devices
+(``devices`` defaults to all of them). Every process runs the same
+configuration and computes the same rounds; only process 0 writes the
+outputs and logs, and every process returns the same summary (up to wall
+times, and a sweep's echo of the configuration holds each process's own
+``process_id``). ``--resume`` makes every process load the checkpoint from
+``--out``, so a multi-host resume needs ``--out`` on a shared filesystem.
+These four keys may change on ``--resume``.
+"""
+
+from fedjax_lite.experiment.build import (
+    POISSON_OVERFLOW_BOUND,
+    SHAKESPEARE_DEFAULT_CAP,
+    DPSetup,
+    Task,
+    build_dp,
+    build_task,
+    load_dataset,
+)
+from fedjax_lite.experiment.build import _algorithm as _algorithm
+from fedjax_lite.experiment.build import _client_optimizer as _client_optimizer
+from fedjax_lite.experiment.config import (
+    ALGORITHMS,
+    DATASETS,
+    DEFAULTS,
+    DP_MECHANISMS,
+    MODELS,
+    PARTITIONS,
+    PROCESS_KEYS,
+    RESUMABLE_CHANGES,
+    SWEEPABLE,
+    ConfigError,
+    chunk_size_arg,
+    data_seed,
+    devices_arg,
+    experiment_config,
+    flag_message,
+    parse_sweep,
+    resolve_config,
+    sweep_points,
+)
+from fedjax_lite.experiment.config import _check_resume as _check_resume
+from fedjax_lite.experiment.config import _validate_run as _validate_run
+from fedjax_lite.experiment.outputs import (
+    RUN_FILES,
+    SWEEP_FILES,
+    check_output_dir,
+    plot_curves,
+    plot_sweep,
+    prepare_output_dir,
+    versions,
+)
+from fedjax_lite.experiment.run import _due as _due
+from fedjax_lite.experiment.run import run_experiment, run_sweep_experiment
+from fedjax_lite.experiment.runtime import start_distributed
+
+__all__ = [
+    # Configuration (config.py).
+    "DEFAULTS", "SWEEPABLE", "RESUMABLE_CHANGES", "PROCESS_KEYS", "DATASETS", "MODELS",
+    "ALGORITHMS", "PARTITIONS", "DP_MECHANISMS", "ConfigError", "resolve_config",
+    "parse_sweep", "sweep_points", "data_seed", "experiment_config", "chunk_size_arg",
+    "devices_arg", "flag_message",
+    # What a configuration builds (build.py).
+    "POISSON_OVERFLOW_BOUND", "SHAKESPEARE_DEFAULT_CAP", "Task", "build_task", "load_dataset",
+    "DPSetup", "build_dp",
+    # Output files (outputs.py).
+    "RUN_FILES", "SWEEP_FILES", "check_output_dir", "prepare_output_dir", "versions",
+    "plot_curves", "plot_sweep",
+    # The multi-process runtime (runtime.py).
+    "start_distributed",
+    # The orchestrators (run.py).
+    "run_experiment", "run_sweep_experiment",
+]

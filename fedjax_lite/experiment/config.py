@@ -1,0 +1,463 @@
+"""The configuration of a run: defaults, merging, sweeps, validation and resume checks.
+
+:func:`resolve_config` merges :data:`DEFAULTS`, a TOML file and command-line
+overrides and validates the result; :func:`parse_sweep` reads ``--sweep``
+specifications; :func:`flag_message` words library errors as the command line
+does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import os
+import re
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from fedjax_lite import presets
+
+DEFAULTS: dict[str, Any] = {
+    "dataset": "digits",
+    "model": "mlp",
+    "algorithm": "fedavg",
+    "rounds": 150,
+    "clients_per_round": 10,
+    "local_epochs": 2,
+    "batch_size": 8,
+    "client_lr": 0.05,
+    "server_lr": None,
+    "seed": 0,
+    "data_seed": None,
+    "eval_every": 10,
+    "checkpoint_every": 10,
+    "out": None,
+    "resume": False,
+    "overwrite": False,
+    "num_clients": 50,
+    "partition": "dirichlet",
+    "alpha": 0.5,
+    "shards_per_client": 2,
+    "test_fraction": 0.2,
+    "synthetic_alpha": 1.0,
+    "synthetic_beta": 1.0,
+    "data_dir": None,
+    "max_examples_per_client": None,
+    "hidden": None,
+    "chunk_size": "auto",
+    "progress": None,
+    # Differential privacy (fedjax_lite.privacy).
+    "dp": "none",
+    "clip": 1.0,
+    "noise_multiplier": None,
+    "target_epsilon": None,
+    "delta": 1e-5,
+    "sampling": "fixed",
+    "accountant": "rdp",
+    "adaptive_clip": False,
+    "target_quantile": 0.5,
+    "local_dp": False,
+    # Vectorized sweep: {key: [values]} (see the module docstring).
+    "sweep": None,
+    # Scaling out (see the module docstring): devices on the client axis, and
+    # JAX's multi-process runtime.
+    "devices": None,
+    "coordinator": None,
+    "num_processes": None,
+    "process_id": None,
+    # Algorithms beyond FedAvg, robust/compressed aggregation, attacks, local
+    # work (fedjax_lite.presets).
+    **presets.DEFAULTS,
+    # Evaluation after local fine-tuning (epochs on each client's train split;
+    # 0: off).
+    "fine_tune_epochs": 0,
+    # Also evaluate the global model on the training clients (train_eval_*:
+    # the federated objective the algorithms minimize).
+    "eval_train": False,
+}
+
+# Keys a sweep may vary: they change neither the population nor the shapes of
+# the compiled round, and the round takes them as traced scalars.
+SWEEPABLE = ("seed", "client_lr", "server_lr", "noise_multiplier", "clip")
+
+
+# Keys that may change between a run and its --resume (they do not change the
+# trajectory of the parameters, the device keys only the float summation order).
+RESUMABLE_CHANGES = ("rounds", "eval_every", "checkpoint_every", "out", "resume", "overwrite",
+                     "progress", "devices", "coordinator", "num_processes", "process_id")
+
+# The keys that start JAX's multi-process runtime.
+PROCESS_KEYS = ("coordinator", "num_processes", "process_id")
+
+DATASETS = ("digits", "fashion_mnist", "shakespeare", "synthetic")
+MODELS = ("logreg", "mlp", "2nn", "cnn", "char_lstm")
+ALGORITHMS = presets.ALGORITHMS
+PARTITIONS = ("iid", "dirichlet", "shards")
+DP_MECHANISMS = ("none", "gaussian", "laplace")
+
+
+class ConfigError(ValueError):
+  """An invalid configuration (unknown name or key, bad value, bad output dir)."""
+
+
+def resolve_config(config_file: str | os.PathLike | None = None,
+                   overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+  """Merges :data:`DEFAULTS`, a TOML file and explicit overrides, and validates.
+
+  Args:
+    config_file: optional TOML file whose top-level keys mirror the options
+      (``clients_per_round`` or ``clients-per-round``).
+    overrides: values given on the command line (``None`` values are ignored);
+      ``sweep`` is a list of ``"KEY=VALUES"`` strings (or a ``{key: values}``
+      dict) and replaces the file's ``sweep``.
+
+  Returns:
+    The resolved configuration dict; ``sweep`` is ``None`` or the parsed
+    sweep ``{key: [values, ...]}`` (see :func:`parse_sweep`).
+
+  Raises:
+    ConfigError: for an unknown key, an unknown dataset/model/algorithm/
+      partition name (listing the valid ones), an out-of-range value, or a
+      bad or unsupported sweep.
+  """
+  config = dict(DEFAULTS)
+  sweep_source = "--sweep"
+  if config_file is not None:
+    path = Path(config_file)
+    try:
+      loaded = tomllib.loads(path.read_text())
+    except FileNotFoundError as e:
+      raise ConfigError(f"--config file {path} does not exist.") from e
+    except tomllib.TOMLDecodeError as e:
+      raise ConfigError(f"--config file {path} is not valid TOML: {e}") from e
+    for key, value in loaded.items():
+      name = key.replace("-", "_")
+      if name not in DEFAULTS:
+        raise ConfigError(
+            f"unknown key {key!r} in --config file {path}; valid keys: {sorted(DEFAULTS)}.")
+      config[name] = value
+      if name == "sweep":
+        sweep_source = f"sweep in --config file {path}:"
+  for key, value in (overrides or {}).items():
+    if value is not None:
+      if key not in DEFAULTS:
+        raise ConfigError(f"unknown option {key!r}.")
+      config[key] = value
+      if key == "sweep":
+        sweep_source = "--sweep"
+  config["sweep"] = parse_sweep(config["sweep"], sweep_source)
+  _validate(config)
+  return config
+
+
+_RANGE = re.compile(r"^(-?\d+)\.\.(-?\d+)$")
+_SWEEP_EXAMPLE = "e.g. --sweep seed=0..15 or --sweep client_lr=0.01,0.03,0.1"
+
+
+def parse_sweep(spec: Any, source: str = "--sweep") -> dict[str, list] | None:
+  """Parses a sweep specification into ``{key: [values, ...]}``.
+
+  Args:
+    spec: ``None``; a list of ``"KEY=VALUES"`` strings (``--sweep`` flags or a
+      TOML list), where ``VALUES`` is an inclusive integer range ``a..b`` or a
+      comma list ``v1,v2,...``; or a ``{key: VALUES}`` dict whose values are
+      such strings, lists of numbers or single numbers (a TOML table). An
+      already parsed sweep is returned unchanged.
+    source: how the user gave it, for error messages.
+
+  Returns:
+    ``None`` for no sweep, else ``{key: values}`` in the given key order, with
+    ``seed`` values as ints and the others as floats.
+
+  Raises:
+    ConfigError: naming the argument and the fix, for bad syntax, an empty
+      range, an unknown, unsweepable or repeated key, or a bad value.
+  """
+  if spec is None or (isinstance(spec, (list, tuple, dict)) and not spec):
+    return None
+  if isinstance(spec, str):
+    spec = [spec]
+  if isinstance(spec, dict):
+    items = [(str(k), v, f"{source} {k} = {v!r}") for k, v in spec.items()]
+  elif isinstance(spec, (list, tuple)):
+    items = []
+    for item in spec:
+      if not isinstance(item, str) or "=" not in item:
+        raise ConfigError(f"{source} {item!r}: write KEY=VALUES, {_SWEEP_EXAMPLE}.")
+      key, _, values = item.partition("=")
+      items.append((key.strip(), values.strip(), f"{source} {item}"))
+  else:
+    raise ConfigError(f"{source} must be a list of KEY=VALUES strings or a table of key = "
+                      f"values; got {spec!r}.")
+  sweep: dict[str, list] = {}
+  for key, values, where in items:
+    name = key.replace("-", "_")
+    if name not in SWEEPABLE:
+      what = "is not an option" if name not in DEFAULTS else "cannot be swept"
+      raise ConfigError(f"{where}: {key!r} {what}; sweepable keys: {', '.join(SWEEPABLE)}.")
+    if name in sweep:
+      raise ConfigError(f"{where}: {name!r} is swept twice; give all its values in one "
+                        f"KEY=VALUES, e.g. {name}=0..3 or {name}=0.1,0.3.")
+    sweep[name] = _sweep_values(name, values, where)
+  return sweep
+
+
+def _sweep_values(key: str, values: Any, where: str) -> list:
+  if isinstance(values, str):
+    text = values.replace(" ", "")
+    if ".." in text:
+      m = _RANGE.match(text)
+      if not m:
+        raise ConfigError(f"{where}: a range a..b takes two integers (inclusive, e.g. "
+                          f"{key}=0..15); list other values with commas.")
+      a, b = int(m.group(1)), int(m.group(2))
+      if b < a:
+        raise ConfigError(f"{where}: the range {a}..{b} is empty; write a..b with a <= b "
+                          f"(both included), e.g. {key}={b}..{a}.")
+      values = list(range(a, b + 1))
+    else:
+      parts = text.split(",")
+      if not all(parts):
+        raise ConfigError(f"{where}: empty value; write a comma list or a range, "
+                          f"{_SWEEP_EXAMPLE}.")
+      values = [_number(v, where) for v in parts]
+  elif isinstance(values, (int, float)) and not isinstance(values, bool):
+    values = [values]
+  elif not isinstance(values, (list, tuple)) or not values:
+    raise ConfigError(f"{where}: give a list of values, {_SWEEP_EXAMPLE}.")
+  out = []
+  for v in values:
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+      raise ConfigError(f"{where}: {v!r} is not a number.")
+    if key == "seed":
+      if not isinstance(v, int) or v < 0:
+        raise ConfigError(f"{where}: seeds must be non-negative integers; got {v!r}.")
+    elif not v > 0:
+      raise ConfigError(f"{where}: {key} must be > 0; got {v!r}.")
+    else:
+      v = float(v)
+    if v in out:
+      raise ConfigError(f"{where}: {v!r} is listed twice; list each value once.")
+    out.append(v)
+  return out
+
+
+def _number(text: str, where: str) -> int | float:
+  try:
+    return int(text)
+  except ValueError:
+    pass
+  try:
+    return float(text)
+  except ValueError:
+    raise ConfigError(f"{where}: {text!r} is not a number; {_SWEEP_EXAMPLE}.") from None
+
+
+def sweep_points(config: dict[str, Any]) -> list[dict[str, Any]]:
+  """The experiments of a sweep: one ``{key: value}`` per point of the product.
+
+  The product runs over the keys in the order given, the last varying fastest.
+  """
+  sweep = config["sweep"] or {}
+  return [dict(zip(sweep, values, strict=True)) for values in itertools.product(*sweep.values())]
+
+
+def data_seed(config: dict[str, Any]) -> int:
+  """The seed of the data partition/generation: ``data_seed``, else ``seed``."""
+  return config["seed"] if config.get("data_seed") is None else config["data_seed"]
+
+
+def experiment_config(config: dict[str, Any], point: dict[str, Any],
+                      out: str | os.PathLike | None = None) -> dict[str, Any]:
+  """The single-run configuration of one experiment of a sweep.
+
+  Running it alone (``run_experiment``) gives the experiment's results: the
+  swept values are set, ``data_seed`` is pinned to the sweep's, and
+  ``sweep``/``resume``/``overwrite`` and the multi-process keys
+  (:data:`PROCESS_KEYS`) are cleared.
+  """
+  return {**config, **point, "data_seed": data_seed(config), "sweep": None, "resume": False,
+          "overwrite": False, "out": None if out is None else str(out),
+          **dict.fromkeys(PROCESS_KEYS)}
+
+
+def chunk_size_arg(text: str) -> int | str:
+  """Parses ``--chunk-size``: a positive integer or ``auto``."""
+  if text == "auto":
+    return text
+  try:
+    return int(text)
+  except ValueError:
+    raise argparse.ArgumentTypeError(
+        f"--chunk-size must be a positive integer or 'auto'; got {text!r}.") from None
+
+
+def devices_arg(text: str) -> int | str:
+  """Parses ``--devices``: a positive integer or ``all``."""
+  if text == "all":
+    return text
+  try:
+    return int(text)
+  except ValueError:
+    raise argparse.ArgumentTypeError(
+        f"--devices must be a positive integer or 'all'; got {text!r}.") from None
+
+
+def _validate_devices(c: dict[str, Any]) -> None:
+  """Checks ``devices`` and the multi-process keys (what needs no JAX)."""
+  devices = c["devices"]
+  if devices != "all" and devices is not None and (
+      isinstance(devices, bool) or not isinstance(devices, int) or devices < 1):
+    raise ConfigError(f"devices must be a positive integer or 'all'; got {devices!r} (e.g. "
+                      "--devices 4, or --devices all for every device JAX sees).")
+  coordinator, num, pid = (c[k] for k in PROCESS_KEYS)
+  for flag, value, minimum in (("--num-processes", num, 1), ("--process-id", pid, 0)):
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int)
+                              or value < minimum):
+      raise ConfigError(f"{flag} must be an integer >= {minimum}; got {value!r}.")
+  if coordinator is None:
+    if num is not None or pid is not None:
+      raise ConfigError(
+          "--num-processes and --process-id need --coordinator HOST:PORT (the address of "
+          "process 0 and a free port, the same for every process), or --coordinator auto on "
+          "SLURM, Open MPI or Cloud TPU.")
+    return
+  if not isinstance(coordinator, str):
+    raise ConfigError(f"coordinator must be a string 'HOST:PORT' or 'auto'; got {coordinator!r}.")
+  if coordinator != "auto":
+    host, sep, port = coordinator.rpartition(":")
+    if not (sep and host and port.isdigit() and 0 < int(port) < 65536):
+      raise ConfigError(
+          f"--coordinator {coordinator!r} is not HOST:PORT; give process 0's address and a free "
+          "port, e.g. --coordinator 127.0.0.1:12345 on one machine or --coordinator "
+          "10.0.0.1:12345 across hosts (or --coordinator auto on SLURM, Open MPI or Cloud TPU).")
+    missing = [flag for flag, value in (("--num-processes", num), ("--process-id", pid))
+               if value is None]
+    if missing:
+      raise ConfigError(
+          f"--coordinator {coordinator} needs {' and '.join(missing)} too: start every process "
+          "with the same --coordinator and --num-processes N and its own --process-id 0..N-1 "
+          "(or use --coordinator auto where the cluster sets them).")
+  if num is not None and pid is not None and pid >= num:
+    raise ConfigError(f"--process-id {pid} must be below --num-processes {num} (the processes "
+                      f"are numbered 0..{num - 1}).")
+
+
+def _validate(c: dict[str, Any]) -> None:
+  _validate_devices(c)
+  if not c.get("sweep"):
+    _validate_run(c)
+    return
+  swept = c["sweep"]
+  for key in ("noise_multiplier", "clip"):
+    if key in swept and c["dp"] == "none":
+      raise ConfigError(f"--sweep {key} needs --dp gaussian or --dp laplace ({key} is a DP "
+                        "option).")
+    if key in swept and c["adaptive_clip"]:
+      raise ConfigError(
+          f"--sweep {key} cannot be combined with --adaptive-clip: adaptive clipping computes "
+          "its initial clip and the noise split on the host, so they cannot vary inside one "
+          f"vectorized program. Sweep seed or the learning rates, or run each {key} "
+          "separately.")
+  if "noise_multiplier" in swept and c["target_epsilon"] is not None:
+    raise ConfigError("--sweep noise_multiplier contradicts --target-epsilon (which calibrates "
+                      "one noise multiplier for every experiment); drop one of them.")
+  for point in sweep_points(c):
+    _validate_run({**c, **point})
+
+
+def _validate_run(c: dict[str, Any]) -> None:
+  for key, valid in (("dataset", DATASETS), ("model", MODELS), ("partition", PARTITIONS),
+                     ("dp", DP_MECHANISMS), ("sampling", ("fixed", "poisson")),
+                     ("accountant", ("rdp", "pld"))):
+    if c[key] not in valid:
+      raise ConfigError(f"unknown {key} {c[key]!r}; choose one of: {', '.join(valid)}.")
+  chunk = c["chunk_size"]
+  if chunk != "auto" and (isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1):
+    raise ConfigError(f"chunk_size must be a positive integer or 'auto'; got {chunk!r}.")
+  for key in ("rounds", "clients_per_round", "local_epochs", "batch_size", "num_clients"):
+    if not isinstance(c[key], int) or isinstance(c[key], bool) or c[key] < 1:
+      raise ConfigError(f"{key} must be a positive integer; got {c[key]!r}.")
+  for key in ("eval_every", "checkpoint_every", "seed", "data_seed"):
+    if key == "data_seed" and c.get(key) is None:
+      continue
+    if not isinstance(c[key], int) or isinstance(c[key], bool) or c[key] < 0:
+      raise ConfigError(f"{key} must be a non-negative integer; got {c[key]!r}.")
+  for key in ("client_lr", "alpha"):
+    if not isinstance(c[key], (int, float)) or not c[key] > 0:
+      raise ConfigError(f"{key} must be > 0; got {c[key]!r}.")
+  if c["server_lr"] is not None and not c["server_lr"] > 0:
+    raise ConfigError(f"server_lr must be > 0; got {c['server_lr']!r}.")
+  if c["dp"] == "none":
+    if c["noise_multiplier"] is not None or c["target_epsilon"] is not None:
+      raise ConfigError("noise_multiplier/target_epsilon need --dp gaussian or --dp laplace.")
+  else:
+    if (c["noise_multiplier"] is None) == (c["target_epsilon"] is None):
+      raise ConfigError(f"--dp {c['dp']} needs exactly one of --noise-multiplier and "
+                        "--target-epsilon.")
+    if c["noise_multiplier"] is not None and not c["noise_multiplier"] > 0:
+      raise ConfigError(f"noise_multiplier must be > 0; got {c['noise_multiplier']!r}.")
+    if c["target_epsilon"] is not None and not c["target_epsilon"] > 0:
+      raise ConfigError(f"target_epsilon must be > 0; got {c['target_epsilon']!r}.")
+    if not isinstance(c["clip"], (int, float)) or not c["clip"] > 0:
+      raise ConfigError(f"clip must be > 0; got {c['clip']!r}.")
+    if not isinstance(c["delta"], (int, float)) or not 0 < c["delta"] < 1:
+      raise ConfigError(f"delta must be in (0, 1); got {c['delta']!r}.")
+    if c["adaptive_clip"] and c["dp"] != "gaussian":
+      raise ConfigError("--adaptive-clip needs --dp gaussian (Andrew et al.'s method).")
+    if not 0 < c["target_quantile"] < 1:
+      raise ConfigError(f"target_quantile must be in (0, 1); got {c['target_quantile']!r}.")
+  try:
+    presets.validate(c)
+  except ValueError as e:
+    raise ConfigError(str(e)) from e
+  ft = c["fine_tune_epochs"]
+  if isinstance(ft, bool) or not isinstance(ft, int) or ft < 0:
+    raise ConfigError(f"fine_tune_epochs must be a non-negative integer; got {ft!r}.")
+  if c["model"] == "char_lstm" and c["dataset"] != "shakespeare":
+    raise ConfigError("model 'char_lstm' needs dataset 'shakespeare'.")
+  if c["dataset"] == "shakespeare" and c["model"] != "char_lstm":
+    raise ConfigError("dataset 'shakespeare' needs model 'char_lstm'.")
+  if c["model"] == "cnn" and c["dataset"] not in ("digits", "fashion_mnist"):
+    raise ConfigError("model 'cnn' needs an image dataset (digits or fashion_mnist).")
+
+
+def _check_resume(saved: dict[str, Any], config: dict[str, Any]) -> None:
+  changed = sorted(k for k in DEFAULTS if k not in RESUMABLE_CHANGES
+                   and saved.get(k) != config.get(k))
+  if config["target_epsilon"] is not None and saved.get("rounds") != config["rounds"]:
+    changed.append("rounds (the noise was calibrated for the run's total rounds)")
+  if changed:
+    raise ConfigError(
+        f"--resume: the configuration differs from the saved run in {changed}; only "
+        f"{list(RESUMABLE_CHANGES)} may change.")
+
+
+def _check_cohort(config: dict[str, Any], ds) -> None:
+  if config["clients_per_round"] > ds.train.num_clients:
+    raise ConfigError(
+        f"clients_per_round={config['clients_per_round']} exceeds the dataset's "
+        f"{ds.train.num_clients} clients.")
+
+
+# The library's parameters whose values the command line sets with a flag of
+# the same name: its messages say sampling='poisson', the CLI says --sampling poisson.
+_LIBRARY_PARAMETER_FLAGS = ("sampling", "accountant")
+_LIBRARY_PARAMETER = re.compile(r"\b(" + "|".join(_LIBRARY_PARAMETER_FLAGS) + r")='([^']*)'")
+
+
+def flag_message(error: Exception) -> str:
+  """A library error's message in command-line terms.
+
+  The library names its parameters (``accountant='pld'``); the command line
+  sets them with flags (``--accountant pld``).
+
+  Args:
+    error: an exception raised by the library.
+
+  Returns:
+    Its message with every ``name='value'`` of a parameter the command line
+    sets written as ``--name value``.
+  """
+  return _LIBRARY_PARAMETER.sub(lambda m: f"--{m[1]} {m[2]}", str(error))

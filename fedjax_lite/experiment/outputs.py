@@ -1,0 +1,276 @@
+"""The output directory of a run and the files written to it.
+
+Checking and preparing ``--out``, ``config.json``, the rows of
+``metrics.jsonl`` (and cutting them back on ``--resume``), ``summary.json``
+and the plots ``curves.png`` and ``sweep.png``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fedjax_lite.experiment.build import DPSetup
+from fedjax_lite.experiment.config import ConfigError
+
+RUN_FILES = ("metrics.jsonl", "summary.json", "curves.png", "checkpoint.ckpt", "config.json")
+SWEEP_FILES = ("sweep.json", "sweep.png", "checkpoint.ckpt")
+
+
+def check_output_dir(config: dict[str, Any]) -> Path:
+  """Validates the output directory without writing anything.
+
+  Sets ``config["out"]`` to ``runs/<dataset>-<algorithm>[-sweep]-<time>`` if
+  it is ``None``. Every process of a multi-process run calls it before JAX's
+  runtime starts (so before process 0 writes anything).
+
+  Returns:
+    The output directory.
+
+  Raises:
+    ConfigError: if the path is a file, or exists non-empty without ``resume``
+      or ``overwrite``, or ``resume`` finds nothing to resume (a sweep is
+      resumed with its ``--sweep`` options, a single run without).
+  """
+  sweep = bool(config.get("sweep"))
+  if config["out"] is None:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    kind = "-sweep" if sweep else ""
+    config["out"] = str(Path("runs") / f"{config['dataset']}-{config['algorithm']}{kind}-{stamp}")
+  out = Path(config["out"])
+  if config["resume"] and config["overwrite"]:
+    raise ConfigError("--resume and --overwrite contradict each other; pick one.")
+  nonempty = out.is_dir() and any(out.iterdir())
+  if out.exists() and not out.is_dir():
+    raise ConfigError(f"--out {out} exists and is not a directory.")
+  if config["resume"]:
+    if sweep and not (out / "sweep.json").is_file():
+      hint = " (it holds a single run: resume it without --sweep)" \
+          if (out / "config.json").is_file() else ""
+      raise ConfigError(f"--resume --sweep: {out} holds no sweep to resume (no sweep.json)"
+                        f"{hint}.")
+    if not sweep and not (out / "config.json").is_file():
+      hint = " (it holds a sweep: resume it with the same --sweep options)" \
+          if (out / "sweep.json").is_file() else ""
+      raise ConfigError(f"--resume: {out} holds no run to resume (no config.json){hint}.")
+  elif nonempty and not config["overwrite"]:
+    raise ConfigError(
+        f"--out {out} exists and is not empty; pass --resume to continue that run or "
+        "--overwrite to replace it.")
+  return out
+
+
+def prepare_output_dir(config: dict[str, Any]) -> Path:
+  """Validates (:func:`check_output_dir`) and creates the output directory before any training.
+
+  With ``overwrite``, the outputs of an earlier run or sweep in it are deleted.
+
+  Raises:
+    ConfigError: as :func:`check_output_dir`, or if the directory is not
+      writable.
+  """
+  out = check_output_dir(config)
+  try:
+    out.mkdir(parents=True, exist_ok=True)
+    probe = out / ".write-test"
+    probe.write_text("ok")
+    probe.unlink()
+  except OSError as e:
+    raise ConfigError(f"--out {out} is not writable: {e}") from e
+  if config["overwrite"]:
+    for sub in _sweep_dirs(out):
+      for name in RUN_FILES:
+        (sub / name).unlink(missing_ok=True)
+      with contextlib.suppress(OSError):
+        sub.rmdir()  # only if nothing else is in it
+    for name in RUN_FILES + SWEEP_FILES:
+      (out / name).unlink(missing_ok=True)
+  return out
+
+
+def _sweep_dirs(out: Path) -> list[Path]:
+  """The experiment directories named in ``out/sweep.json`` (none if unreadable)."""
+  try:
+    names = [e["dir"] for e in json.loads((out / "sweep.json").read_text())["experiments"]]
+  except (OSError, ValueError, KeyError, TypeError):
+    return []
+  return [out / n for n in names if isinstance(n, str) and n and Path(n).name == n
+          and (out / n).is_dir()]
+
+
+def versions() -> dict[str, str]:
+  import flax
+  import jax
+  import jaxlib
+  import optax
+
+  import fedjax_lite
+  return {"fedjax_lite": fedjax_lite.__version__, "jax": jax.__version__,
+          "jaxlib": jaxlib.__version__, "flax": flax.__version__, "optax": optax.__version__,
+          "numpy": np.__version__, "python": platform.python_version()}
+
+
+def _write_run_config(out: Path, config: dict[str, Any], ds, dp, mesh=None) -> None:
+  import jax
+
+  runtime = {"platform": jax.default_backend(), "processes": jax.process_count(),
+             "devices": 1 if mesh is None else int(mesh.size)}
+  (out / "config.json").write_text(json.dumps(
+      {"config": config, "versions": versions(), "seed": config["seed"],
+       "dataset_info": ds.info, "num_clients": ds.train.num_clients,
+       "privacy": dp.describe() if dp else None, "runtime": runtime}, indent=1, default=str))
+
+
+def _round_row(config: dict[str, Any], dp: DPSetup | None, r: int,
+               m: dict[str, float]) -> dict[str, Any]:
+  """The metrics.jsonl row of round ``r`` from its training metrics ``m``."""
+  row = {"round": r, "train_loss": m.get("train_loss", float("nan")),
+         "clients": int(m["num_clients"]), "examples": int(m["num_examples"]),
+         "seconds": m["seconds"]}
+  if dp:
+    row["epsilon"] = dp.epsilon(r + 1)
+  # The aggregator's metrics (DP noise, bits sent, clipped or selected
+  # clients) and the algorithm's counts (stragglers dropped, malicious
+  # clients, bits sent with error feedback).
+  row.update({k.split("/", 1)[1]: v for k, v in m.items() if k.startswith("aggregator/")})
+  row.update({k: v for k, v in m.items()
+              if k.startswith("num_") and k not in ("num_clients", "num_examples",
+                                                     "num_nonfinite_clients")})
+  return row
+
+
+def _append_row(path: Path, row: dict[str, Any]) -> None:
+  with open(path, "a") as f:
+    f.write(json.dumps(row) + "\n")
+
+
+_EVAL_PREFIXES = ("eval_", "central_", "train_eval_", "personal_", "finetune_")
+
+
+def _finish_run(config: dict[str, Any], out: Path, ds, dp: DPSetup | None,
+                rounds_completed: int, wall: float, rows: list[dict[str, Any]], *,
+                write: bool = True) -> dict[str, Any]:
+  """The summary of a run from its metrics ``rows``; with ``write``, also its files.
+
+  The files are ``summary.json`` and ``curves.png``; in a multi-process run
+  only process 0 writes them, and every process returns the same summary.
+  """
+  evals = [r for r in rows if "eval_accuracy" in r]
+  summary = {
+      "rounds_completed": rounds_completed,
+      "rounds": config["rounds"],
+      "finished": rounds_completed >= config["rounds"],
+      "wall_seconds_this_invocation": wall,
+      "train_seconds_total": float(sum(r["seconds"] for r in rows)),
+      "final_train_loss": rows[-1]["train_loss"] if rows else None,
+      **({k: v for k, v in evals[-1].items() if k.startswith(_EVAL_PREFIXES)}
+         if evals else {}),
+      "best_eval_accuracy": max((r["eval_accuracy"] for r in evals), default=None),
+      "chance_accuracy": 1.0 / ds.num_classes,
+      **({"epsilon": dp.epsilon(rounds_completed), "delta": config["delta"],
+          "privacy": dp.describe()} if dp else {}),
+      "out": str(out),
+  }
+  if not write:
+    return summary
+  (out / "summary.json").write_text(json.dumps(summary, indent=1))
+  if rows:
+    plot_curves(rows, out / "curves.png", title=f"{config['dataset']} / {config['model']} / "
+                f"{config['algorithm']}")
+  return summary
+
+
+def _resume_rows(path: Path, upto_round: int, *, write: bool = True) -> list[dict[str, Any]]:
+  """The metrics rows of rounds before ``upto_round`` (those in the checkpoint).
+
+  With ``write``, the file is cut to them (the rows at or after
+  ``upto_round`` are not in the checkpoint and will be computed again).
+  """
+  if not path.exists():
+    return []
+  keep, rows = [], []
+  for line in path.read_text().splitlines():
+    try:
+      row = json.loads(line)
+    except json.JSONDecodeError:  # a line cut short when the process was killed
+      continue
+    if row["round"] < upto_round:
+      keep.append(line)
+      rows.append(row)
+  if write:
+    path.write_text("".join(line + "\n" for line in keep))
+  return rows
+
+
+def plot_curves(rows: list[dict[str, Any]], path: Path, title: str = "") -> None:
+  """Writes ``curves.png``: train/eval loss and eval accuracy against rounds."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
+  rounds = [r["round"] + 1 for r in rows]
+  ax_loss.plot(rounds, [r["train_loss"] for r in rows], label="train loss (cohort)", lw=1)
+  ev = [r for r in rows if "eval_loss" in r]
+  if ev:
+    ax_loss.plot([r["round"] + 1 for r in ev], [r["eval_loss"] for r in ev], "o-",
+                 label="eval loss (clients' test data)")
+    er = [r["round"] + 1 for r in ev]
+    ax_acc.plot(er, [r["eval_accuracy"] for r in ev], "o-", label="eval accuracy (pooled)")
+    if "eval_accuracy_p10" in ev[0]:
+      ax_acc.fill_between(er, [r["eval_accuracy_p10"] for r in ev],
+                          [r["eval_accuracy_p90"] for r in ev], alpha=0.25,
+                          label="per-client accuracy, 10th-90th pct")
+    if "central_accuracy" in ev[0]:
+      ax_acc.plot(er, [r["central_accuracy"] for r in ev], "s--", label="central test accuracy")
+  ax_loss.set_xlabel("round")
+  ax_loss.set_ylabel("loss")
+  ax_acc.set_xlabel("round")
+  ax_acc.set_ylabel("accuracy")
+  ax_acc.set_ylim(0, 1)
+  for ax, where in ((ax_loss, "best"), (ax_acc, "lower right")):
+    if ax.get_legend_handles_labels()[0]:  # no evaluation yet: no accuracy curve
+      ax.legend(loc=where)
+  fig.suptitle(title)
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+
+
+def plot_sweep(curves: list[tuple[str, list[dict[str, Any]]]], path: Path,
+               title: str = "") -> None:
+  """Writes ``sweep.png``: every experiment's train loss and eval accuracy against rounds.
+
+  Args:
+    curves: ``(label, metrics rows)`` per experiment.
+    path: the PNG to write.
+    title: the figure's title.
+  """
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4))
+  for label, rows in curves:
+    line, = ax_loss.plot([r["round"] + 1 for r in rows], [r["train_loss"] for r in rows],
+                         lw=1, label=label)
+    ev = [r for r in rows if "eval_accuracy" in r]
+    ax_acc.plot([r["round"] + 1 for r in ev], [r["eval_accuracy"] for r in ev], "o-", ms=3,
+                color=line.get_color(), label=label)
+  ax_loss.set_xlabel("round")
+  ax_loss.set_ylabel("train loss (cohort)")
+  ax_acc.set_xlabel("round")
+  ax_acc.set_ylabel("eval accuracy (pooled)")
+  ax_acc.set_ylim(0, 1)
+  if len(curves) <= 16:
+    ax_acc.legend(loc="lower right", fontsize="x-small", ncol=2 if len(curves) > 8 else 1)
+  fig.suptitle(title)
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)

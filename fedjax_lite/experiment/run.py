@@ -1,0 +1,322 @@
+"""The orchestrators: :func:`run_experiment` and :func:`run_sweep_experiment`."""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from fedjax_lite.experiment.build import (
+    _algorithm,
+    _dp_aggregator,
+    _evaluator,
+    _sweep_dp,
+    build_dp,
+    build_task,
+)
+from fedjax_lite.experiment.config import (
+    _check_cohort,
+    data_seed,
+    experiment_config,
+    sweep_points,
+)
+from fedjax_lite.experiment.outputs import (
+    _append_row,
+    _finish_run,
+    _resume_rows,
+    _round_row,
+    _write_run_config,
+    plot_sweep,
+    versions,
+)
+from fedjax_lite.experiment.runtime import _load_state, _start
+
+
+def run_experiment(config: dict[str, Any], *, stop_after: int | None = None,
+                   log: Callable[[str], None] | None = None) -> dict[str, Any]:
+  """Runs (or resumes) the experiment described by a resolved configuration.
+
+  A configuration with a ``sweep`` runs all its experiments together
+  (:func:`run_sweep_experiment`).
+
+  Args:
+    config: from :func:`resolve_config`.
+    stop_after: stop after this many rounds *of this invocation* without the
+      final evaluation, as an interruption would (used by tests; a later
+      ``resume`` continues).
+    log: where to print human-readable lines (default: stderr; only process
+      0 of a multi-process run logs).
+
+  Returns:
+    The summary dict (also written to ``summary.json``); for a sweep, the
+    contents of ``sweep.json``. Every process of a multi-process run returns
+    it (the same up to wall times and the echoed ``process_id``).
+
+  Raises:
+    ConfigError: for a bad configuration or output directory, a ``resume``
+      whose saved configuration differs in a key that changes the run, more
+      ``devices`` than JAX sees, or a multi-process runtime that cannot start.
+    fedjax_lite.checkpoint.CheckpointError: for a corrupted checkpoint.
+  """
+  if config.get("sweep"):
+    return run_sweep_experiment(config, stop_after=stop_after, log=log)
+  out, mesh, main = _start(config, "config.json")
+  import jax
+
+  import fedjax_lite as fl
+  from fedjax_lite import checkpoint
+
+  log = (log or _stderr) if main else _quiet
+  task = build_task(config)
+  ds = task.dataset
+  _check_cohort(config, ds)
+  dp = build_dp(config, ds.train.num_clients)
+  algo = _algorithm(config, task, dp.aggregator if dp else None, mesh=mesh)
+  state = algo.init(task.params, num_clients=ds.train.num_clients)
+  train = ds.train if mesh is None else fl.shard_clients(ds.train, mesh)
+  ckpt_path = out / "checkpoint.ckpt"
+  metrics_path = out / "metrics.jsonl"
+  rows: list[dict[str, Any]] = []
+  if config["resume"]:
+    if ckpt_path.exists():
+      state = _load_state(ckpt_path, state, mesh)
+    rows = _resume_rows(metrics_path, int(state.round), write=main)
+  if main:
+    _write_run_config(out, config, ds, dp, mesh)
+  eval_row = _evaluator(task, mesh, config)
+
+  start_round = int(state.round)
+  remaining = config["rounds"] - start_round
+  if stop_after is not None:
+    remaining = min(remaining, stop_after)
+  log(f"fedjax-lite run: {_describe_run(config, ds)}, rounds {start_round}.."
+      f"{start_round + max(remaining, 0)} of {config['rounds']} -> {out}")
+  started = time.perf_counter()
+  last_eval: dict[str, float] = {}
+
+  def on_round(r, state, m):
+    # Every process evaluates (a computation over all devices); process 0 writes.
+    nonlocal last_eval
+    row = _round_row(config, dp, r, m)
+    if _due(config, "eval_every", r):
+      last_eval = eval_row(state.params, state)
+      row.update(last_eval)
+    rows.append(row)
+    if main:
+      _append_row(metrics_path, row)
+      if _due(config, "checkpoint_every", r):
+        checkpoint.save_checkpoint(ckpt_path, state, {"round": r + 1, "seed": config["seed"]})
+    return {"acc": f"{last_eval['eval_accuracy']:.3f}"} if "eval_accuracy" in last_eval else None
+
+  if remaining > 0:
+    state, _ = fl.run_rounds(algo, state, train, num_rounds=remaining,
+                             sampler=dp.sampler if dp else None,
+                             cohort_size=None if dp else config["clients_per_round"],
+                             key=jax.random.key(config["seed"]),
+                             progress=config["progress"] if main else False,
+                             callback=on_round)
+  summary = _finish_run(config, out, ds, dp, int(state.round), time.perf_counter() - started,
+                        rows, write=main)
+  log(json.dumps({"summary": summary}))
+  return summary
+
+
+def run_sweep_experiment(config: dict[str, Any], *, stop_after: int | None = None,
+                         log: Callable[[str], None] | None = None) -> dict[str, Any]:
+  """Runs (or resumes) every experiment of a sweep as one vectorized program.
+
+  The experiments (:func:`sweep_points`) share the population (drawn with the
+  base configuration's :func:`data_seed`) and are stepped together by
+  :func:`fedjax_lite.run_sweep`: each from its own seed's initial parameters
+  and PRNG key, with its swept learning rates, noise multiplier or clip as
+  traced scalars. Experiment ``s`` equals ``run_experiment`` of the
+  configuration in its ``config.json`` (:func:`experiment_config`) up to float
+  rounding. Every round, each experiment's metrics are written to its own
+  directory (evaluation loops over the experiments on the host with the
+  single run's evaluator); the stacked states are checkpointed in ``out``.
+
+  Args:
+    config: from :func:`resolve_config`, with a ``sweep``.
+    stop_after: as in :func:`run_experiment`.
+    log: where to print human-readable lines (default: stderr; only process
+      0 of a multi-process run logs).
+
+  Returns:
+    The contents of ``sweep.json``: the sweep, the base configuration, and
+    under ``experiments`` each experiment's directory, swept values and final
+    metrics (returned by every process of a multi-process run).
+
+  Raises:
+    ConfigError: for a bad configuration or output directory, a ``resume``
+      whose saved configuration (sweep included) differs in a key that
+      changes the runs, or a device or process option that cannot be met.
+    fedjax_lite.checkpoint.CheckpointError: for a corrupted checkpoint.
+    ValueError: if a client delta becomes NaN/Inf in some experiment.
+  """
+  import jax
+  import jax.numpy as jnp
+
+  import fedjax_lite as fl
+  from fedjax_lite import checkpoint
+
+  out, mesh, main = _start(config, "sweep.json")
+  log = (log or _stderr) if main else _quiet
+  points = sweep_points(config)
+  num = len(points)
+  width = max(3, len(str(num - 1)))
+  names = [f"{i:0{width}d}_" + ",".join(f"{k}={v}" for k, v in point.items())
+           for i, point in enumerate(points)]
+  configs = [experiment_config(config, point, out / name) for point, name in zip(points, names,
+                                                                                strict=True)]
+  task = build_task(configs[0])
+  ds = task.dataset
+  _check_cohort(config, ds)
+  dps = _sweep_dp(configs, ds.train.num_clients)
+  swept = config["sweep"]
+  hparams = {k: jnp.asarray([c[k] for c in configs], jnp.float32) for k in swept if k != "seed"}
+
+  def make(h):
+    values = h if isinstance(h, dict) else {}
+    c = {**configs[0], **values}
+    aggregator = None
+    if dps[0]:
+      z = values["noise_multiplier"] if "noise_multiplier" in values \
+          else dps[0].spec.noise_multiplier
+      aggregator = _dp_aggregator(c, z)
+    return _algorithm(c, task, aggregator, mesh=mesh)
+
+  inits: dict[int, Any] = {}
+  for c in configs:
+    if c["seed"] not in inits:
+      inits[c["seed"]] = task.init_params(c["seed"])
+  params = jax.tree.map(lambda *xs: jnp.stack(xs), *[inits[c["seed"]] for c in configs])
+  keys = jax.random.key_data(jnp.stack([jax.random.key(c["seed"]) for c in configs]))
+  sweep_h = hparams or jnp.zeros((num,))
+  train = ds.train
+  if mesh is not None:
+    # Everything the sweep's programs take is placed on the mesh, as a single
+    # run's state is by algo.init: replicated, and the population sharded.
+    params, sweep_h, keys = fl.replicate((params, sweep_h, keys), mesh)
+    train = fl.shard_clients(ds.train, mesh)
+  ckpt_path = out / "checkpoint.ckpt"
+  states = None
+  if config["resume"] and ckpt_path.exists():
+    target = jax.vmap(lambda h, p: make(h).init(p, num_clients=ds.train.num_clients))(
+        sweep_h, params)
+    states = _load_state(ckpt_path, target, mesh)
+  start_round = 0 if states is None else int(np.asarray(states.round).flat[0])
+  dirs = [out / name for name in names]
+  rows: list[list[dict[str, Any]]] = [[] for _ in dirs]
+  for i, (d, c, dp) in enumerate(zip(dirs, configs, dps, strict=True)):
+    if main:
+      d.mkdir(exist_ok=True)
+    if config["resume"]:
+      rows[i] = _resume_rows(d / "metrics.jsonl", start_round, write=main)
+    if main:
+      _write_run_config(d, c, ds, dp, mesh)
+  sweep_info = {"sweep": swept, "num_experiments": num,
+                "product": "Cartesian product of the swept keys in this order, the last "
+                           "varying fastest",
+                "data_seed": data_seed(config), "config": config, "versions": versions(),
+                "experiments": [{"index": i, "dir": name, "values": point}
+                                for i, (name, point) in enumerate(zip(names, points,
+                                                                      strict=True))]}
+  if main:
+    (out / "sweep.json").write_text(json.dumps(sweep_info, indent=1, default=str))
+  evaluate = _evaluator(task, mesh)
+
+  remaining = config["rounds"] - start_round
+  if stop_after is not None:
+    remaining = min(remaining, stop_after)
+  log(f"fedjax-lite run --sweep: {num} experiments ("
+      + ", ".join(f"{k}: {len(v)} values" for k, v in swept.items())
+      + f") as one vectorized program; {_describe_run(config, ds)}, rounds {start_round}.."
+      f"{start_round + max(remaining, 0)} of {config['rounds']} -> {out}")
+  started = time.perf_counter()
+  last_acc: list[float] = []
+
+  def on_round(r, states, row):
+    nonlocal last_acc
+    evaluated = _due(config, "eval_every", r)
+    accs = []
+    for i in range(num):
+      m = {k: float(v[i]) for k, v in row.items() if k != "seconds"}
+      m["seconds"] = float(row["seconds"])
+      out_row = _round_row(configs[i], dps[i], r, m)
+      if evaluated:
+        out_row.update(evaluate(jax.tree.map(lambda x: x[i], states.params)))
+        accs.append(out_row.get("eval_accuracy", float("nan")))
+      rows[i].append(out_row)
+      if main:
+        _append_row(dirs[i] / "metrics.jsonl", out_row)
+    if evaluated:
+      last_acc = accs
+    if main and _due(config, "checkpoint_every", r):
+      checkpoint.save_checkpoint(ckpt_path, states, {"round": r + 1, "experiments": num})
+    return {"acc": f"{np.nanmin(last_acc):.3f}..{np.nanmax(last_acc):.3f}"} if last_acc else None
+
+  if remaining > 0:
+    try:
+      states, _ = fl.run_sweep(make, sweep_h, params, train, num_rounds=remaining,
+                               keys=keys, sampler=dps[0].sampler if dps[0] else None,
+                               cohort_size=None if dps[0] else config["clients_per_round"],
+                               stacked_params=True, states=states, callback=on_round,
+                               progress=config["progress"] if main else False)
+    except ValueError as e:
+      # run_sweep refuses a round an experiment did not apply (NaN/Inf clients).
+      refused = re.match(r"experiment (\d+) ", str(e))
+      if refused is None:
+        raise
+      raise ValueError(f"{names[int(refused[1])]}: {e} The round was not recorded (the last "
+                       "checkpoint is intact); lower that learning rate or leave the value out "
+                       "of the sweep.") from None
+  rounds_completed = start_round if states is None else int(np.asarray(states.round).flat[0])
+  wall = time.perf_counter() - started
+  table = []
+  for i, (d, c, dp) in enumerate(zip(dirs, configs, dps, strict=True)):
+    summary = _finish_run(c, d, ds, dp, rounds_completed, wall, rows[i], write=main)
+    table.append({**sweep_info["experiments"][i],
+                  **{k: v for k, v in summary.items() if k not in _NOT_IN_SWEEP_TABLE}})
+  sweep_info.update({"rounds_completed": rounds_completed, "rounds": config["rounds"],
+                     "finished": rounds_completed >= config["rounds"],
+                     "wall_seconds_this_invocation": wall, "experiments": table,
+                     "out": str(out)})
+  curves = list(zip(names, rows, strict=True))
+  if main:
+    (out / "sweep.json").write_text(json.dumps(sweep_info, indent=1, default=str))
+  if main and any(rows):
+    plot_sweep(curves, out / "sweep.png", title=f"{config['dataset']} / {config['model']} / "
+               f"{config['algorithm']}: sweep over {', '.join(swept)}")
+  log(json.dumps({"sweep": [{k: e.get(k) for k in ("dir", "final_train_loss", "eval_accuracy",
+                                                    "epsilon") if k in e} for e in table]}))
+  return sweep_info
+
+
+# Summary entries left out of sweep.json's per-experiment table.
+_NOT_IN_SWEEP_TABLE = ("privacy", "out", "rounds", "rounds_completed", "finished",
+                       "wall_seconds_this_invocation", "train_seconds_total", "chance_accuracy",
+                       "delta")
+
+
+def _stderr(line: str) -> None:
+  print(line, file=sys.stderr, flush=True)
+
+
+def _quiet(line: str) -> None:
+  del line
+
+
+def _describe_run(config: dict[str, Any], ds) -> str:
+  return (f"{config['dataset']} ({ds.train.num_clients} clients, "
+          f"{int(np.sum(ds.train.num_examples))} train examples), model {config['model']}, "
+          f"{config['algorithm']}, {config['clients_per_round']} clients/round")
+
+
+def _due(config: dict[str, Any], every: str, r: int) -> bool:
+  """Whether round ``r`` (0-based) is the last one or a multiple of ``config[every]``."""
+  return r + 1 == config["rounds"] or bool(config[every] and (r + 1) % config[every] == 0)
