@@ -36,7 +36,7 @@ from fedjax_lite import hardware, mapreduce
 from fedjax_lite._types import Params, PRNGKey
 from fedjax_lite._validate import check_int, is_concrete
 from fedjax_lite.aggregation import Aggregator, PerClient, mean_aggregator, weighted_sum
-from fedjax_lite.client import ClientUpdate, ClientUpdateFn, as_client_update
+from fedjax_lite.client import ClientUpdate, ClientUpdateFn, as_client_update, output_counts
 from fedjax_lite.data import FederatedData
 from fedjax_lite.hardware import auto_chunk_size  # noqa: F401  (re-exported)
 from fedjax_lite.sharding import CLIENT_AXIS, replicate
@@ -319,7 +319,7 @@ def build_federated_algorithm(
       chunk_data = chunk_data._replace(num_examples=n)
       out = jax.vmap(client.update, in_axes=(None, 0, None, 0))(sent, chunk_data, client_key,
                                                                chunk_states)
-      counts = {"num_examples": n.astype(jnp.float32), **(out.counts or {})}
+      counts = output_counts(out, n)
       keys = jax.vmap(lambda i: jax.random.fold_in(agg_client_key, i))(chunk_data.client_ids)
 
       def aggregate_chunk(finite):

@@ -32,7 +32,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from fedjax_lite.client import ClientOutput, ClientUpdate
+from fedjax_lite.client import ClientOutput, ClientUpdate, output_counts
 
 # Folded into the round's client key to derive the attack's noise keys, so they
 # differ from the honest update's per-client key fold_in(key, client_id).
@@ -107,8 +107,7 @@ def _corrupt(client_update: AnyClientUpdate, fraction: float, seed: int,
     bad_delta = corrupt(out.delta, data, key)
     delta = jax.tree.map(lambda new, old: jnp.where(bad, new, old).astype(old.dtype),
                          bad_delta, out.delta)
-    counts = {"num_examples": data.num_examples.astype(jnp.float32), **(out.counts or {}),
-              "num_malicious": bad.astype(jnp.float32)}
+    counts = {**output_counts(out, data.num_examples), "num_malicious": bad.astype(jnp.float32)}
     return out._replace(delta=delta, counts=counts)
 
   if isinstance(client_update, ClientUpdate):

@@ -129,6 +129,19 @@ ClientUpdateFn = Callable[[Params, FederatedData, PRNGKey], ClientOutput]
 """A stateless client update as a plain function (e.g. from :func:`build_client_update`)."""
 
 
+def output_counts(out: ClientOutput, num_examples: Any) -> dict[str, Any]:
+  """``out.counts`` with its default filled in: ``num_examples`` is the client's data count.
+
+  Args:
+    out: a :class:`ClientOutput` (one client's, or a chunk's under ``vmap``).
+    num_examples: the client's (or chunk's) ``FederatedData.num_examples``.
+
+  Returns:
+    A new dict: ``{"num_examples": float32 num_examples, **(out.counts or {})}``.
+  """
+  return {"num_examples": jnp.asarray(num_examples).astype(jnp.float32), **(out.counts or {})}
+
+
 def _no_state(params: Params) -> tuple:
   del params
   return ()

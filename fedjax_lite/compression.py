@@ -42,7 +42,7 @@ import jax.numpy as jnp
 from fedjax_lite._types import Params, PRNGKey
 from fedjax_lite._validate import check_int
 from fedjax_lite.aggregation import Aggregator, mean_aggregator
-from fedjax_lite.client import ClientOutput, ClientUpdate, as_client_update
+from fedjax_lite.client import ClientOutput, ClientUpdate, as_client_update, output_counts
 from fedjax_lite.data import FederatedData
 
 # Bits of one float sent uncompressed (a value, or a quantization scale).
@@ -454,8 +454,7 @@ def with_error_feedback(
     left = unflatten(jnp.where(mask, zeros, flat))
     new_residual = jax.tree.map(
         lambda new, old: jnp.where(has_data, new.astype(old.dtype), old), left, residual)
-    counts = {"num_examples": client_data.num_examples.astype(jnp.float32),
-              **(out.counts or {})}
+    counts = output_counts(out, client_data.num_examples)
     counts["num_bits_sent"] = jnp.where(has_data, float(top_k_bits(d, keep)), 0.0).astype(
         jnp.float32)
     return ClientOutput(sent, out.weight, out.metrics, state=new_residual, counts=counts)
