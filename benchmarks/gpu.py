@@ -166,6 +166,8 @@ class Suite:
     import jax
     import jaxlib
 
+    from fedjax_lite import hardware
+
     row = {"section": "env", "date": datetime.datetime.now(datetime.UTC).isoformat(
         timespec="seconds"), "platform": self.device.platform,
         "device": self.device.device_kind, "num_devices": jax.device_count(),
@@ -173,7 +175,7 @@ class Suite:
         "python": platform.python_version(), "cpu_count": os.cpu_count(),
         "quick": self.args.quick,
         "xla_python_client_preallocate": os.environ.get("XLA_PYTHON_CLIENT_PREALLOCATE")}
-    stats = _memory_stats(self.device)
+    stats = hardware.memory_stats(self.device)
     if stats.get("bytes_limit"):
       row["device_memory_limit_gib"] = stats["bytes_limit"] / 2**30
     if shutil.which("nvidia-smi"):
@@ -284,7 +286,7 @@ class Suite:
                                            seed=self.args.seed + 1)
     jax.block_until_ready(population)
     self.emit({"section": "w2_million", "population": self.sizes["million"],
-               "population_mib": _tree_mib(population),
+               "population_mib": fl.hardware.tree_bytes(population) / MiB,
                "generate_sec": time.perf_counter() - t, **_device_memory(self.device)})
     model = fl.models.LogisticRegression(10)
     setup = Setup("w2_million", population, model.init(jax.random.key(0), jnp.zeros((1, 60))),
@@ -636,27 +638,16 @@ def _median_time(fn, repeats: int) -> float:
   return statistics.median(times)
 
 
-def _memory_stats(device) -> dict:
-  try:
-    return device.memory_stats() or {}
-  except Exception:
-    return {}
-
-
 def _device_memory(device) -> dict:
   """The device's memory in use and its peak so far (MiB), or the process's peak RSS."""
   from benchmarks import common
+  from fedjax_lite import hardware
 
-  stats = _memory_stats(device)
+  stats = hardware.memory_stats(device)
   if "peak_bytes_in_use" in stats:
     return {"device_in_use_mib": stats.get("bytes_in_use", 0) / MiB,
             "device_peak_mib": stats["peak_bytes_in_use"] / MiB}
   return {"peak_rss_mib": common.peak_rss_mib()}
-
-
-def _tree_mib(tree) -> float:
-  import jax
-  return sum(x.nbytes for x in jax.tree.leaves(tree)) / MiB
 
 
 def _rel_error(a, b) -> float:

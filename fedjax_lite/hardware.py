@@ -140,14 +140,27 @@ def device_memory(device: Any = None) -> DeviceMemory:
     reports no memory statistics.
   """
   device = jax.devices()[0] if device is None else device
-  try:
-    stats = device.memory_stats()
-  except Exception:  # some backends raise instead of returning None
-    stats = None
-  stats = stats or {}
+  stats = memory_stats(device)
   limit = stats.get("bytes_limit")
   return DeviceMemory(device.platform, None if limit is None else int(limit),
                       int(stats.get("bytes_in_use", 0)))
+
+
+def memory_stats(device: Any) -> dict[str, Any]:
+  """``device.memory_stats()``, or ``{}`` where the backend has none.
+
+  Args:
+    device: a ``jax.Device``.
+
+  Returns:
+    The statistics dict (``bytes_limit``, ``bytes_in_use``,
+    ``peak_bytes_in_use``, ...); empty on a backend that returns ``None`` or
+    raises.
+  """
+  try:
+    return device.memory_stats() or {}
+  except Exception:  # some backends raise instead of returning None
+    return {}
 
 
 def tree_bytes(tree: Any) -> int:
