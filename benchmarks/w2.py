@@ -131,7 +131,7 @@ W2_DEFAULTS = dict(population=10_000, clients_per_round=1000, examples=32, epoch
 
 
 def chunk_size_arg(text: str) -> int | str:
-  """``--chunk-size``: a positive int or ``auto`` (:func:`fedjax_lite.auto_chunk_size`)."""
+  """``--chunk-size``: a positive int or ``auto`` (:func:`fedjax_lite.hardware.auto_chunk_size`)."""
   return text if text == "auto" else int(text)
 
 

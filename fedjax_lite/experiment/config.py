@@ -284,24 +284,22 @@ def experiment_config(config: dict[str, Any], point: dict[str, Any],
 
 def chunk_size_arg(text: str) -> int | str:
   """Parses ``--chunk-size``: a positive integer or ``auto``."""
-  if text == "auto":
-    return text
-  try:
-    return int(text)
-  except ValueError:
-    raise argparse.ArgumentTypeError(
-        f"--chunk-size must be a positive integer or 'auto'; got {text!r}.") from None
+  return _int_or_word(text, "auto", "--chunk-size")
 
 
 def devices_arg(text: str) -> int | str:
   """Parses ``--devices``: a positive integer or ``all``."""
-  if text == "all":
+  return _int_or_word(text, "all", "--devices")
+
+
+def _int_or_word(text: str, word: str, flag: str) -> int | str:
+  if text == word:
     return text
   try:
     return int(text)
   except ValueError:
     raise argparse.ArgumentTypeError(
-        f"--devices must be a positive integer or 'all'; got {text!r}.") from None
+        f"{flag} must be a positive integer or '{word}'; got {text!r}.") from None
 
 
 def _validate_devices(c: dict[str, Any]) -> None:
