@@ -13,7 +13,7 @@ Compares, in one run and on the same cohorts and keys:
   device beforehand (a stronger baseline: no per-call transfer).
 * ``vmap_all``: the vectorized round with the whole cohort in one vmap.
 * ``vmap_chunked``: the vectorized round in chunks (``--chunk-size``, by default
-  ``auto``: :func:`fedjax_lite.auto_chunk_size`).
+  ``auto``: :func:`fedjax_lite.hardware.auto_chunk_size`).
 
 They are timed round-robin; after timing, a results check runs the same
 rounds through every implementation and asserts the parameters agree (1e-5).
