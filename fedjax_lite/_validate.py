@@ -63,16 +63,17 @@ def check_int(name: str, value: Any, minimum: int) -> int:
   return int(value)
 
 
-def check_real(name: str, value: Any, *, low: float, high: float = math.inf,
-               low_open: bool = False, hint: str = "") -> None:
-  """Checks a (possibly traced) real number in ``[low, high]`` (``(low, ...`` if ``low_open``).
+def check_real(name: str, value: Any, *, low: float = -math.inf, high: float = math.inf,
+               low_open: bool = False, high_open: bool = False, hint: str = "") -> None:
+  """Checks a (possibly traced) real number in ``[low, high]`` (open ends on request).
 
   Args:
     name: the argument's name, for the message.
     value: the value; a tracer passes unchecked.
-    low: the lower bound.
+    low: the lower bound (default: none).
     high: the upper bound (default: none).
     low_open: exclude ``low`` itself.
+    high_open: exclude ``high`` itself.
     hint: appended to the message.
 
   Returns:
@@ -83,16 +84,20 @@ def check_real(name: str, value: Any, *, low: float, high: float = math.inf,
   """
   if not is_concrete(value):
     return
-  if isinstance(value, bool):
-    raise TypeError(f"`{name}` must be a number; got bool {value!r}.")
+  if isinstance(value, (bool, str, bytes)):
+    raise TypeError(f"`{name}` must be a number; got {type(value).__name__} {value!r}.")
   try:
     v = float(value)
   except (TypeError, ValueError):
     raise TypeError(f"`{name}` must be a number; got {type(value).__name__} {value!r}.") from None
-  if not (v > low if low_open else v >= low) or not v <= high:
-    lo = "(" if low_open else "["
-    hi = "]" if math.isfinite(high) else ")"
-    raise ValueError(f"`{name}` must be in {lo}{low}, {high}{hi}; got {value!r}.{hint}")
+  if not (v > low if low_open else v >= low) or not (v < high if high_open else v <= high):
+    if not math.isfinite(high):
+      domain = f"{'>' if low_open else '>='} {low:g}"
+    elif not math.isfinite(low):
+      domain = f"{'<' if high_open else '<='} {high:g}"
+    else:
+      domain = f"in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+    raise ValueError(f"`{name}` must be {domain}; got {value!r}.{hint}")
 
 
 def check_rate(rate: Any, name: str = "q") -> None:

@@ -15,7 +15,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from fedjax_lite import experiment
+from fedjax_lite import experiment, presets
 from fedjax_lite.checkpoint import CheckpointError
 
 # (flag, type, help); every flag defaults to None so a --config file's value
@@ -27,12 +27,7 @@ _OPTIONS = [
      "FedAvg with that server optimizer)"),
     ("--server-optimizer", str, "server step of fedprox..qffl: fedavg (SGD at --server-lr, "
      "default 1), fedavgm, fedadam, fedyogi or fedadagrad"),
-    ("--mu", float, "FedProx's proximal coefficient mu"),
-    ("--q", float, "q-FFL's fairness exponent q"),
-    ("--ditto-lambda", float, "Ditto's lambda pulling personal models to the global one"),
-    ("--personal-lr", float, "Ditto's personal-model learning rate (default: --client-lr)"),
-    ("--personal-epochs", int, "Ditto's local epochs on the personal model"),
-    ("--mime-beta", float, "Mime-Lite's server momentum beta"),
+    *((f"--{h.key.replace('_', '-')}", h.kind, h.help) for h in presets.HYPERPARAMETERS.values()),
     ("--local-work", str, "local steps per client: full (every step of the epochs), "
      "fixed:S, sampled:MIN-MAX (uniform per client and round) or proportional:R (R steps per "
      "example)"),

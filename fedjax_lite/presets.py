@@ -26,27 +26,31 @@ from __future__ import annotations
 
 from typing import Any
 
+from fedjax_lite.algorithms import PRESETS, registry
+
 SERVER_OPTIMIZERS = ("fedavg", "fedavgm", "fedadam", "fedyogi", "fedadagrad")
-CLIENT_ALGORITHMS = ("fedprox", "fedsgd", "fednova", "scaffold", "mime_lite", "ditto", "qffl")
+CLIENT_ALGORITHMS = tuple(PRESETS)
 ALGORITHMS = SERVER_OPTIMIZERS + CLIENT_ALGORITHMS
 AGGREGATORS = ("mean", "median", "trimmed_mean", "krum")
 ATTACKS = ("none", "sign_flip", "gaussian", "scaled")
 STRAGGLER_MODES = ("drop", "partial")
 
 # Algorithms that keep a state per client (init needs the population size).
-STATEFUL = ("scaffold", "ditto")
-# Algorithms whose client update is FedAvg's (build_client_update): top-k
-# error feedback and local-work options apply to them.
-FEDAVG_CLIENT = SERVER_OPTIMIZERS + ("fedprox",)
+STATEFUL = tuple(name for name, p in PRESETS.items() if p.stateful)
+# Algorithms whose client messages are model deltas: top-k error feedback and
+# attacks wrap their client update.
+FEDAVG_CLIENT = SERVER_OPTIMIZERS + tuple(
+    name for name, p in PRESETS.items() if p.wraps_client_update)
+# Algorithms that honour local-work budgets and stragglers.
+LOCAL_WORK = SERVER_OPTIMIZERS + tuple(name for name, p in PRESETS.items() if p.local_work)
+
+# Every algorithm's own hyperparameters, by configuration key.
+HYPERPARAMETERS: dict[str, registry.Hyperparameter] = {
+    h.key: h for p in PRESETS.values() for h in p.hyperparameters}
 
 DEFAULTS: dict[str, Any] = {
     "server_optimizer": None,
-    "mu": 0.01,
-    "q": 1.0,
-    "ditto_lambda": 0.1,
-    "personal_lr": None,
-    "personal_epochs": 1,
-    "mime_beta": 0.9,
+    **{key: h.default for key, h in HYPERPARAMETERS.items()},
     "local_work": "full",
     "stragglers": 0.0,
     "straggler_mode": "drop",
@@ -85,8 +89,12 @@ def validate(c: dict[str, Any]) -> None:
           f"--server-optimizer {c['server_optimizer']} contradicts it. Use --algorithm "
           f"{c['server_optimizer']}, or --server-optimizer with one of "
           f"{', '.join(CLIENT_ALGORITHMS)}.")
-  for key, low in (("mu", 0.0), ("ditto_lambda", 0.0), ("q", 0.0), ("stragglers", 0.0),
-                   ("attack_fraction", 0.0), ("trim_beta", 0.0), ("mime_beta", 0.0)):
+  for key, h in HYPERPARAMETERS.items():
+    try:
+      h.check(c[key])
+    except (TypeError, ValueError) as e:
+      raise ValueError(str(e).replace("`", "")) from None
+  for key, low in (("stragglers", 0.0), ("attack_fraction", 0.0), ("trim_beta", 0.0)):
     v = c[key]
     if isinstance(v, bool) or not isinstance(v, (int, float)) or v < low:
       raise ValueError(f"{key} must be a number >= {low}; got {v!r}.")
@@ -95,14 +103,12 @@ def validate(c: dict[str, Any]) -> None:
       raise ValueError(f"{key} must be in [0, {high}]; got {c[key]!r}.")
   if not c["trim_beta"] < 0.5:
     raise ValueError(f"trim_beta must be in [0, 0.5); got {c['trim_beta']!r}.")
-  if not c["mime_beta"] < 1:
-    raise ValueError(f"mime_beta must be in [0, 1); got {c['mime_beta']!r}.")
-  for key in ("num_byzantine", "attack_seed", "personal_epochs", "multi_krum"):
+  for key in ("num_byzantine", "attack_seed", "multi_krum"):
     v = c[key]
     minimum = 0 if key in ("num_byzantine", "attack_seed") else 1
     if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
       raise ValueError(f"{key} must be an integer >= {minimum}; got {v!r}.")
-  for key in ("norm_bound", "personal_lr"):
+  for key in ("norm_bound",):
     v = c[key]
     if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0):
       raise ValueError(f"{key} must be > 0; got {v!r}.")
@@ -119,10 +125,9 @@ def validate(c: dict[str, Any]) -> None:
   if frac is not None and not uses_fedavg_client:
     raise ValueError(f"--topk-fraction (error feedback) wraps FedAvg's client update; it works "
                      f"with {', '.join(FEDAVG_CLIENT)}, not {algorithm}.")
-  if (c["local_work"] != "full" or c["stragglers"] > 0) and algorithm not in (
-      FEDAVG_CLIENT + ("fednova",)):
-    raise ValueError(f"--local-work and --stragglers apply to {', '.join(FEDAVG_CLIENT)} and "
-                     f"fednova, not {algorithm}.")
+  if (c["local_work"] != "full" or c["stragglers"] > 0) and algorithm not in LOCAL_WORK:
+    raise ValueError(f"--local-work and --stragglers apply to {', '.join(LOCAL_WORK)}, not "
+                     f"{algorithm}.")
   if c["stragglers"] > 0 and c["local_work"] != "full":
     raise ValueError("--stragglers sets each straggler's work itself; leave --local-work full.")
   dp = c.get("dp", "none") != "none"
@@ -134,9 +139,9 @@ def validate(c: dict[str, Any]) -> None:
   if dp and c["norm_bound"] is not None:
     raise ValueError("--norm-bound with --dp: DP already clips every update to --clip; drop "
                      "--norm-bound.")
-  if dp and algorithm == "qffl":
-    raise ValueError("--algorithm qffl with --dp: the q-FFL step divides by a sum of h_k, "
-                     "which DP noise can make 0 or negative; not supported.")
+  refusal = PRESETS[algorithm].dp_refusal if algorithm in PRESETS else None
+  if dp and refusal is not None:
+    raise ValueError(f"--algorithm {algorithm} with --dp: {refusal}; not supported.")
   if c["attack"] != "none" and not c["attack_fraction"] > 0:
     raise ValueError(f"--attack {c['attack']} needs --attack-fraction > 0 (the fraction of "
                      "malicious clients).")
@@ -182,7 +187,8 @@ def build_aggregator(c: dict[str, Any], dp_aggregator=None):
   else:
     name = c["aggregator"]
     if name == "mean":
-      agg = fl.mean_aggregator("uniform" if c["algorithm"] == "qffl" else "num_examples")
+      preset = PRESETS.get(c["algorithm"])
+      agg = fl.mean_aggregator("num_examples" if preset is None else preset.mean_weights)
     elif name == "median":
       agg = fl.robust.coordinate_median()
     elif name == "trimmed_mean":
@@ -235,52 +241,38 @@ def build_algorithm(c: dict[str, Any], loss_fn, client_optimizer, *, dp_aggregat
 def _algorithm(c: dict[str, Any], loss_fn, client_optimizer, dp_aggregator):
   """What the configuration's algorithm computes (run with the default execution)."""
   import fedjax_lite as fl
-  from fedjax_lite import algorithms, server
+  from fedjax_lite import server
 
   algorithm = c["algorithm"]
-  aggregator = build_aggregator(c, dp_aggregator)
   server_kwargs = {} if c["server_lr"] is None else {"learning_rate": c["server_lr"]}
   opt_name = algorithm if algorithm in SERVER_OPTIMIZERS else (c["server_optimizer"] or "fedavg")
-  server_opt = server.server_optimizer(opt_name, **server_kwargs)
-  common = dict(aggregator=aggregator)
-  shape = dict(num_epochs=c["local_epochs"], batch_size=c["batch_size"])
-  attacked = c["attack"] != "none"
-
-  if algorithm in FEDAVG_CLIENT:
+  local_work = None
+  if algorithm in LOCAL_WORK:
     local_work = parse_local_work(c["local_work"])
     if c["stragglers"] > 0:
       local_work = fl.client.stragglers(c["stragglers"], c["straggler_mode"])
-    update = fl.build_client_update(
-        loss_fn, client_optimizer, proximal_mu=c["mu"] if algorithm == "fedprox" else 0.0,
-        local_work=local_work, **shape)
-    update = _attack(c, update)
-    if c["topk_fraction"] is not None:
-      update = fl.compression.with_error_feedback(update, fraction=c["topk_fraction"])
-    return fl.build_federated_algorithm(update, server_opt, **common)
-  if attacked:
-    raise ValueError(f"--attack wraps FedAvg's client update here; it works with "
-                     f"{', '.join(FEDAVG_CLIENT)}, not {algorithm} (in the library, wrap any "
-                     "client update with fedjax_lite.attacks).")
-  lr = c["client_lr"]
-  if algorithm == "fedsgd":
-    return algorithms.fedsgd(loss_fn, server_optimizer=server_opt, **common)
-  if algorithm == "fednova":
-    local_work = parse_local_work(c["local_work"])
-    if c["stragglers"] > 0:
-      local_work = fl.client.stragglers(c["stragglers"], c["straggler_mode"])
-    return algorithms.fednova(loss_fn, client_lr=lr, local_work=local_work,
-                              server_optimizer=server_opt, **shape, **common)
-  if algorithm == "scaffold":
-    dp = dp_aggregator is not None
-    return algorithms.scaffold(loss_fn, client_lr=lr, server_optimizer=server_opt,
-                               cohort_size=c["clients_per_round"] if dp else None,
-                               **shape, **common)
-  if algorithm == "mime_lite":
-    return algorithms.mime_lite(loss_fn, client_lr=lr, beta=c["mime_beta"],
-                                server_optimizer=server_opt, **shape, **common)
-  if algorithm == "ditto":
-    return algorithms.ditto(loss_fn, client_lr=lr, personal_lr=c["personal_lr"] or lr,
-                            lam=c["ditto_lambda"], personal_epochs=c["personal_epochs"],
-                            server_optimizer=server_opt, **shape, **common)
-  return algorithms.qffl(loss_fn, q=c["q"], client_lr=lr, server_optimizer=server_opt,
-                         **shape, **common)
+  context = registry.BuildContext(
+      loss_fn=loss_fn, client_optimizer=client_optimizer, client_lr=c["client_lr"],
+      num_epochs=c["local_epochs"], batch_size=c["batch_size"],
+      server_optimizer=server.server_optimizer(opt_name, **server_kwargs),
+      aggregator=build_aggregator(c, dp_aggregator), local_work=local_work,
+      private=dp_aggregator is not None, cohort_size=c["clients_per_round"])
+  if algorithm in SERVER_OPTIMIZERS:
+    update = fl.build_client_update(loss_fn, client_optimizer, num_epochs=context.num_epochs,
+                                    batch_size=context.batch_size, local_work=local_work)
+    spec = fl.build_federated_algorithm(update, context.server_optimizer,
+                                        aggregator=context.aggregator).spec
+  else:
+    preset = PRESETS[algorithm]
+    spec = preset.build(context, **{h.key: c[h.key] for h in preset.hyperparameters}).spec
+  if c["attack"] == "none" and c["topk_fraction"] is None:
+    return fl.build_federated_algorithm(spec)
+  if algorithm not in FEDAVG_CLIENT:
+    raise ValueError(f"--attack and --topk-fraction wrap a client update whose messages are "
+                     f"model deltas, as FedAvg's; they work with {', '.join(FEDAVG_CLIENT)}, "
+                     f"not {algorithm} (in the library, wrap any client update with "
+                     "fedjax_lite.attacks).")
+  update = _attack(c, spec.client_update)
+  if c["topk_fraction"] is not None:
+    update = fl.compression.with_error_feedback(update, fraction=c["topk_fraction"])
+  return fl.build_federated_algorithm(spec._replace(client_update=update))

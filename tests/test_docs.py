@@ -125,3 +125,16 @@ def test_contributing_worked_example_is_an_algorithm():
     close = all(np.allclose(x, y, atol=1e-6) for x, y in zip(
         jax.tree.leaves(a.params), jax.tree.leaves(b.params), strict=True))
     assert close == same, beta
+  # Its PRESET joins the registry and builds the same algorithm from a configuration.
+  preset = namespace["PRESET"]
+  assert "lookahead_fedavg" in fl.algorithms.registry.collect(
+      [*fl.algorithms.PRESETS.values(), preset])
+  ctx = fl.algorithms.registry.BuildContext(
+      loss_fn=loss, client_optimizer=optax.sgd(0.1), client_lr=0.1, num_epochs=1, batch_size=4,
+      server_optimizer=fl.server.fedavg())
+  built = preset.build(ctx, **preset.defaults())
+  direct = namespace["lookahead_fedavg"](loss, beta=0.9, **kw)
+  cohort, key = fl.take(pop, jnp.asarray([0, 2, 4])), jax.random.key(0)
+  for x, y in zip(jax.tree.leaves(built.round(built.init(params), cohort, key)[0]),
+                  jax.tree.leaves(direct.round(direct.init(params), cohort, key)[0]), strict=True):
+    np.testing.assert_array_equal(x, y)

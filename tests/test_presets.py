@@ -16,7 +16,8 @@ import optax
 import pytest
 
 import fedjax_lite as fl
-from fedjax_lite import experiment, presets
+from fedjax_lite import algorithms, cli, experiment, presets
+from fedjax_lite.algorithms import registry
 from tests.conftest import linear_model, make_clients
 
 SIZES = (5, 0, 13, 1, 8, 21, 3, 7, 2, 9, 6, 4)
@@ -44,7 +45,9 @@ def _run(config, dp_aggregator=None, mesh=None):
   return state, history
 
 
-CASES = {
+# Every registered algorithm runs with its default hyperparameters (so a new
+# one is covered here without an edit), plus the variations below.
+CASES = {name: {"algorithm": name} for name in algorithms.PRESETS} | {
     "fedavg": {},
     "fedadam": {"algorithm": "fedadam"},
     "fedprox": {"algorithm": "fedprox", "mu": 0.5},
@@ -129,7 +132,7 @@ def test_robust_aggregation_composes_with_sharding():
     ({"algorithm": "ditto", "stragglers": 0.5}, "not ditto"),
     ({"trim_beta": 0.5}, "trim_beta must be in"),
     ({"quantize_bits": 0}, "quantize_bits must be an integer in 1..32"),
-    ({"mu": -1.0}, "mu must be a number >= 0"),
+    ({"mu": -1.0}, "mu must be >= 0; got -1.0"),
 ])
 def test_configuration_errors_name_the_fix(overrides, match):
   with pytest.raises(experiment.ConfigError, match=match):
@@ -179,3 +182,43 @@ def test_stateful_run_resumes_exactly(tmp_path):
       None, {**base, "out": str(tmp_path / "cut"), "resume": True}), log=lambda line: None)
   for key in ("final_train_loss", "eval_loss", "central_loss"):
     assert resumed[key] == whole[key], key
+
+
+def test_the_registry_is_the_one_place_an_algorithm_is_named():
+  """presets, its defaults and checks, and the command line's flags come from
+  fedjax_lite.algorithms.PRESETS: adding an algorithm touches its module, the
+  package __init__ and its test."""
+  parser = cli.argparse.ArgumentParser()
+  cli._run_parser(parser.add_subparsers())
+  flags = {a.dest: a for a in parser._subparsers._group_actions[0].choices["run"]._actions}
+  for name, preset in algorithms.PRESETS.items():
+    assert name in presets.ALGORITHMS and name in experiment.ALGORITHMS
+    assert (name in presets.STATEFUL) == preset.stateful
+    for h in preset.hyperparameters:
+      assert experiment.DEFAULTS[h.key] == h.default
+      assert flags[h.key].type is h.kind and h.help in flags[h.key].help
+      if h.low is not None:  # the registry's range is what the configuration checks
+        below = h.low - (0 if h.low_open else 1)
+        with pytest.raises(experiment.ConfigError, match=f"{h.key} must be"):
+          experiment._validate_run(_config(algorithm=name, **{h.key: h.kind(below)}))
+
+
+def test_registry_refuses_ambiguous_names_and_checks_domains():
+  h = registry.Hyperparameter("beta", float, 0.5, "a rate", low=0.0, high=1.0, high_open=True)
+  h.check(0.0)
+  for bad, error in ((1.0, ValueError), (-0.1, ValueError), ("0.5", TypeError),
+                     (True, TypeError), (None, TypeError)):
+    with pytest.raises(error, match="`beta` must be"):
+      h.check(bad)
+  steps = registry.Hyperparameter("steps", int, 1, "steps", low=1)
+  with pytest.raises(TypeError, match="`steps` must be an int"):
+    steps.check(1.5)
+  a = registry.Preset("a", "A", build=lambda ctx, beta: None, hyperparameters=(h,))
+  b = registry.Preset("b", "B", build=lambda ctx, beta: None, hyperparameters=(h,))
+  assert list(registry.collect([a])) == ["a"]
+  with pytest.raises(ValueError, match="two presets are named 'a'"):
+    registry.collect([a, a])
+  with pytest.raises(ValueError, match="key 'beta' of 'b' is already 'a'"):
+    registry.collect([a, b])
+  with pytest.raises(TypeError, match="kind must be int or float"):
+    registry.Hyperparameter("name", str, "x", "a string")

@@ -53,6 +53,7 @@ from fedjax_lite.algorithm import (
   ServerUpdate,
   build_federated_algorithm,
 )
+from fedjax_lite.algorithms import registry
 from fedjax_lite.algorithms._common import apply_server_optimizer
 from fedjax_lite.algorithms._common import server_update as common_server_update
 from fedjax_lite.client import (
@@ -219,3 +220,13 @@ def fednova(
     server_optimizer = server_lib.fedavg()
   return build_federated_algorithm(
       client_update, fednova_server_update(server_optimizer), aggregator=aggregator)
+
+
+def _build_preset(ctx: registry.BuildContext) -> FederatedAlgorithm:
+  return fednova(ctx.loss_fn, client_lr=ctx.client_lr, num_epochs=ctx.num_epochs,
+                 batch_size=ctx.batch_size, local_work=ctx.local_work,
+                 server_optimizer=ctx.server_optimizer, aggregator=ctx.aggregator)
+
+
+PRESET = registry.Preset(name="fednova", summary="FedNova (Wang et al. 2020)",
+                         build=_build_preset, local_work=True)

@@ -25,6 +25,7 @@ from fedjax_lite import server as server_lib
 from fedjax_lite._validate import check_real
 from fedjax_lite.aggregation import Aggregator
 from fedjax_lite.algorithm import FederatedAlgorithm, build_federated_algorithm
+from fedjax_lite.algorithms import registry
 from fedjax_lite.algorithms._common import check_loss_and_grad_mode
 from fedjax_lite.client import (
   ClientOutput,
@@ -124,3 +125,11 @@ def fedsgd(
     server_optimizer = server_lib.fedavg(learning_rate)
   client_update = build_fedsgd_client_update(loss_fn, grad_mode=grad_mode)
   return build_federated_algorithm(client_update, server_optimizer, aggregator=aggregator)
+
+
+def _build_preset(ctx: registry.BuildContext) -> FederatedAlgorithm:
+  return fedsgd(ctx.loss_fn, server_optimizer=ctx.server_optimizer, aggregator=ctx.aggregator)
+
+
+PRESET = registry.Preset(name="fedsgd", summary="FedSGD (one full-batch gradient per client)",
+                         build=_build_preset)
