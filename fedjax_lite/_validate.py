@@ -134,3 +134,30 @@ def check_choice(name: str, value: Any, choices: tuple[str, ...]) -> str:
   if not (isinstance(value, str) and value in choices):
     raise ValueError(f"`{name}` must be one of {choices}; got {value!r}.")
   return value
+
+
+def check_class_labels(labels: Any, name: str = "labels") -> np.ndarray:
+  """Checks host-side class labels: a 1-D integer array of values ``>= 0``.
+
+  Args:
+    labels: the labels ``[num_examples]``.
+    name: the argument's name, for the message.
+
+  Returns:
+    ``labels`` as an ``int64`` NumPy array.
+
+  Raises:
+    ValueError: for another rank, a non-integer dtype or a negative label.
+  """
+  labels = np.asarray(labels)
+  if labels.ndim != 1:
+    raise ValueError(
+        f"`{name}` must be a 1-D array of integer class labels [num_examples]; got shape "
+        f"{labels.shape}.")
+  if labels.size and not np.issubdtype(labels.dtype, np.integer):
+    raise ValueError(
+        f"`{name}` must hold integer class labels; got dtype {labels.dtype}. Cast it, e.g. "
+        "`labels.astype(np.int32)`.")
+  if labels.size and labels.min() < 0:
+    raise ValueError(f"`{name}` must be >= 0 (class ids); got min {labels.min()}.")
+  return labels.astype(np.int64)

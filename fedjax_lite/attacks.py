@@ -32,6 +32,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from fedjax_lite._validate import check_int
 from fedjax_lite.client import ClientOutput, ClientUpdate, output_counts
 
 # Folded into the round's client key to derive the attack's noise keys, so they
@@ -45,12 +46,6 @@ def _check_fraction(fraction: Any) -> float:
     raise ValueError(f"`fraction` (of malicious clients) must be a number in [0, 1]; got "
                      f"{fraction!r}.")
   return float(fraction)
-
-
-def _check_seed(seed: Any) -> int:
-  if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
-    raise TypeError(f"`seed` must be an int; got {type(seed).__name__} {seed!r}.")
-  return int(seed)
 
 
 def _check_client_update(client_update: Any) -> None:
@@ -80,7 +75,7 @@ def is_malicious(client_ids: Any, fraction: float, seed: int = 0) -> Any:
       ``seed``.
   """
   fraction = _check_fraction(fraction)
-  seed = _check_seed(seed)
+  seed = check_int("seed", seed, 0)
   return _malicious(client_ids, fraction, seed)
 
 
@@ -143,7 +138,7 @@ def sign_flip(client_update: AnyClientUpdate, fraction: float, seed: int = 0,
       ``fraction`` or ``seed``.
   """
   _check_client_update(client_update)
-  fraction, seed = _check_fraction(fraction), _check_seed(seed)
+  fraction, seed = _check_fraction(fraction), check_int("seed", seed, 0)
   return _corrupt(client_update, fraction, seed,
                   lambda delta, data, key: jax.tree.map(lambda d: -scale * d, delta))
 
@@ -177,7 +172,7 @@ def gaussian_noise(client_update: AnyClientUpdate, fraction: float, std: float,
       ``fraction``, ``seed`` or a negative ``std``.
   """
   _check_client_update(client_update)
-  fraction, seed = _check_fraction(fraction), _check_seed(seed)
+  fraction, seed = _check_fraction(fraction), check_int("seed", seed, 0)
   if isinstance(std, bool) or not isinstance(std, numbers.Real) or not std >= 0:
     raise ValueError(f"`std` must be a number >= 0; got {std!r}.")
 
@@ -217,7 +212,7 @@ def scaled(client_update: AnyClientUpdate, fraction: float, factor: float,
       ``fraction`` or ``seed``.
   """
   _check_client_update(client_update)
-  fraction, seed = _check_fraction(fraction), _check_seed(seed)
+  fraction, seed = _check_fraction(fraction), check_int("seed", seed, 0)
   return _corrupt(client_update, fraction, seed,
                   lambda delta, data, key: jax.tree.map(lambda d: factor * d, delta))
 

@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from fedjax_lite._validate import check_int
 from fedjax_lite.datasets.base import FederatedDataset
 from fedjax_lite.datasets.partition import partition_dataset
 
@@ -171,8 +172,7 @@ def load_digits_dataset(
   digits = load_digits()
   x = (np.asarray(digits.images, np.float32) / 16.0)[..., None]
   y = np.asarray(digits.target, np.int32)
-  if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-    raise ValueError(f"`seed` must be a non-negative int; got {seed!r}.")
+  check_int("seed", seed, 0)
   holdout_seed, part_seed = (int(s) for s in np.random.SeedSequence(int(seed)).generate_state(2))
   held = _stratified_holdout(y, 0.2, holdout_seed)
   ds = partition_dataset(

@@ -56,8 +56,7 @@ def _check_variance(name: str, value: Any) -> float:
 
 def _streams(seed: int, num_clients: int):
   """Independent streams: shared IID model, per-client model, per-client data, split."""
-  if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-    raise ValueError(f"`seed` must be a non-negative int; got {seed!r}.")
+  check_int("seed", seed, 0)
   shared, models, data, split = np.random.SeedSequence(int(seed)).spawn(4)
   return shared, models.spawn(num_clients), data.spawn(num_clients), split
 
