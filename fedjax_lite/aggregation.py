@@ -147,5 +147,27 @@ def mean_aggregator(weighting: str = "num_examples") -> Aggregator:
   return Aggregator(init, per_client, finalize)
 
 
+def inner_aggregator(inner: Any, wrapper: str) -> Aggregator:
+  """The aggregator a wrapping aggregator wraps: ``inner``, or the example-weighted mean.
+
+  Args:
+    inner: an :class:`Aggregator` or ``None``.
+    wrapper: the wrapping aggregator's name, for the message.
+
+  Returns:
+    ``inner``, or :func:`mean_aggregator` ``()`` for ``None``.
+
+  Raises:
+    TypeError: for anything else.
+  """
+  if inner is None:
+    return mean_aggregator()
+  if not isinstance(inner, Aggregator):
+    raise TypeError(
+        f"{wrapper}: `inner` must be a fedjax_lite.Aggregator (e.g. fl.mean_aggregator() or "
+        f"fedjax_lite.robust.coordinate_median()); got {type(inner).__name__}.")
+  return inner
+
+
 def _tiny(dtype):
   return jnp.finfo(dtype).tiny

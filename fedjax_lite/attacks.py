@@ -32,7 +32,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from fedjax_lite._validate import check_int
+from fedjax_lite._validate import check_int, check_real
 from fedjax_lite.client import ClientOutput, ClientUpdate, output_counts
 
 # Folded into the round's client key to derive the attack's noise keys, so they
@@ -94,8 +94,10 @@ def _corrupt(client_update: AnyClientUpdate, fraction: float, seed: int,
   """Wraps ``client_update``; malicious clients' deltas become ``corrupt(delta, data, key)``.
 
   A :class:`fedjax_lite.ClientUpdate` comes back as one (same ``init``), a
-  plain function as a plain function.
+  plain function as a plain function. Checks the arguments every attack takes.
   """
+  _check_client_update(client_update)
+  fraction, seed = _check_fraction(fraction), check_int("seed", seed, 0)
 
   def attack(out: ClientOutput, data: Any, key: Any) -> ClientOutput:
     bad = _malicious(data.client_ids, fraction, seed) & (data.num_examples > 0)
@@ -137,8 +139,6 @@ def sign_flip(client_update: AnyClientUpdate, fraction: float, seed: int = 0,
     TypeError, ValueError: for a non-callable ``client_update``, a bad
       ``fraction`` or ``seed``.
   """
-  _check_client_update(client_update)
-  fraction, seed = _check_fraction(fraction), check_int("seed", seed, 0)
   return _corrupt(client_update, fraction, seed,
                   lambda delta, data, key: jax.tree.map(lambda d: -scale * d, delta))
 
@@ -158,23 +158,16 @@ def gaussian_noise(client_update: AnyClientUpdate, fraction: float, std: float,
     (Gaussian Byzantine vectors). https://papers.nips.cc/paper/6617
 
   Args:
-    client_update: the honest client update: a :class:`fedjax_lite.ClientUpdate`
-      or a plain stateless function.
-    fraction: probability that a client is malicious, in ``[0, 1]``.
+    client_update, fraction, seed: as :func:`sign_flip`.
     std: the noise's standard deviation (>= 0).
-    seed: selects the malicious set.
 
   Returns:
-    A client update of the same kind; its counts gain ``num_malicious``.
+    As :func:`sign_flip`.
 
   Raises:
-    TypeError, ValueError: for a non-callable ``client_update``, a bad
-      ``fraction``, ``seed`` or a negative ``std``.
+    TypeError, ValueError: as :func:`sign_flip`, or for a negative ``std``.
   """
-  _check_client_update(client_update)
-  fraction, seed = _check_fraction(fraction), check_int("seed", seed, 0)
-  if isinstance(std, bool) or not isinstance(std, numbers.Real) or not std >= 0:
-    raise ValueError(f"`std` must be a number >= 0; got {std!r}.")
+  check_real("std", std, low=0.0)
 
   def noise(delta, data, key):
     client_key = jax.random.fold_in(jax.random.fold_in(key, _NOISE_TAG), data.client_ids)
@@ -198,21 +191,15 @@ def scaled(client_update: AnyClientUpdate, fraction: float, factor: float,
     an Adversarial Lens", ICML 2019. https://arxiv.org/abs/1811.12470
 
   Args:
-    client_update: the honest client update: a :class:`fedjax_lite.ClientUpdate`
-      or a plain stateless function.
-    fraction: probability that a client is malicious, in ``[0, 1]``.
+    client_update, fraction, seed: as :func:`sign_flip`.
     factor: the boost applied to the malicious clients' deltas.
-    seed: selects the malicious set.
 
   Returns:
-    A client update of the same kind; its counts gain ``num_malicious``.
+    As :func:`sign_flip`.
 
   Raises:
-    TypeError, ValueError: for a non-callable ``client_update``, a bad
-      ``fraction`` or ``seed``.
+    TypeError, ValueError: as :func:`sign_flip`.
   """
-  _check_client_update(client_update)
-  fraction, seed = _check_fraction(fraction), check_int("seed", seed, 0)
   return _corrupt(client_update, fraction, seed,
                   lambda delta, data, key: jax.tree.map(lambda d: factor * d, delta))
 

@@ -41,7 +41,7 @@ import jax.numpy as jnp
 
 from fedjax_lite._types import Params, PRNGKey
 from fedjax_lite._validate import check_int
-from fedjax_lite.aggregation import Aggregator, mean_aggregator
+from fedjax_lite.aggregation import Aggregator, inner_aggregator
 from fedjax_lite.client import ClientOutput, ClientUpdate, as_client_update, output_counts
 from fedjax_lite.data import FederatedData
 
@@ -214,12 +214,7 @@ def quantization_aggregator(bits: int, inner: Aggregator | None = None) -> Aggre
       :class:`~fedjax_lite.aggregation.Aggregator`.
   """
   bits = _check_bits(bits)
-  if inner is None:
-    inner = mean_aggregator()
-  if not isinstance(inner, Aggregator):
-    raise TypeError(
-        f"`inner` must be a fedjax_lite.Aggregator (e.g. fedjax_lite.mean_aggregator()); got "
-        f"{inner!r}.")
+  inner = inner_aggregator(inner, "quantization_aggregator")
 
   def per_client(delta, weight, state, key):
     quantize_key, inner_key = jax.random.split(key)

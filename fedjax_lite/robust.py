@@ -32,7 +32,12 @@ import jax.numpy as jnp
 
 from fedjax_lite._types import Params
 from fedjax_lite._validate import check_int, concrete_float
-from fedjax_lite.aggregation import Aggregator, PerClient, mean_aggregator, weighted_mean
+from fedjax_lite.aggregation import (
+  Aggregator,
+  PerClient,
+  inner_aggregator,
+  weighted_mean,
+)
 from fedjax_lite.privacy import clip_by_global_norm
 
 
@@ -344,12 +349,7 @@ def norm_bounding(inner: Aggregator | None = None, *, max_norm: float) -> Aggreg
     TypeError: if ``inner`` is not an ``Aggregator``.
     ValueError: if ``max_norm`` is not positive.
   """
-  if inner is None:
-    inner = mean_aggregator()
-  if not isinstance(inner, Aggregator):
-    raise TypeError(
-        f"`inner` must be a fedjax_lite.Aggregator (e.g. fl.mean_aggregator() or "
-        f"fedjax_lite.robust.coordinate_median()); got {type(inner).__name__}.")
+  inner = inner_aggregator(inner, "norm_bounding")
   concrete = concrete_float(max_norm)
   if isinstance(max_norm, bool) or (concrete is not None and not concrete > 0):
     raise ValueError(f"`max_norm` must be > 0; got {max_norm!r}.")

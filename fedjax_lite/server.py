@@ -153,26 +153,20 @@ def fedadam(learning_rate: float = 1e-2, b1: float = 0.9, b2: float = 0.99,
     An optax ``GradientTransformation`` for the server: fed the pseudo-gradient
     ``-mean_delta`` (a pytree like the params), it returns the server's update.
   """
-  return optax.chain(scale_by_adaptive_server("adam", b1=b1, b2=b2, tau=tau),
-                     optax.scale_by_learning_rate(learning_rate))
+  return _adaptive("adam", learning_rate, b1=b1, b2=b2, tau=tau)
 
 
 def fedyogi(learning_rate: float = 1e-2, b1: float = 0.9, b2: float = 0.99,
             tau: float = 1e-3) -> optax.GradientTransformation:
-  """FedYogi (Reddi et al. 2021); see :func:`scale_by_adaptive_server`.
+  """FedYogi (Reddi et al. 2021): FedAdam with Yogi's additive second moment.
 
   Args:
-    learning_rate: server learning rate ``eta``.
-    b1: first-moment decay ``beta_1``.
-    b2: second-moment decay ``beta_2``.
-    tau: adaptivity ``tau`` (added outside the square root; ``v_{-1} = tau^2``).
+    learning_rate, b1, b2, tau: as :func:`fedadam`.
 
   Returns:
-    An optax ``GradientTransformation`` for the server: fed the pseudo-gradient
-    ``-mean_delta`` (a pytree like the params), it returns the server's update.
+    As :func:`fedadam` (see :func:`scale_by_adaptive_server`).
   """
-  return optax.chain(scale_by_adaptive_server("yogi", b1=b1, b2=b2, tau=tau),
-                     optax.scale_by_learning_rate(learning_rate))
+  return _adaptive("yogi", learning_rate, b1=b1, b2=b2, tau=tau)
 
 
 def fedadagrad(learning_rate: float = 1e-2, b1: float = 0.0,
@@ -183,15 +177,17 @@ def fedadagrad(learning_rate: float = 1e-2, b1: float = 0.0,
   set ``b1=0.9`` for the momentum form of the paper's Algorithm 2.
 
   Args:
-    learning_rate: server learning rate ``eta``.
+    learning_rate, tau: as :func:`fedadam`.
     b1: first-moment decay ``beta_1`` (0: none).
-    tau: adaptivity ``tau`` (added outside the square root; ``v_{-1} = tau^2``).
 
   Returns:
-    An optax ``GradientTransformation`` for the server: fed the pseudo-gradient
-    ``-mean_delta`` (a pytree like the params), it returns the server's update.
+    As :func:`fedadam`.
   """
-  return optax.chain(scale_by_adaptive_server("adagrad", b1=b1, tau=tau),
+  return _adaptive("adagrad", learning_rate, b1=b1, tau=tau)
+
+
+def _adaptive(rule: str, learning_rate: float, **moments: float) -> optax.GradientTransformation:
+  return optax.chain(scale_by_adaptive_server(rule, **moments),
                      optax.scale_by_learning_rate(learning_rate))
 
 

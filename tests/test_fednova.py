@@ -123,7 +123,7 @@ def _loss(p, b):
 @pytest.mark.parametrize("kwargs, match", [
     (dict(momentum=1.0), "`momentum` must be in"),
     (dict(momentum=-0.1), "`momentum` must be in"),
-    (dict(client_lr=0.0), "`client_lr` must be in"),
+    (dict(client_lr=0.0), "`client_lr` must be > 0; got 0.0"),
 ])
 def test_bad_arguments(kwargs, match):
   args = dict(client_lr=0.1, num_epochs=1, batch_size=2) | kwargs

@@ -359,15 +359,15 @@ def _loss(p, b):
 
 @pytest.mark.parametrize("make, exc, match", [
     (lambda: fedprox(_loss, client_lr=0.1, num_epochs=1, batch_size=2, mu=-0.1), ValueError,
-     "`mu` must be in"),
+     "`mu` must be >= 0; got -0.1"),
     (lambda: fl.build_client_update(_loss, optax.sgd(0.1), batch_size=2, proximal_mu=-1.0),
-     ValueError, "`proximal_mu` must be in"),
+     ValueError, "`proximal_mu` must be >= 0"),
     (lambda: fedprox(_loss, num_epochs=1, batch_size=2, mu=0.1), ValueError,
      "exactly one of `client_lr`"),
     (lambda: fedprox(_loss, client_lr=0.1, client_optimizer=optax.sgd(0.1), num_epochs=1,
                      batch_size=2, mu=0.1), ValueError, "exactly one of `client_lr`"),
     (lambda: fedprox(_loss, client_lr=-0.1, num_epochs=1, batch_size=2, mu=0.1), ValueError,
-     "`client_lr` must be in"),
+     "`client_lr` must be > 0; got -0.1"),
     (lambda: fc.stragglers(1.5), ValueError, "`fraction` must be in"),
     (lambda: fc.stragglers(-0.1), ValueError, "`fraction` must be in"),
     (lambda: fc.stragglers(0.5, mode="skip"), ValueError, "`mode` must be one of"),
@@ -381,7 +381,7 @@ def _loss(p, b):
     (lambda: fl.build_client_update(_loss, optax.sgd(0.1), batch_size=2, local_work=3),
      TypeError, "`local_work` must be None or"),
     (lambda: fedsgd(_loss), ValueError, "exactly one of `learning_rate`"),
-    (lambda: fedsgd(_loss, learning_rate=0.0), ValueError, "`learning_rate` must be in"),
+    (lambda: fedsgd(_loss, learning_rate=0.0), ValueError, "`learning_rate` must be > 0"),
     (lambda: build_fedprox_client_update(_loss, mu="big", client_lr=0.1, num_epochs=1,
                                          batch_size=2), TypeError, "`mu` must be a number"),
 ])

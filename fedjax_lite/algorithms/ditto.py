@@ -148,16 +148,9 @@ def build_ditto_client_update(
 def ditto(
     loss_fn: LossFn,
     *,
-    client_lr: float,
-    personal_lr: float,
-    lam: float,
-    num_epochs: int,
-    batch_size: int,
-    personal_epochs: int | None = None,
-    personal_steps: int | None = None,
     server_optimizer: optax.GradientTransformation | None = None,
     aggregator: Aggregator | None = None,
-    grad_mode: str = "auto",
+    **hyperparameters: Any,
 ) -> FederatedAlgorithm:
   """Ditto as a federated algorithm (global FedAvg model + per-client personal models).
 
@@ -170,13 +163,13 @@ def ditto(
   to ``params``. Evaluate them with :func:`evaluate_personal`.
 
   Args:
-    loss_fn, client_lr, personal_lr, lam, num_epochs, batch_size,
-      personal_epochs, personal_steps, grad_mode: see
-      :func:`build_ditto_client_update`.
+    loss_fn: ``loss(params, batch) -> scalar``, the mean loss of a batch.
     server_optimizer: optax transformation applied to ``-mean delta``;
       default :func:`fedjax_lite.server.fedavg` (learning rate 1).
     aggregator: default :func:`fedjax_lite.mean_aggregator` (weighted by
       examples); ``fl.mean_aggregator("uniform")`` for the paper's plain mean.
+    **hyperparameters: the client update's (client_lr, personal_lr, lam, num_epochs, batch_size,
+      personal_epochs, personal_steps, grad_mode), passed to :func:`build_ditto_client_update`.
 
   Returns:
     A stateful :class:`fedjax_lite.FederatedAlgorithm`; round metrics are
@@ -186,10 +179,7 @@ def ditto(
     TypeError, ValueError: as :func:`build_ditto_client_update` and
       :func:`fedjax_lite.build_federated_algorithm`.
   """
-  update = build_ditto_client_update(
-      loss_fn, client_lr=client_lr, personal_lr=personal_lr, lam=lam, num_epochs=num_epochs,
-      batch_size=batch_size, personal_epochs=personal_epochs, personal_steps=personal_steps,
-      grad_mode=grad_mode)
+  update = build_ditto_client_update(loss_fn, **hyperparameters)
   if server_optimizer is None:
     server_optimizer = server_lib.fedavg(1.0)
   return build_federated_algorithm(

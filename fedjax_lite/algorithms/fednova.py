@@ -176,34 +176,20 @@ def fednova_server_update(server_optimizer: optax.GradientTransformation) -> Ser
 def fednova(
     loss_fn: LossFn,
     *,
-    client_lr: float,
-    num_epochs: int,
-    batch_size: int,
-    momentum: float = 0.0,
-    local_work: LocalWork | None = None,
     server_optimizer: optax.GradientTransformation | None = None,
     aggregator: Aggregator | None = None,
-    grad_mode: str = "auto",
+    **hyperparameters: Any,
 ) -> FederatedAlgorithm:
-  """FedNova as a federated algorithm.
-
-  Wang, Liu, Liang, Joshi, Poor. "Tackling the Objective Inconsistency Problem
-  in Heterogeneous Federated Optimization", NeurIPS 2020. See the module
-  docstring.
+  """FedNova (Wang et al., NeurIPS 2020) as a federated algorithm; see the module docstring.
 
   Args:
     loss_fn: ``loss(params, batch) -> scalar``, the mean loss of a batch.
-    client_lr: ``eta`` (> 0).
-    num_epochs: local epochs (>= 1).
-    batch_size: examples per local step (>= 1).
-    momentum: local momentum ``rho`` in ``[0, 1)``.
-    local_work: optional :class:`fedjax_lite.client.LocalWork` (each
-      client's ``tau_i``).
     server_optimizer: applied to ``-tau_eff d``; default
       :func:`fedjax_lite.server.fedavg` (``server_lr = 1``).
     aggregator: default :func:`fedjax_lite.mean_aggregator` (``p_i`` = example
       counts); ``mean_aggregator("uniform")`` for ``p_i = 1 / m``.
-    grad_mode: see :func:`fedjax_lite.build_client_update`.
+    **hyperparameters: the client update's (client_lr, num_epochs, batch_size, momentum,
+      local_work, grad_mode), passed to :func:`build_fednova_client_update`.
 
   Returns:
     A :class:`fedjax_lite.FederatedAlgorithm` (stateless: ``init(params)``);
@@ -213,9 +199,7 @@ def fednova(
   Raises:
     TypeError, ValueError: for bad arguments, naming them.
   """
-  client_update = build_fednova_client_update(
-      loss_fn, client_lr=client_lr, num_epochs=num_epochs, batch_size=batch_size,
-      momentum=momentum, local_work=local_work, grad_mode=grad_mode)
+  client_update = build_fednova_client_update(loss_fn, **hyperparameters)
   if server_optimizer is None:
     server_optimizer = server_lib.fedavg()
   return build_federated_algorithm(

@@ -19,6 +19,8 @@ them (``mode="drop"``).
 
 from __future__ import annotations
 
+from typing import Any
+
 import optax
 
 from fedjax_lite import server as server_lib
@@ -91,15 +93,9 @@ def build_fedprox_client_update(
 def fedprox(
     loss_fn: LossFn,
     *,
-    num_epochs: int,
-    batch_size: int,
-    mu: float,
-    client_lr: float | None = None,
-    client_optimizer: optax.GradientTransformation | None = None,
     server_optimizer: optax.GradientTransformation | None = None,
     aggregator: Aggregator | None = None,
-    local_work: LocalWork | None = None,
-    grad_mode: str = "auto",
+    **hyperparameters: Any,
 ) -> FederatedAlgorithm:
   """FedProx as a federated algorithm.
 
@@ -108,19 +104,13 @@ def fedprox(
 
   Args:
     loss_fn: ``loss(params, batch) -> scalar``, the mean loss of a batch.
-    num_epochs: local epochs (>= 1).
-    batch_size: examples per local step (>= 1).
-    mu: the proximal coefficient (>= 0; 0 is FedAvg).
-    client_lr: local SGD learning rate (> 0); or
-    client_optimizer: any optax local optimizer instead.
     server_optimizer: applied to ``-mean delta``; default
       :func:`fedjax_lite.server.fedavg` (learning rate 1: the new model is the
       weighted mean of the client models, as in the paper).
     aggregator: default :func:`fedjax_lite.mean_aggregator` (example counts,
       the paper's ``p_k``); DP, robust and compressing aggregators compose.
-    local_work: optional :class:`fedjax_lite.client.LocalWork`, e.g.
-      ``fedjax_lite.client.stragglers(0.9, mode="partial")``.
-    grad_mode: see :func:`fedjax_lite.build_client_update`.
+    **hyperparameters: the client update's (mu, num_epochs, batch_size, client_lr,
+      client_optimizer, local_work, grad_mode), passed to :func:`build_fedprox_client_update`.
 
   Returns:
     A :class:`fedjax_lite.FederatedAlgorithm` (stateless: ``init(params)``).
@@ -128,9 +118,7 @@ def fedprox(
   Raises:
     TypeError, ValueError: for bad arguments, naming them.
   """
-  client_update = build_fedprox_client_update(
-      loss_fn, mu=mu, num_epochs=num_epochs, batch_size=batch_size, client_lr=client_lr,
-      client_optimizer=client_optimizer, local_work=local_work, grad_mode=grad_mode)
+  client_update = build_fedprox_client_update(loss_fn, **hyperparameters)
   if server_optimizer is None:
     server_optimizer = server_lib.fedavg()
   return build_federated_algorithm(client_update, server_optimizer, aggregator=aggregator)

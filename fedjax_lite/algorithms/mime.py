@@ -34,6 +34,8 @@ valid.
 
 from __future__ import annotations
 
+from typing import Any
+
 import jax
 import jax.numpy as jnp
 import optax
@@ -166,13 +168,10 @@ def mime_lite_server_update(server_optimizer: optax.GradientTransformation,
 def mime_lite(
     loss_fn: LossFn,
     *,
-    client_lr: float,
     beta: float = 0.9,
-    num_epochs: int,
-    batch_size: int,
     server_optimizer: optax.GradientTransformation | None = None,
     aggregator: Aggregator | None = None,
-    grad_mode: str = "auto",
+    **hyperparameters: Any,
 ) -> FederatedAlgorithm:
   """Mime-Lite with SGDm, as a federated algorithm.
 
@@ -184,15 +183,13 @@ def mime_lite(
 
   Args:
     loss_fn: ``loss(params, batch) -> scalar``, the mean loss of a batch.
-    client_lr: ``eta_l`` (> 0).
     beta: momentum in ``[0, 1)``.
-    num_epochs: local epochs (>= 1).
-    batch_size: examples per local step (>= 1).
     server_optimizer: applied to ``-mean(dy)``; default
       :func:`fedjax_lite.server.fedavg` (``eta_g = 1``).
     aggregator: how messages are averaged; default
       :func:`fedjax_lite.mean_aggregator` (example counts).
-    grad_mode: see :func:`fedjax_lite.build_client_update`.
+    **hyperparameters: the client update's (client_lr, num_epochs, batch_size, grad_mode),
+      passed to :func:`build_mime_lite_client_update`.
 
   Returns:
     A :class:`fedjax_lite.FederatedAlgorithm`.
@@ -200,9 +197,7 @@ def mime_lite(
   Raises:
     TypeError, ValueError: for bad arguments.
   """
-  client_update = build_mime_lite_client_update(
-      loss_fn, client_lr=client_lr, beta=beta, num_epochs=num_epochs, batch_size=batch_size,
-      grad_mode=grad_mode)
+  client_update = build_mime_lite_client_update(loss_fn, beta=beta, **hyperparameters)
   if server_optimizer is None:
     server_optimizer = server_lib.fedavg()
   return build_federated_algorithm(

@@ -194,14 +194,9 @@ def qffl_server_update(server_optimizer: optax.GradientTransformation) -> Server
 def qffl(
     loss_fn: LossFn,
     *,
-    q: float,
-    client_lr: float,
-    num_epochs: int,
-    batch_size: int,
-    eps: float = 1e-10,
     server_optimizer: optax.GradientTransformation | None = None,
     aggregator: Aggregator | None = None,
-    grad_mode: str = "auto",
+    **hyperparameters: Any,
 ) -> FederatedAlgorithm:
   """q-FFL via q-FedAvg as a federated algorithm.
 
@@ -209,14 +204,15 @@ def qffl(
   Learning", ICLR 2020 (Algorithm 2). See the module docstring for the round.
 
   Args:
-    loss_fn, q, client_lr, num_epochs, batch_size, eps, grad_mode: see
-      :func:`build_qffl_client_update`.
+    loss_fn: ``loss(params, batch) -> scalar``, the mean loss of a batch.
     server_optimizer: see :func:`qffl_server_update`; default
       :func:`fedjax_lite.server.fedavg` (learning rate 1, the paper's step).
     aggregator: default ``fedjax_lite.mean_aggregator("uniform")`` (the
       paper's plain sums). It sees the whole message ``{"Delta", "h"}``; a
       DP aggregator clips and noises it jointly. An example-weighted
       aggregator turns the step into ``sum n_k Delta_k / sum n_k h_k``.
+    **hyperparameters: the client update's (q, client_lr, num_epochs, batch_size, eps,
+      grad_mode), passed to :func:`build_qffl_client_update`.
 
   Returns:
     A :class:`fedjax_lite.FederatedAlgorithm` (stateless: ``algo.init(params)``);
@@ -227,8 +223,7 @@ def qffl(
     TypeError, ValueError: as :func:`build_qffl_client_update` and
       :func:`fedjax_lite.build_federated_algorithm`.
   """
-  update = build_qffl_client_update(loss_fn, q=q, client_lr=client_lr, num_epochs=num_epochs,
-                                    batch_size=batch_size, eps=eps, grad_mode=grad_mode)
+  update = build_qffl_client_update(loss_fn, **hyperparameters)
   if server_optimizer is None:
     server_optimizer = server_lib.fedavg(1.0)
   if aggregator is None:

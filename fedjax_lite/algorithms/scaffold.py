@@ -43,6 +43,8 @@ noised release alone.
 
 from __future__ import annotations
 
+from typing import Any
+
 import jax
 import jax.numpy as jnp
 import optax
@@ -172,13 +174,10 @@ def scaffold_server_update(server_optimizer: optax.GradientTransformation,
 def scaffold(
     loss_fn: LossFn,
     *,
-    client_lr: float,
-    num_epochs: int,
-    batch_size: int,
     server_optimizer: optax.GradientTransformation | None = None,
     aggregator: Aggregator | None = None,
     cohort_size: float | None = None,
-    grad_mode: str = "auto",
+    **hyperparameters: Any,
 ) -> FederatedAlgorithm:
   """SCAFFOLD with option II control variates, as a federated algorithm.
 
@@ -193,16 +192,14 @@ def scaffold(
 
   Args:
     loss_fn: ``loss(params, batch) -> scalar``, the mean loss of a batch.
-    client_lr: ``eta_l`` (> 0).
-    num_epochs: local epochs (>= 1).
-    batch_size: examples per local step (>= 1).
     server_optimizer: applied to ``-mean(dy)``; default
       :func:`fedjax_lite.server.fedavg` (``eta_g = 1``).
     aggregator: how messages are averaged (both parts with the same
       weights); default :func:`fedjax_lite.mean_aggregator` (example counts).
     cohort_size: ``None`` (``|S|`` = the round's participating clients) or a
       fixed ``|S|``; see :func:`scaffold_server_update`.
-    grad_mode: see :func:`fedjax_lite.build_client_update`.
+    **hyperparameters: the client update's (client_lr, num_epochs, batch_size, grad_mode),
+      passed to :func:`build_scaffold_client_update`.
 
   Returns:
     A :class:`fedjax_lite.FederatedAlgorithm`; ``round`` returns the usual
@@ -218,9 +215,7 @@ def scaffold(
       isinstance(cohort_size, (int, float)) and not isinstance(cohort_size, bool)
       and cohort_size > 0):
     raise ValueError(f"`cohort_size` must be None or a positive number; got {cohort_size!r}.")
-  client_update = build_scaffold_client_update(
-      loss_fn, client_lr=client_lr, num_epochs=num_epochs, batch_size=batch_size,
-      grad_mode=grad_mode)
+  client_update = build_scaffold_client_update(loss_fn, **hyperparameters)
   if server_optimizer is None:
     server_optimizer = server_lib.fedavg()
   return build_federated_algorithm(

@@ -126,13 +126,11 @@ def leaf_synthetic(
     alpha: float = 1.0,
     beta: float = 1.0,
     *,
-    iid: bool = False,
-    num_features: int = 60,
-    num_classes: int = 10,
     test_fraction: float = 0.2,
     seed: int = 0,
     examples_per_client: int | Sequence[int] | None = None,
     max_examples_per_client: int | None = None,
+    **model_options: Any,
 ) -> FederatedDataset:
   """Synthetic(alpha, beta) of FedProx / LEAF (see the module docstring for the exact model).
 
@@ -143,18 +141,15 @@ def leaf_synthetic(
   :func:`~fedjax_lite.datasets.partition.split_indices`.
 
   Args:
-    num_clients: number of devices ``N`` (30 in the paper).
-    alpha: model heterogeneity, the variance of ``u_k`` (``>= 0``).
-    beta: feature heterogeneity, the variance of ``B_k`` (``>= 0``).
-    iid: Synthetic-IID instead (shared ``W, b`` and feature mean; ``alpha, beta`` unused).
-    num_features: feature dimension ``F`` (60 in the paper).
-    num_classes: number of classes ``C`` (10 in the paper).
+    num_clients, alpha, beta: as :func:`leaf_synthetic_params`.
     test_fraction: per-device held-out fraction in ``[0, 1)`` (``0`` gives ``test=None``).
     seed: NumPy seed; the model of device ``k`` is :func:`leaf_synthetic_params`'s.
     examples_per_client: one count for every device, or ``N`` counts (``>= 0``), replacing the
       size law (e.g. 32 for a fixed-size benchmark).
     max_examples_per_client: caps every device's count (``>= 1``), e.g. to bound the padding
       the heavy-tailed law would cause.
+    **model_options: ``iid``, ``num_features`` (``F``), ``num_classes`` (``C``): as
+      :func:`leaf_synthetic_params`.
 
   Returns:
     A :class:`FederatedDataset` with ``train``/``test`` arrays ``x: float32[N, max_n, F]`` and
@@ -164,9 +159,9 @@ def leaf_synthetic(
   Raises:
     ValueError: for negative variances, bad counts, sizes or ``test_fraction``.
   """
-  params = leaf_synthetic_params(
-      num_clients, alpha, beta, iid=iid, num_features=num_features, num_classes=num_classes,
-      seed=seed)
+  params = leaf_synthetic_params(num_clients, alpha, beta, seed=seed, **model_options)
+  iid = bool(model_options.get("iid", False))
+  num_features, num_classes = params["sigma"].shape[0], params["b"].shape[-1]
   _, _, data_ss, split_ss = _streams(seed, num_clients)
   if examples_per_client is None:
     sizes = params["sizes"].copy()
