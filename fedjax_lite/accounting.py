@@ -33,12 +33,15 @@ import contextlib
 import dataclasses
 import functools
 import logging
+import math
 from typing import Any
 
 import dp_accounting
+import numpy as np
 from dp_accounting import pld, rdp
+from scipy import fft as sp_fft
 
-from fedjax_lite._validate import check_int, check_rate
+from fedjax_lite._validate import check_int, check_rate, check_real
 
 MECHANISMS = ("gaussian", "laplace")
 SAMPLINGS = ("poisson", "fixed")
@@ -266,7 +269,8 @@ def make_accountant(spec: DPSpec, accountant: str = "rdp") -> dp_accounting.Priv
                            value_discretization_interval=PLD_DISCRETIZATION)
 
 
-def epsilon(spec: DPSpec, rounds: int, delta: float, accountant: str = "rdp") -> float:
+def epsilon(spec: DPSpec, rounds: int, delta: float, accountant: str = "rdp", *,
+            discretization: float = PLD_DISCRETIZATION) -> float:
   """Epsilon spent after ``rounds`` rounds, at ``delta``, with dp-accounting.
 
   With ``accountant="pld"``, a round whose privacy loss distribution
@@ -288,6 +292,10 @@ def epsilon(spec: DPSpec, rounds: int, delta: float, accountant: str = "rdp") ->
     rounds: rounds run.
     delta: the target delta, in ``(0, 1)``.
     accountant: ``"rdp"`` or ``"pld"``.
+    discretization: PLD only: the privacy-loss grid's step (dp-accounting's
+      ``value_discretization_interval``). Rounding is pessimistic, so a
+      coarser grid gives a slightly larger epsilon that is still an upper
+      bound, in less time.
 
   Returns:
     The epsilon (a Python float) that :func:`dp_event` spends at ``delta``.
@@ -302,12 +310,13 @@ def epsilon(spec: DPSpec, rounds: int, delta: float, accountant: str = "rdp") ->
   with _quiet_absl():
     if accountant == "pld":
       check_int("rounds", rounds, minimum=0)
-      one_round = _one_round_pld(spec, PLD_DISCRETIZATION)
+      check_real("discretization", discretization, low=0.0, low_open=True)
+      one_round = _one_round_pld(spec, float(discretization))
       if one_round is not None:
         # PLDAccountant starts from the identity and composes the
         # rounds-fold distribution into it; so does this (same floats).
         identity = pld.privacy_loss_distribution.identity(
-            value_discretization_interval=PLD_DISCRETIZATION)
+            value_discretization_interval=discretization)
         return float(identity.compose(one_round.self_compose(rounds)).get_epsilon_for_delta(delta))
     acc = make_accountant(spec, accountant)
     acc.compose(dp_event(spec, rounds, accountant))
@@ -341,32 +350,150 @@ def _one_round_pld(spec: DPSpec, discretization: float):
   return None
 
 
+@functools.lru_cache(maxsize=32)
+def _one_round_pmfs(spec: DPSpec, discretization: float) -> tuple["_DensePMF", ...]:
+  """The one-round PLD's PMFs (remove, and add unless symmetric) as :class:`_DensePMF`."""
+  with _quiet_absl():
+    return _pmfs(_one_round_pld(spec, discretization))
+
+
+def _pmfs(distribution: Any) -> tuple["_DensePMF", ...]:
+  """A ``PrivacyLossDistribution``'s PMFs (remove, and add unless symmetric)."""
+  pmfs = [distribution._pmf_remove]  # noqa: SLF001 - dp-accounting's own fields
+  if not distribution._symmetric:  # noqa: SLF001
+    pmfs.append(distribution._pmf_add)  # noqa: SLF001
+  return tuple(_DensePMF.from_pmf(p) for p in pmfs)
+
+
+# dp-accounting's truncation of a composed PMF's tails (``compose``'s default).
+_TAIL_MASS_TRUNCATION = 1e-15
+
+
+class _DensePMF:
+  """One of a PLD's dense privacy-loss PMFs, composed with NumPy only.
+
+  The same arithmetic as dp-accounting's ``DensePLDPmf.compose`` and
+  ``get_epsilon_for_delta`` (pessimistic rounding, tails truncated at 1e-15
+  with the lower tail's mass moved onto the first kept loss and the upper
+  tail's to infinity), with their Python loops over the support replaced by
+  cumulative sums: NumPy's ``cumsum`` adds in the same order as those loops,
+  so the truncation points are the same and epsilon agrees to float rounding.
+  """
+
+  def __init__(self, discretization: float, lower: int, probs: np.ndarray,
+               infinity_mass: float):
+    self.discretization, self.lower, self.probs = discretization, lower, probs
+    self.infinity_mass = infinity_mass
+
+  @classmethod
+  def from_pmf(cls, pmf: Any) -> "_DensePMF":
+    dense = pmf.to_dense_pmf()
+    if not dense._pessimistic_estimate:  # noqa: SLF001 - dp-accounting's own fields
+      raise ValueError("only pessimistic PLDs are composed here")
+    return cls(dense._discretization, dense._lower_loss, np.asarray(dense._probs, np.float64),  # noqa: SLF001
+               float(dense._infinity_mass))  # noqa: SLF001
+
+  def spectrum(self, size: int) -> np.ndarray:
+    """``rfft(probs, size)``, kept for the sizes asked (the one-round PMF is asked every round)."""
+    cache = self.__dict__.setdefault("_spectra", {})
+    if size not in cache:
+      cache.clear()  # sizes only grow along a curve
+      cache[size] = sp_fft.rfft(self.probs, size)
+    return cache[size]
+
+  def compose(self, other: "_DensePMF") -> "_DensePMF":
+    full = self.probs.size + other.probs.size - 1
+    size = _fft_size(full)
+    probs = sp_fft.irfft(sp_fft.rfft(self.probs, size) * other.spectrum(size), size)[:full]
+    infinity = (self.infinity_mass + other.infinity_mass
+                - self.infinity_mass * other.infinity_mass)
+    half = _TAIL_MASS_TRUNCATION / 2
+    left = _prefix_to_truncate(probs, half)
+    right = max(probs.size - _prefix_to_truncate(probs[::-1], half), left + 1)
+    left_mass, right_mass = np.sum(probs[:left]), np.sum(probs[right:])
+    kept = probs[left:right].copy()
+    kept[0] += left_mass
+    return _DensePMF(self.discretization, self.lower + other.lower + left, kept,
+                     infinity + right_mass)
+
+  def epsilon(self, delta: float) -> float:
+    """The smallest epsilon whose hockey-stick divergence is at most ``delta``."""
+    if self.infinity_mass > delta:
+      return math.inf
+    probs = self.probs[::-1]
+    upper_loss = (self.lower + probs.size - 1) * self.discretization
+    losses = upper_loss - self.discretization * np.arange(probs.size)
+    # State before visiting loss k: mass_upper[k], mass_lower[k].
+    mass_upper = np.concatenate([[self.infinity_mass],
+                                 self.infinity_mass + np.cumsum(probs)])
+    mass_lower = np.concatenate([[0.0], np.cumsum(np.exp(-losses) * probs)])
+    with np.errstate(divide="ignore", invalid="ignore"):
+      ok = (mass_upper[:-1] > delta) & (mass_lower[:-1] > 0)
+      stop = ok & (np.log(np.where(ok, mass_upper[:-1] - delta, 1.0)
+                          / np.where(ok, mass_lower[:-1], 1.0)) >= losses)
+    tiny = (mass_upper[1:] >= delta) & (mass_lower[1:] == 0)  # exp(-loss) underflowed
+    k_stop = int(np.argmax(stop)) if stop.any() else probs.size
+    if tiny[:k_stop].any():
+      return max(0.0, float(losses[int(np.argmax(tiny[:k_stop]))]))
+    upper, lower = float(mass_upper[k_stop]), float(mass_lower[k_stop])
+    if upper <= lower + delta:
+      return 0.0
+    return math.log((upper - delta) / lower)
+
+
+def _fft_size(n: int) -> int:
+  """A fast FFT length >= ``n`` from a few per octave, so that spectra can be reused."""
+  step = max(1, 1 << max(0, n.bit_length() - 4))
+  return sp_fft.next_fast_len(-(-n // step) * step, real=True)
+
+
+def _prefix_to_truncate(probs: np.ndarray, threshold: float) -> int:
+  """The longest prefix of ``probs`` whose running sum stays ``<= threshold``."""
+  over = np.cumsum(probs) > threshold
+  return int(np.argmax(over)) if over.any() else probs.size
+
+
 class EpsilonCurve:
   """Epsilon after each round of a run, computed as the run goes.
 
-  ``curve(r)`` is :func:`epsilon` ``(spec, r, delta, accountant)`` (within
-  float rounding: 1e-9 relative is tested). Under PLD, where a round's
-  distribution is cached (see :func:`epsilon`), the curve keeps the
-  composed distribution of the rounds asked so far and composes only the
-  new rounds onto it, so asking after every round of a ``T``-round run
-  costs ``T`` compositions with the one-round distribution instead of ``T``
-  self-compositions from scratch. Asking for fewer rounds than last time
-  (e.g. a resumed run) starts again from the identity. Host-side; not
-  jit-able.
+  ``curve(r)`` is :func:`epsilon` ``(spec, r, delta, accountant,
+  discretization=...)`` (within float rounding: 1e-9 relative is tested).
+  Under PLD, where a round's distribution is cached (see :func:`epsilon`),
+  the curve keeps the composed distribution of the rounds asked so far and
+  composes only the new rounds onto it (with dp-accounting's arithmetic:
+  FFT convolution, pessimistic rounding, tails truncated at 1e-15, the
+  epsilon search; its Python loops over the support replaced by NumPy
+  cumulative sums). Asking after every round of a ``T``-round run thus costs
+  ``T`` compositions with the one-round distribution instead of ``T``
+  self-compositions from scratch: for ``T = 1000`` (Poisson rate 0.01,
+  noise multiplier 1) about 10 s on one CPU core at the default grid of
+  1e-4, 0.7 s at ``discretization=1e-3`` (whose epsilon is 0.04% larger and
+  still an upper bound), against 26 s with dp-accounting's own composition
+  and about 3 minutes from scratch (``python -m benchmarks.accounting``).
+  Each composition is an FFT over the whole distribution, whose support
+  grows with the rounds, so the cost is bounded below by ``T`` FFTs of that
+  support (2.5 s per PMF at 1e-4, measured by the same command). Asking for
+  fewer rounds than last time (e.g. a resumed run) starts again from the
+  identity; a jump of several rounds self-composes them at once.
+  Host-side; not jit-able.
 
   Args:
     spec: the run's :class:`DPSpec`.
     delta: the target delta, in ``(0, 1)``.
     accountant: ``"rdp"`` or ``"pld"``.
+    discretization: PLD only: the privacy-loss grid's step; see :func:`epsilon`.
 
   Raises:
     ValueError: as :func:`epsilon`.
   """
 
-  def __init__(self, spec: DPSpec, delta: float, accountant: str = "rdp"):
+  def __init__(self, spec: DPSpec, delta: float, accountant: str = "rdp", *,
+               discretization: float = PLD_DISCRETIZATION):
     _check_delta(delta)
     _neighbouring_relation(spec, accountant)  # refuses what cannot be accounted
+    check_real("discretization", discretization, low=0.0, low_open=True)
     self.spec, self.delta, self.accountant = spec, delta, accountant
+    self.discretization = float(discretization)
     self._values: dict[int, float] = {}
     self._pld: Any = None
     self._rounds = 0
@@ -382,18 +509,24 @@ class EpsilonCurve:
     one_round = None
     if self.accountant == "pld" and rounds > 0:
       with _quiet_absl():
-        one_round = _one_round_pld(self.spec, PLD_DISCRETIZATION)
+        one_round = _one_round_pld(self.spec, self.discretization)
     if one_round is None:
-      return epsilon(self.spec, rounds, self.delta, self.accountant)
-    with _quiet_absl():
-      if self._pld is None or rounds < self._rounds:
-        self._pld = pld.privacy_loss_distribution.identity(
-            value_discretization_interval=PLD_DISCRETIZATION)
-        self._rounds = 0
-      gap = rounds - self._rounds
-      self._pld = self._pld.compose(one_round if gap == 1 else one_round.self_compose(gap))
+      return epsilon(self.spec, rounds, self.delta, self.accountant,
+                     discretization=self.discretization)
+    pmfs = _one_round_pmfs(self.spec, self.discretization)
+    if self._pld is None or rounds < self._rounds:  # start again from the identity
+      self._pld = tuple(_DensePMF(p.discretization, 0, np.ones(1), 0.0) for p in pmfs)
+      self._rounds = 0
+    gap = rounds - self._rounds
+    if gap == 1:
+      step = pmfs
+    elif gap > 1:  # a jump (the first call of a resumed run): dp-accounting's self-composition
+      with _quiet_absl():
+        step = _pmfs(one_round.self_compose(gap))
+    if gap > 0:
+      self._pld = tuple(a.compose(b) for a, b in zip(self._pld, step, strict=True))
       self._rounds = rounds
-      return float(self._pld.get_epsilon_for_delta(self.delta))
+    return max(pmf.epsilon(self.delta) for pmf in self._pld)
 
 
 def calibrate_noise(spec: DPSpec, rounds: int, target_epsilon: float, delta: float,

@@ -11,6 +11,8 @@ import dp_accounting
 import numpy as np
 import pytest
 from dp_accounting import pld, rdp
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import fedjax_lite as fl
 from fedjax_lite import accounting, cli, experiment, privacy
@@ -81,9 +83,10 @@ def test_the_application_words_library_refusals_as_flags(capsys):
 # PLD: one construction of the one-round distribution, dp-accounting's answers
 
 
-def _direct_pld_epsilon(event, rounds, delta, neighbours=ADD_OR_REMOVE):
+def _direct_pld_epsilon(event, rounds, delta, neighbours=ADD_OR_REMOVE, discretization=1e-4):
   """dp-accounting's own answer: a fresh PLDAccountant composing the whole run."""
-  acc = pld.PLDAccountant(neighboring_relation=neighbours, value_discretization_interval=1e-4)
+  acc = pld.PLDAccountant(neighboring_relation=neighbours,
+                          value_discretization_interval=discretization)
   acc.compose(dp_accounting.SelfComposedDpEvent(event, rounds))
   return acc.get_epsilon(delta)
 
@@ -180,23 +183,41 @@ def test_epsilon_curve_equals_the_direct_answer_for_every_round(case, monkeypatc
   spec, event, neighbours, cached = PLD_CASES[case]
   calls = _count_constructions(monkeypatch)
   composed = []
-  original = pld.privacy_loss_distribution.PrivacyLossDistribution.compose
+  original = accounting._DensePMF.compose
 
-  def counting_compose(self, other, *args, **kwargs):
+  def counting_compose(self, other):
     composed.append(1)
-    return original(self, other, *args, **kwargs)
+    return original(self, other)
 
-  monkeypatch.setattr(pld.privacy_loss_distribution.PrivacyLossDistribution, "compose",
-                      counting_compose)
+  monkeypatch.setattr(accounting._DensePMF, "compose", counting_compose)
   curve = accounting.EpsilonCurve(spec, 1e-5, "pld")
   rounds = [*range(1, 13), 20, 15, 12]  # one at a time, a jump, back (a resume), a repeat
   eps = [curve(r) for r in rounds]
   if cached:
     assert len(calls) == 1
-    assert len(composed) == 12 + 1 + 1  # one per new round count, none for a repeat
+    # remove, and add unless symmetric
+    pmfs = len(accounting._one_round_pmfs(spec, accounting.PLD_DISCRETIZATION))
+    assert len(composed) == (12 + 1 + 1) * pmfs  # one per new round count, none for a repeat
   expected = {r: _direct_pld_epsilon(event, r, 1e-5, neighbours) for r in set(rounds)}
   np.testing.assert_allclose(eps, [expected[r] for r in rounds], rtol=1e-9, atol=0)
   assert all(a < b for a, b in zip(eps[:13], eps[1:13], strict=False))
+
+
+def test_epsilon_curve_over_a_long_run_on_a_coarser_grid():
+  """200 rounds one at a time on the 1e-3 grid: every sampled round equals a fresh
+  PLDAccountant on that grid, and is an upper bound of the default grid's epsilon."""
+  spec, event, neighbours, _ = PLD_CASES["poisson_gaussian"]
+  coarse = accounting.EpsilonCurve(spec, 1e-5, "pld", discretization=1e-3)
+  eps = [coarse(r) for r in range(1, 201)]
+  for r in (1, 57, 200):
+    assert eps[r - 1] == pytest.approx(
+        _direct_pld_epsilon(event, r, 1e-5, neighbours, discretization=1e-3), rel=1e-9)
+    fine = accounting.epsilon(spec, r, 1e-5, "pld")
+    assert fine <= eps[r - 1] <= fine * 1.01
+  assert accounting.epsilon(spec, 200, 1e-5, "pld", discretization=1e-3) == pytest.approx(
+      eps[-1], rel=1e-9)
+  with pytest.raises(ValueError, match="`discretization` must be > 0"):
+    accounting.EpsilonCurve(spec, 1e-5, "pld", discretization=0.0)
 
 
 def test_epsilon_curve_refuses_what_epsilon_refuses():
@@ -204,3 +225,33 @@ def test_epsilon_curve_refuses_what_epsilon_refuses():
     accounting.EpsilonCurve(DPSpec("gaussian", 1.5, "fixed", 1000, 50), 1e-5, "pld")
   with pytest.raises(ValueError, match="delta"):
     accounting.EpsilonCurve(DPSpec("gaussian", 1.5, "poisson", 1000, 50), 2.0, "rdp")
+
+
+@settings(max_examples=60, deadline=None)
+@given(size=st.integers(1, 400), lower=st.integers(-300, 300), seed=st.integers(0, 2**31 - 1),
+       infinity=st.sampled_from([0.0, 1e-16, 1e-9, 3e-6]), tails=st.booleans(),
+       delta=st.sampled_from([1e-8, 1e-5, 1e-2]))
+def test_vectorized_pmf_arithmetic_equals_dp_accountings_loops(size, lower, seed, infinity,
+                                                               tails, delta):
+  """_DensePMF's epsilon search and composition (cumulative sums) against dp-accounting's
+  DensePLDPmf (Python loops over the support) on random PMFs, with tiny tails to truncate."""
+  from dp_accounting.pld import pld_pmf
+
+  rng = np.random.default_rng(seed)
+  probs = rng.random(size) ** 4
+  if tails:  # masses below the 1e-15 truncation at both ends
+    probs[: size // 4] *= 1e-18
+    probs[size - size // 4:] *= 1e-18
+  probs *= (1 - infinity) / probs.sum()
+  theirs = pld_pmf.DensePLDPmf(1e-2, lower, probs.copy(), infinity, True)
+  ours = accounting._DensePMF.from_pmf(theirs)
+  assert ours.epsilon(delta) == pytest.approx(theirs.get_epsilon_for_delta(delta), rel=1e-9,
+                                              abs=1e-12)
+  other_probs = rng.random(7)
+  other_probs /= other_probs.sum()
+  other = pld_pmf.DensePLDPmf(1e-2, -3, other_probs, 0.0, True)
+  a = ours.compose(accounting._DensePMF.from_pmf(other))
+  b = theirs.compose(other, tail_mass_truncation=1e-15)
+  assert a.lower == b._lower_loss and a.probs.size == b._probs.size
+  np.testing.assert_allclose(a.probs, b._probs, rtol=1e-9, atol=1e-15)  # FFT rounding
+  assert a.infinity_mass == pytest.approx(b._infinity_mass, rel=1e-9, abs=1e-15)

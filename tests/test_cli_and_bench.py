@@ -150,3 +150,13 @@ def test_paper_results_script_runs_its_commands():
   assert rows[1]["bits_sent_per_round"] * 4 == pytest.approx(
       rows[1]["bits_uncompressed_per_round"], rel=1e-2)  # 8 of 32 bits, plus the scales
   assert all(r["rounds"] == 2 and 0 <= r["central_accuracy"] <= 1 for r in rows)
+
+
+def test_accounting_benchmark_compares_three_methods_that_agree():
+  out = subprocess.run([sys.executable, "-m", "benchmarks.accounting", "--rounds", "30",
+                        "--direct-samples", "3"],
+                       capture_output=True, text=True, timeout=300, check=True).stdout
+  rows = {r["method"]: r for r in map(json.loads, out.splitlines())}
+  assert set(rows) == {"curve", "dp_accounting_compose", "direct"}
+  assert rows["direct"]["estimated"] is True and rows["curve"]["fft_floor_s"] > 0
+  assert all(r["seconds"] > 0 and r["max_rel_diff_vs_direct"] < 1e-9 for r in rows.values())
