@@ -28,7 +28,7 @@ import numpy as np
 from dp_accounting import pld
 from scipy import fft as sp_fft
 
-from fedjax_lite import accounting
+from fedjax_lite import _pld, accounting
 
 
 def main(argv=None) -> int:
@@ -65,8 +65,8 @@ def main(argv=None) -> int:
       old[r] = composed.get_epsilon_for_delta(args.delta)
   old_s = time.perf_counter() - start
 
-  final = accounting._pmfs(one.self_compose(args.rounds))[0].probs.size
-  size = accounting._fft_size(final)
+  final = _pld.pmfs_of(one.self_compose(args.rounds))[0].probs.size
+  size = _pld.fft_size(final)
   spectrum = sp_fft.rfft(
       accounting._one_round_pmfs(spec, accounting.PLD_DISCRETIZATION)[0].probs, size)
   acc = spectrum.copy()

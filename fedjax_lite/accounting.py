@@ -33,14 +33,13 @@ import contextlib
 import dataclasses
 import functools
 import logging
-import math
 from typing import Any
 
 import dp_accounting
 import numpy as np
 from dp_accounting import pld, rdp
-from scipy import fft as sp_fft
 
+from fedjax_lite import _pld
 from fedjax_lite._validate import check_int, check_rate, check_real
 
 MECHANISMS = ("gaussian", "laplace")
@@ -351,106 +350,10 @@ def _one_round_pld(spec: DPSpec, discretization: float):
 
 
 @functools.lru_cache(maxsize=32)
-def _one_round_pmfs(spec: DPSpec, discretization: float) -> tuple["_DensePMF", ...]:
-  """The one-round PLD's PMFs (remove, and add unless symmetric) as :class:`_DensePMF`."""
+def _one_round_pmfs(spec: DPSpec, discretization: float) -> tuple[_pld.DensePMF, ...]:
+  """The one-round PLD's PMFs (remove, and add unless symmetric) as :class:`_pld.DensePMF`."""
   with _quiet_absl():
-    return _pmfs(_one_round_pld(spec, discretization))
-
-
-def _pmfs(distribution: Any) -> tuple["_DensePMF", ...]:
-  """A ``PrivacyLossDistribution``'s PMFs (remove, and add unless symmetric)."""
-  pmfs = [distribution._pmf_remove]  # noqa: SLF001 - dp-accounting's own fields
-  if not distribution._symmetric:  # noqa: SLF001
-    pmfs.append(distribution._pmf_add)  # noqa: SLF001
-  return tuple(_DensePMF.from_pmf(p) for p in pmfs)
-
-
-# dp-accounting's truncation of a composed PMF's tails (``compose``'s default).
-_TAIL_MASS_TRUNCATION = 1e-15
-
-
-class _DensePMF:
-  """One of a PLD's dense privacy-loss PMFs, composed with NumPy only.
-
-  The same arithmetic as dp-accounting's ``DensePLDPmf.compose`` and
-  ``get_epsilon_for_delta`` (pessimistic rounding, tails truncated at 1e-15
-  with the lower tail's mass moved onto the first kept loss and the upper
-  tail's to infinity), with their Python loops over the support replaced by
-  cumulative sums: NumPy's ``cumsum`` adds in the same order as those loops,
-  so the truncation points are the same and epsilon agrees to float rounding.
-  """
-
-  def __init__(self, discretization: float, lower: int, probs: np.ndarray,
-               infinity_mass: float):
-    self.discretization, self.lower, self.probs = discretization, lower, probs
-    self.infinity_mass = infinity_mass
-
-  @classmethod
-  def from_pmf(cls, pmf: Any) -> "_DensePMF":
-    dense = pmf.to_dense_pmf()
-    if not dense._pessimistic_estimate:  # noqa: SLF001 - dp-accounting's own fields
-      raise ValueError("only pessimistic PLDs are composed here")
-    return cls(dense._discretization, dense._lower_loss, np.asarray(dense._probs, np.float64),  # noqa: SLF001
-               float(dense._infinity_mass))  # noqa: SLF001
-
-  def spectrum(self, size: int) -> np.ndarray:
-    """``rfft(probs, size)``, kept for the sizes asked (the one-round PMF is asked every round)."""
-    cache = self.__dict__.setdefault("_spectra", {})
-    if size not in cache:
-      cache.clear()  # sizes only grow along a curve
-      cache[size] = sp_fft.rfft(self.probs, size)
-    return cache[size]
-
-  def compose(self, other: "_DensePMF") -> "_DensePMF":
-    full = self.probs.size + other.probs.size - 1
-    size = _fft_size(full)
-    probs = sp_fft.irfft(sp_fft.rfft(self.probs, size) * other.spectrum(size), size)[:full]
-    infinity = (self.infinity_mass + other.infinity_mass
-                - self.infinity_mass * other.infinity_mass)
-    half = _TAIL_MASS_TRUNCATION / 2
-    left = _prefix_to_truncate(probs, half)
-    right = max(probs.size - _prefix_to_truncate(probs[::-1], half), left + 1)
-    left_mass, right_mass = np.sum(probs[:left]), np.sum(probs[right:])
-    kept = probs[left:right].copy()
-    kept[0] += left_mass
-    return _DensePMF(self.discretization, self.lower + other.lower + left, kept,
-                     infinity + right_mass)
-
-  def epsilon(self, delta: float) -> float:
-    """The smallest epsilon whose hockey-stick divergence is at most ``delta``."""
-    if self.infinity_mass > delta:
-      return math.inf
-    probs = self.probs[::-1]
-    upper_loss = (self.lower + probs.size - 1) * self.discretization
-    losses = upper_loss - self.discretization * np.arange(probs.size)
-    # State before visiting loss k: mass_upper[k], mass_lower[k].
-    mass_upper = np.concatenate([[self.infinity_mass],
-                                 self.infinity_mass + np.cumsum(probs)])
-    mass_lower = np.concatenate([[0.0], np.cumsum(np.exp(-losses) * probs)])
-    with np.errstate(divide="ignore", invalid="ignore"):
-      ok = (mass_upper[:-1] > delta) & (mass_lower[:-1] > 0)
-      stop = ok & (np.log(np.where(ok, mass_upper[:-1] - delta, 1.0)
-                          / np.where(ok, mass_lower[:-1], 1.0)) >= losses)
-    tiny = (mass_upper[1:] >= delta) & (mass_lower[1:] == 0)  # exp(-loss) underflowed
-    k_stop = int(np.argmax(stop)) if stop.any() else probs.size
-    if tiny[:k_stop].any():
-      return max(0.0, float(losses[int(np.argmax(tiny[:k_stop]))]))
-    upper, lower = float(mass_upper[k_stop]), float(mass_lower[k_stop])
-    if upper <= lower + delta:
-      return 0.0
-    return math.log((upper - delta) / lower)
-
-
-def _fft_size(n: int) -> int:
-  """A fast FFT length >= ``n`` from a few per octave, so that spectra can be reused."""
-  step = max(1, 1 << max(0, n.bit_length() - 4))
-  return sp_fft.next_fast_len(-(-n // step) * step, real=True)
-
-
-def _prefix_to_truncate(probs: np.ndarray, threshold: float) -> int:
-  """The longest prefix of ``probs`` whose running sum stays ``<= threshold``."""
-  over = np.cumsum(probs) > threshold
-  return int(np.argmax(over)) if over.any() else probs.size
+    return _pld.pmfs_of(_one_round_pld(spec, discretization))
 
 
 class EpsilonCurve:
@@ -495,7 +398,7 @@ class EpsilonCurve:
     self.spec, self.delta, self.accountant = spec, delta, accountant
     self.discretization = float(discretization)
     self._values: dict[int, float] = {}
-    self._pld: Any = None
+    self._composed: Any = None
     self._rounds = 0
 
   def __call__(self, rounds: int) -> float:
@@ -514,19 +417,19 @@ class EpsilonCurve:
       return epsilon(self.spec, rounds, self.delta, self.accountant,
                      discretization=self.discretization)
     pmfs = _one_round_pmfs(self.spec, self.discretization)
-    if self._pld is None or rounds < self._rounds:  # start again from the identity
-      self._pld = tuple(_DensePMF(p.discretization, 0, np.ones(1), 0.0) for p in pmfs)
+    if self._composed is None or rounds < self._rounds:  # start again from the identity
+      self._composed = tuple(_pld.DensePMF(p.discretization, 0, np.ones(1), 0.0) for p in pmfs)
       self._rounds = 0
     gap = rounds - self._rounds
     if gap == 1:
       step = pmfs
     elif gap > 1:  # a jump (the first call of a resumed run): dp-accounting's self-composition
       with _quiet_absl():
-        step = _pmfs(one_round.self_compose(gap))
+        step = _pld.pmfs_of(one_round.self_compose(gap))
     if gap > 0:
-      self._pld = tuple(a.compose(b) for a, b in zip(self._pld, step, strict=True))
+      self._composed = tuple(a.compose(b) for a, b in zip(self._composed, step, strict=True))
       self._rounds = rounds
-    return max(pmf.epsilon(self.delta) for pmf in self._pld)
+    return max(pmf.epsilon(self.delta) for pmf in self._composed)
 
 
 def calibrate_noise(spec: DPSpec, rounds: int, target_epsilon: float, delta: float,

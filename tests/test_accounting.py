@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import fedjax_lite as fl
-from fedjax_lite import accounting, cli, experiment, privacy
+from fedjax_lite import _pld, accounting, cli, experiment, privacy
 from fedjax_lite.accounting import DPSpec
 from fedjax_lite.experiment import DPSetup
 
@@ -183,13 +183,13 @@ def test_epsilon_curve_equals_the_direct_answer_for_every_round(case, monkeypatc
   spec, event, neighbours, cached = PLD_CASES[case]
   calls = _count_constructions(monkeypatch)
   composed = []
-  original = accounting._DensePMF.compose
+  original = _pld.DensePMF.compose
 
   def counting_compose(self, other):
     composed.append(1)
     return original(self, other)
 
-  monkeypatch.setattr(accounting._DensePMF, "compose", counting_compose)
+  monkeypatch.setattr(_pld.DensePMF, "compose", counting_compose)
   curve = accounting.EpsilonCurve(spec, 1e-5, "pld")
   rounds = [*range(1, 13), 20, 15, 12]  # one at a time, a jump, back (a resume), a repeat
   eps = [curve(r) for r in rounds]
@@ -244,13 +244,13 @@ def test_vectorized_pmf_arithmetic_equals_dp_accountings_loops(size, lower, seed
     probs[size - size // 4:] *= 1e-18
   probs *= (1 - infinity) / probs.sum()
   theirs = pld_pmf.DensePLDPmf(1e-2, lower, probs.copy(), infinity, True)
-  ours = accounting._DensePMF.from_pmf(theirs)
+  ours = _pld.DensePMF.from_pmf(theirs)
   assert ours.epsilon(delta) == pytest.approx(theirs.get_epsilon_for_delta(delta), rel=1e-9,
                                               abs=1e-12)
   other_probs = rng.random(7)
   other_probs /= other_probs.sum()
   other = pld_pmf.DensePLDPmf(1e-2, -3, other_probs, 0.0, True)
-  a = ours.compose(accounting._DensePMF.from_pmf(other))
+  a = ours.compose(_pld.DensePMF.from_pmf(other))
   b = theirs.compose(other, tail_mass_truncation=1e-15)
   assert a.lower == b._lower_loss and a.probs.size == b._probs.size
   np.testing.assert_allclose(a.probs, b._probs, rtol=1e-9, atol=1e-15)  # FFT rounding
