@@ -130,8 +130,8 @@ def test_config_file_and_flag_precedence(tmp_path):
     ("model", "resnet", "unknown model 'resnet'; choose one of: logreg"),
     ("algorithm", "fedsgd9", "unknown algorithm 'fedsgd9'; choose one of: fedavg"),
     ("partition", "zipf", "unknown partition 'zipf'"),
-    ("rounds", 0, "rounds must be a positive integer"),
-    ("client_lr", -1.0, "client_lr must be > 0"),
+    ("rounds", 0, "rounds must be >= 1; got 0"),
+    ("client_lr", -1.0, "--client-lr must be > 0; got -1.0"),
     ("model", "char_lstm", "needs dataset 'shakespeare'"),
 ])
 def test_invalid_values_are_named(key, value, match):
@@ -198,7 +198,8 @@ def test_dp_run_reports_epsilon_every_round(tmp_path, dp_args):
 
 @pytest.mark.parametrize("overrides, match", [
     ({"dp": "gaussian"}, "exactly one of --noise-multiplier and --target-epsilon"),
-    ({"noise_multiplier": 1.0}, "need --dp gaussian or --dp laplace"),
+    ({"noise_multiplier": 1.0}, "--noise-multiplier does not apply here: it is a "
+                               "differential-privacy option and --dp is none"),
     ({"dp": "laplace", "noise_multiplier": 1.0, "adaptive_clip": True}, "needs --dp gaussian"),
     ({"dp": "gaussian", "noise_multiplier": 1.0, "clip": 0.0}, "clip must be > 0"),
     ({"dp": "gaussian", "noise_multiplier": 1.0, "delta": 1.0}, "delta must be in"),

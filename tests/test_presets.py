@@ -131,7 +131,7 @@ def test_robust_aggregation_composes_with_sharding():
     ({"stragglers": 0.5, "local_work": "fixed:2"}, "leave --local-work full"),
     ({"algorithm": "ditto", "stragglers": 0.5}, "not ditto"),
     ({"trim_beta": 0.5}, "trim_beta must be in"),
-    ({"quantize_bits": 0}, "quantize_bits must be an integer in 1..32"),
+    ({"quantize_bits": 0}, "quantize_bits must be in \\[1, 32\\]"),
     ({"mu": -1.0}, "mu must be >= 0; got -1.0"),
 ])
 def test_configuration_errors_name_the_fix(overrides, match):

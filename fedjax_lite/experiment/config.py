@@ -17,65 +17,11 @@ from pathlib import Path
 from typing import Any
 
 from fedjax_lite import presets
+from fedjax_lite.experiment import options
+from fedjax_lite.experiment.schema import ConfigError
 
-DEFAULTS: dict[str, Any] = {
-    "dataset": "digits",
-    "model": "mlp",
-    "algorithm": "fedavg",
-    "rounds": 150,
-    "clients_per_round": 10,
-    "local_epochs": 2,
-    "batch_size": 8,
-    "client_lr": 0.05,
-    "server_lr": None,
-    "seed": 0,
-    "data_seed": None,
-    "eval_every": 10,
-    "checkpoint_every": 10,
-    "out": None,
-    "resume": False,
-    "overwrite": False,
-    "num_clients": 50,
-    "partition": "dirichlet",
-    "alpha": 0.5,
-    "shards_per_client": 2,
-    "test_fraction": 0.2,
-    "synthetic_alpha": 1.0,
-    "synthetic_beta": 1.0,
-    "data_dir": None,
-    "max_examples_per_client": None,
-    "hidden": None,
-    "chunk_size": "auto",
-    "progress": None,
-    # Differential privacy (fedjax_lite.privacy).
-    "dp": "none",
-    "clip": 1.0,
-    "noise_multiplier": None,
-    "target_epsilon": None,
-    "delta": 1e-5,
-    "sampling": "fixed",
-    "accountant": "rdp",
-    "adaptive_clip": False,
-    "target_quantile": 0.5,
-    "local_dp": False,
-    # Vectorized sweep: {key: [values]} (see the module docstring).
-    "sweep": None,
-    # Scaling out (see the module docstring): devices on the client axis, and
-    # JAX's multi-process runtime.
-    "devices": None,
-    "coordinator": None,
-    "num_processes": None,
-    "process_id": None,
-    # Algorithms beyond FedAvg, robust/compressed aggregation, attacks, local
-    # work (fedjax_lite.presets).
-    **presets.DEFAULTS,
-    # Evaluation after local fine-tuning (epochs on each client's train split;
-    # 0: off).
-    "fine_tune_epochs": 0,
-    # Also evaluate the global model on the training clients (train_eval_*:
-    # the federated objective the algorithms minimize).
-    "eval_train": False,
-}
+# Every option and its default (declared, typed, in fedjax_lite.experiment.options).
+DEFAULTS: dict[str, Any] = options.DEFAULTS
 
 # Keys a sweep may vary: they change neither the population nor the shapes of
 # the compiled round, and the round takes them as traced scalars.
@@ -90,15 +36,8 @@ RESUMABLE_CHANGES = ("rounds", "eval_every", "checkpoint_every", "out", "resume"
 # The keys that start JAX's multi-process runtime.
 PROCESS_KEYS = ("coordinator", "num_processes", "process_id")
 
-DATASETS = ("digits", "fashion_mnist", "shakespeare", "synthetic")
-MODELS = ("logreg", "mlp", "2nn", "cnn", "char_lstm")
-ALGORITHMS = presets.ALGORITHMS
-PARTITIONS = ("iid", "dirichlet", "shards")
-DP_MECHANISMS = ("none", "gaussian", "laplace")
-
-
-class ConfigError(ValueError):
-  """An invalid configuration (unknown name or key, bad value, bad output dir)."""
+DATASETS, MODELS, PARTITIONS = options.DATASETS, options.MODELS, options.PARTITIONS
+ALGORITHMS, DP_MECHANISMS = options.ALGORITHMS, options.DP_MECHANISMS
 
 
 def resolve_config(config_file: str | os.PathLike | None = None,
@@ -121,7 +60,8 @@ def resolve_config(config_file: str | os.PathLike | None = None,
       partition name (listing the valid ones), an out-of-range value, or a
       bad or unsupported sweep.
   """
-  config = dict(DEFAULTS)
+  values: dict[str, Any] = {}
+  given: dict[str, str] = {}  # key -> where it was given
   sweep_source = "--sweep"
   if config_file is not None:
     path = Path(config_file)
@@ -129,26 +69,61 @@ def resolve_config(config_file: str | os.PathLike | None = None,
       loaded = tomllib.loads(path.read_text())
     except FileNotFoundError as e:
       raise ConfigError(f"--config file {path} does not exist.") from e
+    except (OSError, UnicodeDecodeError) as e:
+      raise ConfigError(f"--config file {path} cannot be read: {e}") from e
     except tomllib.TOMLDecodeError as e:
       raise ConfigError(f"--config file {path} is not valid TOML: {e}") from e
-    for key, value in loaded.items():
-      name = key.replace("-", "_")
-      if name not in DEFAULTS:
-        raise ConfigError(
-            f"unknown key {key!r} in --config file {path}; valid keys: {sorted(DEFAULTS)}.")
-      config[name] = value
-      if name == "sweep":
+    for key, value, where in _toml_items(loaded, path):
+      values[key] = _checked(key, value, where)
+      given[key] = where
+      if key == "sweep":
         sweep_source = f"sweep in --config file {path}:"
   for key, value in (overrides or {}).items():
     if value is not None:
       if key not in DEFAULTS:
         raise ConfigError(f"unknown option {key!r}.")
-      config[key] = value
+      where = "--" + key.replace("_", "-")
+      values[key] = _checked(key, value, where)
+      given[key] = where
       if key == "sweep":
         sweep_source = "--sweep"
+  config = {**DEFAULTS, **values}
   config["sweep"] = parse_sweep(config["sweep"], sweep_source)
+  options.check_applicable(options.build(config), given)
   _validate(config)
   return config
+
+
+def _toml_items(loaded: dict[str, Any], path: Path):
+  """``(key, value, where)`` of a TOML file's options: flat keys, or ``[section]`` tables."""
+  for key, value in loaded.items():
+    name = key.replace("-", "_")
+    if name in options.SECTIONS and name != "sweep" and isinstance(value, dict):
+      for inner, v in value.items():
+        inner_name = inner.replace("-", "_")
+        home = options.OPTIONS.get(inner_name, (None,))[0]
+        if home != name:
+          hint = f"it belongs in [{home}]" if home else f"valid keys: {_section_keys(name)}"
+          raise ConfigError(f"unknown key {inner!r} in [{key}] of --config file {path}; {hint}.")
+        yield inner_name, v, f"{inner} (in [{key}] of {path})"
+    elif name in DEFAULTS:
+      yield name, value, f"{key} (in {path})"
+    else:
+      raise ConfigError(
+          f"unknown key {key!r} in --config file {path}; valid keys: {sorted(DEFAULTS)}, or "
+          f"tables [{'], ['.join(s for s in options.SECTIONS if s != 'sweep')}].")
+
+
+def _section_keys(section: str) -> str:
+  return ", ".join(k for k, (s, _) in options.OPTIONS.items() if s == section)
+
+
+def _checked(key: str, value: Any, where: str) -> Any:
+  """The value, checked against its option's declaration (a sweep is parsed later)."""
+  opt = options.OPTIONS[key][1]
+  if opt.kind == "sweep":
+    return value
+  return opt.check(key, value, where)
 
 
 _RANGE = re.compile(r"^(-?\d+)\.\.(-?\d+)$")
@@ -366,27 +341,10 @@ def _validate(c: dict[str, Any]) -> None:
 
 
 def _validate_run(c: dict[str, Any]) -> None:
-  for key, valid in (("dataset", DATASETS), ("model", MODELS), ("partition", PARTITIONS),
-                     ("dp", DP_MECHANISMS), ("sampling", ("fixed", "poisson")),
-                     ("accountant", ("rdp", "pld"))):
-    if c[key] not in valid:
-      raise ConfigError(f"unknown {key} {c[key]!r}; choose one of: {', '.join(valid)}.")
-  chunk = c["chunk_size"]
-  if chunk != "auto" and (isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1):
-    raise ConfigError(f"chunk_size must be a positive integer or 'auto'; got {chunk!r}.")
-  for key in ("rounds", "clients_per_round", "local_epochs", "batch_size", "num_clients"):
-    if not isinstance(c[key], int) or isinstance(c[key], bool) or c[key] < 1:
-      raise ConfigError(f"{key} must be a positive integer; got {c[key]!r}.")
-  for key in ("eval_every", "checkpoint_every", "seed", "data_seed"):
-    if key == "data_seed" and c.get(key) is None:
-      continue
-    if not isinstance(c[key], int) or isinstance(c[key], bool) or c[key] < 0:
-      raise ConfigError(f"{key} must be a non-negative integer; got {c[key]!r}.")
-  for key in ("client_lr", "alpha"):
-    if not isinstance(c[key], (int, float)) or not c[key] > 0:
-      raise ConfigError(f"{key} must be > 0; got {c[key]!r}.")
-  if c["server_lr"] is not None and not c["server_lr"] > 0:
-    raise ConfigError(f"server_lr must be > 0; got {c['server_lr']!r}.")
+  """Checks every value against its declaration, then the rules that tie options together."""
+  for key, (_, opt) in options.OPTIONS.items():
+    if opt.kind != "sweep":
+      opt.check(key, c[key])
   if c["dp"] == "none":
     if c["noise_multiplier"] is not None or c["target_epsilon"] is not None:
       raise ConfigError("noise_multiplier/target_epsilon need --dp gaussian or --dp laplace.")
@@ -394,25 +352,12 @@ def _validate_run(c: dict[str, Any]) -> None:
     if (c["noise_multiplier"] is None) == (c["target_epsilon"] is None):
       raise ConfigError(f"--dp {c['dp']} needs exactly one of --noise-multiplier and "
                         "--target-epsilon.")
-    if c["noise_multiplier"] is not None and not c["noise_multiplier"] > 0:
-      raise ConfigError(f"noise_multiplier must be > 0; got {c['noise_multiplier']!r}.")
-    if c["target_epsilon"] is not None and not c["target_epsilon"] > 0:
-      raise ConfigError(f"target_epsilon must be > 0; got {c['target_epsilon']!r}.")
-    if not isinstance(c["clip"], (int, float)) or not c["clip"] > 0:
-      raise ConfigError(f"clip must be > 0; got {c['clip']!r}.")
-    if not isinstance(c["delta"], (int, float)) or not 0 < c["delta"] < 1:
-      raise ConfigError(f"delta must be in (0, 1); got {c['delta']!r}.")
     if c["adaptive_clip"] and c["dp"] != "gaussian":
       raise ConfigError("--adaptive-clip needs --dp gaussian (Andrew et al.'s method).")
-    if not 0 < c["target_quantile"] < 1:
-      raise ConfigError(f"target_quantile must be in (0, 1); got {c['target_quantile']!r}.")
   try:
     presets.validate(c)
   except ValueError as e:
     raise ConfigError(str(e)) from e
-  ft = c["fine_tune_epochs"]
-  if isinstance(ft, bool) or not isinstance(ft, int) or ft < 0:
-    raise ConfigError(f"fine_tune_epochs must be a non-negative integer; got {ft!r}.")
   if c["model"] == "char_lstm" and c["dataset"] != "shakespeare":
     raise ConfigError("model 'char_lstm' needs dataset 'shakespeare'.")
   if c["dataset"] == "shakespeare" and c["model"] != "char_lstm":

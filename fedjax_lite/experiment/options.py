@@ -1,0 +1,354 @@
+"""The run's options as typed, frozen sections: one declaration per option.
+
+Every option of ``fedjax-lite run`` is a field of one section dataclass
+(:class:`DataConfig`, :class:`ModelConfig`, ...; :class:`Config` holds them
+all). A field's metadata (:class:`Opt`) says its type, its domain, its help
+text and when it applies; from that single declaration come the defaults, the
+command-line flags and their ``--help`` groups, the strict checks of values
+from flags and TOML files (``overwrite = "false"`` is an error naming the key,
+the value and the expected type, never a truthy string), and the refusal of
+an option that the chosen dataset, model, algorithm, aggregator or mechanism
+does not use.
+
+Option names are unique across sections, so the flat keys of earlier
+versions (``clients_per_round = 10`` at the top of a TOML file, or
+``--clients-per-round 10``) and TOML tables (``[training]
+clients_per_round = 10``) both map onto the same field. The algorithms' own
+hyperparameters come from :data:`fedjax_lite.algorithms.PRESETS`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+from fedjax_lite.algorithms import PRESETS
+from fedjax_lite.experiment.schema import (
+    INT_OR_ALL,
+    INT_OR_AUTO,
+    ConfigError,
+    Opt,
+    option,
+    when,
+)
+
+DATASETS = ("digits", "fashion_mnist", "shakespeare", "synthetic")
+MODELS = ("logreg", "mlp", "2nn", "cnn", "char_lstm")
+PARTITIONS = ("iid", "dirichlet", "shards")
+DP_MECHANISMS = ("none", "gaussian", "laplace")
+SERVER_OPTIMIZERS = ("fedavg", "fedavgm", "fedadam", "fedyogi", "fedadagrad")
+ALGORITHMS = SERVER_OPTIMIZERS + tuple(PRESETS)
+AGGREGATORS = ("mean", "median", "trimmed_mean", "krum")
+ATTACKS = ("none", "sign_flip", "gaussian", "scaled")
+STRAGGLER_MODES = ("drop", "partial")
+
+_PARTITIONED = ("digits", "fashion_mnist")
+_DP = when(lambda c: c.privacy.dp != "none", "it is a differential-privacy option and --dp is "
+            "none")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class DataConfig:
+  """The data set and how it is split into clients."""
+
+  dataset: str = option("digits", "the data set", choices=DATASETS)
+  num_clients: int = option(50, "clients to partition the data into", low=1, applies=when(
+      lambda c: c.data.dataset != "shakespeare", "Shakespeare's clients are its speaking roles"))
+  partition: str = option("dirichlet", "how examples are split into clients",
+                          choices=PARTITIONS, applies=when(
+                              lambda c: c.data.dataset in _PARTITIONED,
+                              "only digits and fashion_mnist are partitioned"))
+  alpha: float = option(0.5, "Dirichlet concentration of --partition dirichlet", low=0.0,
+                        low_open=True, applies=when(
+                            lambda c: c.data.dataset in _PARTITIONED
+                            and c.data.partition == "dirichlet",
+                            "it is --partition dirichlet's concentration"))
+  shards_per_client: int = option(2, "shards per client of --partition shards", low=1,
+                                  applies=when(lambda c: c.data.dataset in _PARTITIONED
+                                                and c.data.partition == "shards",
+                                                "it is --partition shards' count"))
+  test_fraction: float = option(0.2, "per-client held-out fraction", low=0.0, high=1.0,
+                                high_open=True)
+  synthetic_alpha: float = option(1.0, "LEAF Synthetic(alpha, beta): alpha", low=0.0,
+                                  applies=when(lambda c: c.data.dataset == "synthetic",
+                                                "it is --dataset synthetic's parameter"))
+  synthetic_beta: float = option(1.0, "LEAF Synthetic(alpha, beta): beta", low=0.0,
+                                 applies=when(lambda c: c.data.dataset == "synthetic",
+                                               "it is --dataset synthetic's parameter"))
+  data_dir: str | None = option(None, "directory of the Fashion-MNIST IDX files", kind=str,
+                                optional=True, applies=when(
+                                    lambda c: c.data.dataset == "fashion_mnist",
+                                    "only fashion_mnist is read from files"))
+  max_examples_per_client: int | None = option(
+      None, "cap every client at this many examples (Shakespeare: 64 snippets if unset)",
+      kind=int, optional=True, low=1, applies=when(
+          lambda c: c.data.dataset in ("shakespeare", "synthetic"),
+          "only shakespeare and synthetic clients are capped"))
+  data_seed: int | None = option(None, "seed of the partition or generation (default: --seed)",
+                                 kind=int, optional=True, low=0)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ModelConfig:
+  """The model."""
+
+  model: str = option("mlp", "the model", choices=MODELS)
+  hidden: int | None = option(None, "hidden width of mlp, 2nn and char_lstm", kind=int,
+                              optional=True, low=1, applies=when(
+                                  lambda c: c.model.model in ("mlp", "2nn", "char_lstm"),
+                                  "logreg and cnn have no --hidden width"))
+
+
+_LOCAL_WORK = SERVER_OPTIMIZERS + tuple(n for n, p in PRESETS.items() if p.local_work)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class TrainingConfig:
+  """Rounds, cohorts and local training."""
+
+  rounds: int = option(150, "total rounds", low=1)
+  clients_per_round: int = option(10, "cohort size (expected size under Poisson sampling)",
+                                  low=1)
+  sampling: str = option("fixed", "client sampling: a fixed-size cohort, or each client with "
+                         "probability K/N", choices=("fixed", "poisson"))
+  local_epochs: int = option(2, "local epochs per round", low=1)
+  batch_size: int = option(8, "local batch size", low=1)
+  client_lr: float = option(0.05, "client SGD learning rate", low=0.0, low_open=True)
+  server_lr: float | None = option(None, "server learning rate (default: the algorithm's)",
+                                   kind=float, optional=True, low=0.0, low_open=True)
+  seed: int = option(0, "seed of model init and client sampling (and of the data unless "
+                     "--data-seed)", low=0)
+  chunk_size: Any = option("auto", "clients per vmapped chunk, or auto", kind=INT_OR_AUTO,
+                           low=1, metavar="N|auto")
+  local_work: str = option("full", "local steps per client: full, fixed:S, sampled:MIN-MAX or "
+                           "proportional:R", applies=when(
+                               lambda c: c.algorithm.algorithm in _LOCAL_WORK,
+                               "the algorithm runs its own local steps"))
+  stragglers: float = option(0.0, "fraction of clients per round that straggle", low=0.0,
+                             high=1.0, applies=when(
+                                 lambda c: c.algorithm.algorithm in _LOCAL_WORK,
+                                 "the algorithm runs its own local steps"))
+  straggler_mode: str = option("drop", "drop stragglers (FedAvg) or aggregate their partial "
+                               "work (FedProx)", choices=STRAGGLER_MODES, applies=when(
+                                   lambda c: c.training.stragglers > 0,
+                                   "it needs --stragglers > 0"))
+
+
+def _hyperparameter(preset_name: str, h: Any) -> tuple[str, Any, Any]:
+  kind = h.kind
+  return (h.key, kind | None if h.default is None else kind, option(
+      h.default, f"{preset_name}: {h.help}", kind=kind, optional=h.default is None, low=h.low,
+      high=h.high, low_open=h.low_open, high_open=h.high_open, applies=when(
+          lambda c, name=preset_name: c.algorithm.algorithm == name,
+          f"it is {preset_name}'s hyperparameter")))
+
+
+# The algorithm section: the name, the server step, and every registered
+# algorithm's own hyperparameters (fedjax_lite.algorithms.PRESETS).
+AlgorithmConfig = dataclasses.make_dataclass(
+    "AlgorithmConfig",
+    [("algorithm", str, option("fedavg", "the algorithm (the first five are FedAvg with that "
+                               "server optimizer)", choices=ALGORITHMS)),
+     ("server_optimizer", str | None, option(
+         None, "server step of the algorithms beyond FedAvg (default fedavg: SGD at "
+         "--server-lr, default 1)", kind=str, optional=True, choices=SERVER_OPTIMIZERS,
+         applies=when(lambda c: c.algorithm.algorithm not in SERVER_OPTIMIZERS,
+                       "--algorithm fedavg..fedadagrad already names the server step")))]
+    + [_hyperparameter(name, h) for name, p in PRESETS.items() for h in p.hyperparameters],
+    frozen=True, kw_only=True)
+AlgorithmConfig.__module__ = __name__
+AlgorithmConfig.__doc__ = "The algorithm, its server step and its own hyperparameters."
+
+_FEDAVG_CLIENT = SERVER_OPTIMIZERS + tuple(n for n, p in PRESETS.items()
+                                           if p.wraps_client_update)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class AggregationConfig:
+  """How the server combines the clients' updates."""
+
+  aggregator: str = option("mean", "mean, or a robust aggregator (not with --dp)",
+                           choices=AGGREGATORS)
+  trim_beta: float = option(0.1, "trimmed mean: fraction trimmed at each end", low=0.0,
+                            high=0.5, high_open=True, applies=when(
+                                lambda c: c.aggregation.aggregator == "trimmed_mean",
+                                "it is --aggregator trimmed_mean's parameter"))
+  num_byzantine: int = option(1, "Krum: assumed number of Byzantine clients f", low=0,
+                              applies=when(lambda c: c.aggregation.aggregator == "krum",
+                                            "it is --aggregator krum's parameter"))
+  multi_krum: int = option(1, "Krum: average the m best-scored clients (1 = Krum)", low=1,
+                           applies=when(lambda c: c.aggregation.aggregator == "krum",
+                                         "it is --aggregator krum's parameter"))
+  norm_bound: float | None = option(None, "clip every update to this L2 norm before "
+                                    "aggregating", kind=float, optional=True, low=0.0,
+                                    low_open=True)
+  quantize_bits: int | None = option(None, "stochastic quantization of updates to this many "
+                                     "bits", kind=int, optional=True, low=1, high=32)
+  topk_fraction: float | None = option(
+      None, "top-k sparsification with error feedback: fraction of coordinates sent",
+      kind=float, optional=True, low=0.0, low_open=True, high=1.0, applies=when(
+          lambda c: c.algorithm.algorithm in _FEDAVG_CLIENT,
+          "error feedback wraps a client update whose messages are model deltas"))
+
+
+_ATTACKED = when(lambda c: c.attack.attack != "none", "it needs --attack")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class AttackConfig:
+  """Simulated malicious clients."""
+
+  attack: str = option("none", "the malicious clients' attack", choices=ATTACKS)
+  attack_fraction: float = option(0.0, "fraction of clients that are malicious", low=0.0,
+                                  high=1.0, applies=_ATTACKED)
+  attack_scale: float = option(1.0, "sign_flip/scaled: factor; gaussian: noise std",
+                               applies=_ATTACKED)
+  attack_seed: int = option(0, "seed choosing the malicious clients", low=0, applies=_ATTACKED)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class PrivacyConfig:
+  """Differential privacy and its accounting."""
+
+  dp: str = option("none", "differential privacy mechanism", choices=DP_MECHANISMS)
+  clip: float = option(1.0, "clip norm C (L2 for gaussian, L1 for laplace; initial C if "
+                       "adaptive)", low=0.0, low_open=True, applies=_DP)
+  noise_multiplier: float | None = option(None, "noise std (gaussian) or scale (laplace) over "
+                                          "the sensitivity", kind=float, optional=True,
+                                          low=0.0, low_open=True, applies=_DP)
+  target_epsilon: float | None = option(None, "calibrate the noise multiplier to this epsilon",
+                                        kind=float, optional=True, low=0.0, low_open=True,
+                                        applies=_DP)
+  delta: float = option(1e-5, "delta of the (epsilon, delta) guarantee", low=0.0,
+                        low_open=True, high=1.0, high_open=True, applies=_DP)
+  accountant: str = option("rdp", "privacy accountant", choices=("rdp", "pld"), applies=_DP)
+  adaptive_clip: bool = option(False, "adaptive clipping (Andrew et al. 2021), gaussian only",
+                               applies=_DP)
+  target_quantile: float = option(0.5, "adaptive clipping's target quantile", low=0.0,
+                                  low_open=True, high=1.0, high_open=True, applies=when(
+                                      lambda c: c.privacy.adaptive_clip,
+                                      "it is --adaptive-clip's parameter"))
+  local_dp: bool = option(False, "noise each client's update (local DP) instead of the sum",
+                          applies=_DP)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class EvaluationConfig:
+  """Evaluation during and after training."""
+
+  eval_every: int = option(10, "evaluate every N rounds (0: only at the end)", low=0)
+  fine_tune_epochs: int = option(0, "also evaluate after this many local epochs of "
+                                 "fine-tuning on each client (0: off)", low=0)
+  eval_train: bool = option(False, "also evaluate the global model on the training clients")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class OutputConfig:
+  """Where results go."""
+
+  out: str | None = option(None, "output directory (default: a new runs/<dataset>-<algorithm>-"
+                           "<time> directory)", kind=str, optional=True)
+  resume: bool = option(False, "continue the run in --out from its checkpoint")
+  overwrite: bool = option(False, "replace the outputs of a finished run in --out")
+  checkpoint_every: int = option(10, "checkpoint every N rounds (0: only at the end)", low=0)
+  progress: bool | None = option(None, "progress bar (default: when stderr is a terminal)",
+                                 kind=bool, optional=True)
+
+
+_MULTI_PROCESS = when(lambda c: c.runtime.coordinator is not None,
+                       "it needs --coordinator HOST:PORT (or auto)")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class RuntimeConfig:
+  """Scaling out over devices and processes."""
+
+  devices: Any = option(None, "shard the clients over N devices, or all", kind=INT_OR_ALL,
+                        optional=True, low=1, metavar="N|all")
+  coordinator: str | None = option(None, "HOST:PORT of process 0 of a multi-process run, or "
+                                   "auto", kind=str, optional=True)
+  num_processes: int | None = option(None, "processes of a multi-process run", kind=int,
+                                     optional=True, low=1, applies=_MULTI_PROCESS)
+  process_id: int | None = option(None, "this process's index, 0..N-1", kind=int,
+                                  optional=True, low=0, applies=_MULTI_PROCESS)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class SweepConfig:
+  """Many experiments as one vectorized program."""
+
+  sweep: Any = option(None, "KEY=VALUES: one experiment per value", kind="sweep",
+                      optional=True)
+
+
+SECTIONS: dict[str, type] = {
+    "data": DataConfig, "model": ModelConfig, "training": TrainingConfig,
+    "algorithm": AlgorithmConfig, "aggregation": AggregationConfig, "attack": AttackConfig,
+    "privacy": PrivacyConfig, "evaluation": EvaluationConfig, "output": OutputConfig,
+    "runtime": RuntimeConfig, "sweep": SweepConfig,
+}
+
+Config = dataclasses.make_dataclass(
+    "Config", [(name, cls, dataclasses.field(default_factory=cls))
+               for name, cls in SECTIONS.items()],
+    frozen=True, kw_only=True)
+Config.__module__ = __name__
+Config.__doc__ = "A run's whole configuration: one frozen section per concern."
+
+# Every option: its flat key -> (section, Opt).
+OPTIONS: dict[str, tuple[str, Opt]] = {}
+for _section, _cls in SECTIONS.items():
+  for _f in dataclasses.fields(_cls):
+    if _f.name in OPTIONS:  # pragma: no cover - a declaration error
+      raise ValueError(f"option {_f.name!r} is declared twice")
+    OPTIONS[_f.name] = (_section, _f.metadata["opt"])
+del _section, _cls, _f
+
+DEFAULTS: dict[str, Any] = {key: getattr(getattr(Config(), section), key)
+                            for key, (section, _) in OPTIONS.items()}
+
+
+def build(values: Mapping[str, Any]) -> Any:
+  """The :class:`Config` of flat ``{key: value}`` (missing keys keep their defaults).
+
+  Args:
+    values: checked values by flat key.
+
+  Returns:
+    The frozen :class:`Config`.
+  """
+  by_section: dict[str, dict[str, Any]] = {name: {} for name in SECTIONS}
+  for key, value in values.items():
+    by_section[OPTIONS[key][0]][key] = value
+  return Config(**{name: SECTIONS[name](**kw) for name, kw in by_section.items()})
+
+
+def flat(config: Any) -> dict[str, Any]:
+  """``{key: value}`` of every option of a :class:`Config`.
+
+  Args:
+    config: a :class:`Config`.
+
+  Returns:
+    The flat dict (the keys of :data:`DEFAULTS`).
+  """
+  return {key: getattr(getattr(config, section), key) for key, (section, _) in OPTIONS.items()}
+
+
+def check_applicable(config: Any, given: Mapping[str, str]) -> None:
+  """Refuses an option that was given but that this configuration does not use.
+
+  Args:
+    config: the :class:`Config`.
+    given: ``{key: where it was given}`` (``--flag``, or the key and its TOML
+      file) for the options set explicitly.
+
+  Raises:
+    ConfigError: naming the first such option and why it does not apply.
+  """
+  for key, (_, opt) in OPTIONS.items():
+    if key in given and opt.applies is not None:
+      reason = opt.applies(config)
+      if reason is not None:
+        raise ConfigError(f"{given[key]} does not apply here: {reason}; drop it.")
