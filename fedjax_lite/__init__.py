@@ -40,62 +40,127 @@ Public API (everything here is a pure function or a NamedTuple of them):
   :mod:`fedjax_lite.checkpoint`
 """
 
-from fedjax_lite import (
-    accounting,
-    algorithms,
-    attacks,
-    checkpoint,
-    client,
-    compression,
-    datasets,
-    evaluation,
-    hardware,
-    local_work,
-    mapreduce,
-    models,
-    personalization,
-    privacy,
-    robust,
-    server,
-    sharding,
-)
-from fedjax_lite.aggregation import (
-    Aggregator,
-    mean_aggregator,
-    uniform_mean,
-    weighted_mean,
-    weighted_sum,
-)
-from fedjax_lite.algorithm import (
-    FederatedAlgorithm,
-    ServerState,
-    ServerUpdate,
-    build_federated_algorithm,
-    raise_if_nonfinite,
-)
-from fedjax_lite.client import (
-    ClientOutput,
-    ClientUpdate,
-    build_client_update,
-    local_train,
-)
-from fedjax_lite.data import FederatedData, example_mask, from_arrays, from_clients, take
-from fedjax_lite.local_work import LocalWork
-from fedjax_lite.sampling import (
-    Sampler,
-    fixed_size_sampler,
-    poisson_sampler,
-    sample_clients,
-)
-from fedjax_lite.sharding import (
-    client_mesh,
-    initialize_distributed,
-    num_real_clients,
-    pad_clients,
-    replicate,
-    shard_clients,
-)
-from fedjax_lite.training import round_keys, run_rounds, run_sweep, sampled_round
+from typing import TYPE_CHECKING
+
+from fedjax_lite import _lazy
+
+# Every public name and the module that defines it, imported on first use
+# (PEP 562): `import fedjax_lite` does not import JAX until a name needs it.
+_WHERE = {
+    "Aggregator": "fedjax_lite.aggregation",
+    "ClientOutput": "fedjax_lite.client",
+    "ClientUpdate": "fedjax_lite.client",
+    "FederatedAlgorithm": "fedjax_lite.algorithm",
+    "FederatedData": "fedjax_lite.data",
+    "LocalWork": "fedjax_lite.local_work",
+    "Sampler": "fedjax_lite.sampling",
+    "ServerState": "fedjax_lite.algorithm",
+    "ServerUpdate": "fedjax_lite.algorithm",
+    "accounting": "fedjax_lite.accounting",
+    "algorithms": "fedjax_lite.algorithms",
+    "attacks": "fedjax_lite.attacks",
+    "build_client_update": "fedjax_lite.client",
+    "build_federated_algorithm": "fedjax_lite.algorithm",
+    "checkpoint": "fedjax_lite.checkpoint",
+    "client": "fedjax_lite.client",
+    "client_mesh": "fedjax_lite.sharding",
+    "compression": "fedjax_lite.compression",
+    "datasets": "fedjax_lite.datasets",
+    "evaluation": "fedjax_lite.evaluation",
+    "example_mask": "fedjax_lite.data",
+    "fixed_size_sampler": "fedjax_lite.sampling",
+    "from_arrays": "fedjax_lite.data",
+    "from_clients": "fedjax_lite.data",
+    "hardware": "fedjax_lite.hardware",
+    "initialize_distributed": "fedjax_lite.sharding",
+    "local_train": "fedjax_lite.client",
+    "local_work": "fedjax_lite.local_work",
+    "mapreduce": "fedjax_lite.mapreduce",
+    "mean_aggregator": "fedjax_lite.aggregation",
+    "models": "fedjax_lite.models",
+    "num_real_clients": "fedjax_lite.sharding",
+    "pad_clients": "fedjax_lite.sharding",
+    "personalization": "fedjax_lite.personalization",
+    "poisson_sampler": "fedjax_lite.sampling",
+    "privacy": "fedjax_lite.privacy",
+    "raise_if_nonfinite": "fedjax_lite.algorithm",
+    "replicate": "fedjax_lite.sharding",
+    "robust": "fedjax_lite.robust",
+    "round_keys": "fedjax_lite.training",
+    "run_rounds": "fedjax_lite.training",
+    "run_sweep": "fedjax_lite.training",
+    "sample_clients": "fedjax_lite.sampling",
+    "sampled_round": "fedjax_lite.training",
+    "server": "fedjax_lite.server",
+    "shard_clients": "fedjax_lite.sharding",
+    "sharding": "fedjax_lite.sharding",
+    "take": "fedjax_lite.data",
+    "uniform_mean": "fedjax_lite.aggregation",
+    "weighted_mean": "fedjax_lite.aggregation",
+    "weighted_sum": "fedjax_lite.aggregation",
+}
+# The rest of the package's modules, importable as attributes too.
+_WHERE.update({name: f"fedjax_lite.{name}" for name in (
+    "aggregation", "algorithm", "data", "experiment", "presets", "sampling", "training")})
+__getattr__, __dir__ = _lazy.attach(__name__, _WHERE)
+
+if TYPE_CHECKING:  # what static tools see
+  from fedjax_lite import (
+      accounting,
+      algorithms,
+      attacks,
+      checkpoint,
+      client,
+      compression,
+      datasets,
+      evaluation,
+      hardware,
+      local_work,
+      mapreduce,
+      models,
+      personalization,
+      privacy,
+      robust,
+      server,
+      sharding,
+  )
+  from fedjax_lite.aggregation import (
+      Aggregator,
+      mean_aggregator,
+      uniform_mean,
+      weighted_mean,
+      weighted_sum,
+  )
+  from fedjax_lite.algorithm import (
+      FederatedAlgorithm,
+      ServerState,
+      ServerUpdate,
+      build_federated_algorithm,
+      raise_if_nonfinite,
+  )
+  from fedjax_lite.client import (
+      ClientOutput,
+      ClientUpdate,
+      build_client_update,
+      local_train,
+  )
+  from fedjax_lite.data import FederatedData, example_mask, from_arrays, from_clients, take
+  from fedjax_lite.local_work import LocalWork
+  from fedjax_lite.sampling import (
+      Sampler,
+      fixed_size_sampler,
+      poisson_sampler,
+      sample_clients,
+  )
+  from fedjax_lite.sharding import (
+      client_mesh,
+      initialize_distributed,
+      num_real_clients,
+      pad_clients,
+      replicate,
+      shard_clients,
+  )
+  from fedjax_lite.training import round_keys, run_rounds, run_sweep, sampled_round
 
 __version__ = "0.1.0"
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import math
 from typing import Any
 
-import jax
 import numpy as np
 
 
@@ -24,6 +23,8 @@ def is_concrete(value: Any) -> bool:
   Returns:
     False if any leaf is a tracer.
   """
+  import jax  # noqa: PLC0415 - not at import time: the command line's --help needs no JAX
+
   return not any(isinstance(x, jax.core.Tracer) for x in jax.tree.leaves(value))
 
 
@@ -36,6 +37,8 @@ def concrete_float(value: Any) -> float | None:
   Returns:
     A Python float, or None.
   """
+  import jax  # noqa: PLC0415 - see is_concrete
+
   try:
     return float(value)
   except (TypeError, jax.errors.ConcretizationTypeError):

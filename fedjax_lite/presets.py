@@ -240,7 +240,7 @@ def _algorithm(c: dict[str, Any], loss_fn, client_optimizer, dp_aggregator):
                                         aggregator=context.aggregator).spec
   else:
     preset = PRESETS[algorithm]
-    spec = preset.build(context, **{h.key: c[h.key] for h in preset.hyperparameters}).spec
+    spec = preset.make(context, **{h.key: c[h.key] for h in preset.hyperparameters}).spec
   if c["attack"] == "none" and c["topk_fraction"] is None:
     return fl.build_federated_algorithm(spec)
   if algorithm not in FEDAVG_CLIENT:

@@ -119,9 +119,9 @@ def test_installed_console_script_works_from_any_directory(tmp_path):
                         "--sampling-rate", "0.1", "--rounds", "10", "--delta", "1e-5"],
                        cwd=tmp_path, capture_output=True, text=True, timeout=120, check=True)
   assert json.loads(out.stdout)["epsilon"] > 0
-  out = subprocess.run([str(script), "bench", "--workload", "w2", "--quick"], cwd=tmp_path,
-                       capture_output=True, text=True, timeout=600, check=True)
-  assert json.loads(out.stdout.splitlines()[-1])["ok"] is True
+  out = subprocess.run([str(script), "--version"], cwd=tmp_path, capture_output=True,
+                       text=True, timeout=60, check=True)
+  assert out.stdout.startswith("fedjax-lite ")
 
 
 @pytest.mark.slow

@@ -132,7 +132,7 @@ def test_contributing_worked_example_is_an_algorithm():
   ctx = fl.algorithms.registry.BuildContext(
       loss_fn=loss, client_optimizer=optax.sgd(0.1), client_lr=0.1, num_epochs=1, batch_size=4,
       server_optimizer=fl.server.fedavg())
-  built = preset.build(ctx, **preset.defaults())
+  built = preset.make(ctx, **preset.defaults())
   direct = namespace["lookahead_fedavg"](loss, beta=0.9, **kw)
   cohort, key = fl.take(pop, jnp.asarray([0, 2, 4])), jax.random.key(0)
   for x, y in zip(jax.tree.leaves(built.round(built.init(params), cohort, key)[0]),

@@ -48,8 +48,8 @@ from fedjax_lite._types import Params
 from fedjax_lite._validate import check_int, check_real
 from fedjax_lite.aggregation import Aggregator
 from fedjax_lite.algorithm import FederatedAlgorithm, ServerState, build_federated_algorithm
-from fedjax_lite.algorithms import registry
 from fedjax_lite.algorithms._common import check_local_sgd
+from fedjax_lite.algorithms.registry import BuildContext
 from fedjax_lite.client import ClientOutput, ClientUpdate, LossFn, local_train
 from fedjax_lite.data import FederatedData
 
@@ -239,25 +239,10 @@ def evaluate_personal(evaluator, state: ServerState, test: FederatedData) -> dic
   return evaluator(personal_models(state, ids), test)
 
 
-def _build_preset(ctx: registry.BuildContext, ditto_lambda: float, personal_lr: float | None,
+def _build_preset(ctx: BuildContext, ditto_lambda: float, personal_lr: float | None,
                   personal_epochs: int) -> FederatedAlgorithm:
   return ditto(ctx.loss_fn, client_lr=ctx.client_lr,
                personal_lr=ctx.client_lr if personal_lr is None else personal_lr,
                lam=ditto_lambda, personal_epochs=personal_epochs, num_epochs=ctx.num_epochs,
                batch_size=ctx.batch_size, server_optimizer=ctx.server_optimizer,
                aggregator=ctx.aggregator)
-
-
-PRESET = registry.Preset(
-    name="ditto", summary="Ditto (Li et al. 2021), personal models", build=_build_preset,
-    hyperparameters=(
-        registry.Hyperparameter("ditto_lambda", float, 0.1,
-                                "Ditto's lambda pulling personal models to the global one",
-                                low=0.0),
-        registry.Hyperparameter("personal_lr", float, None,
-                                "Ditto's personal-model learning rate (None: the client's)",
-                                low=0.0, low_open=True),
-        registry.Hyperparameter("personal_epochs", int, 1,
-                                "Ditto's local epochs on the personal model", low=1),
-    ),
-    stateful=True)

@@ -53,9 +53,9 @@ from fedjax_lite.algorithm import (
   ServerUpdate,
   build_federated_algorithm,
 )
-from fedjax_lite.algorithms import registry
 from fedjax_lite.algorithms._common import apply_server_optimizer
 from fedjax_lite.algorithms._common import server_update as common_server_update
+from fedjax_lite.algorithms.registry import BuildContext
 from fedjax_lite.client import (
   ClientOutput,
   ClientUpdateFn,
@@ -206,11 +206,7 @@ def fednova(
       client_update, fednova_server_update(server_optimizer), aggregator=aggregator)
 
 
-def _build_preset(ctx: registry.BuildContext) -> FederatedAlgorithm:
+def _build_preset(ctx: BuildContext) -> FederatedAlgorithm:
   return fednova(ctx.loss_fn, client_lr=ctx.client_lr, num_epochs=ctx.num_epochs,
                  batch_size=ctx.batch_size, local_work=ctx.local_work,
                  server_optimizer=ctx.server_optimizer, aggregator=ctx.aggregator)
-
-
-PRESET = registry.Preset(name="fednova", summary="FedNova (Wang et al. 2020)",
-                         build=_build_preset, local_work=True)

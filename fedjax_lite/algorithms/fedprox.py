@@ -27,7 +27,7 @@ from fedjax_lite import server as server_lib
 from fedjax_lite._validate import check_real
 from fedjax_lite.aggregation import Aggregator
 from fedjax_lite.algorithm import FederatedAlgorithm, build_federated_algorithm
-from fedjax_lite.algorithms import registry
+from fedjax_lite.algorithms.registry import BuildContext
 from fedjax_lite.client import ClientUpdateFn, LocalWork, LossFn, build_client_update
 
 
@@ -124,14 +124,7 @@ def fedprox(
   return build_federated_algorithm(client_update, server_optimizer, aggregator=aggregator)
 
 
-def _build_preset(ctx: registry.BuildContext, mu: float) -> FederatedAlgorithm:
+def _build_preset(ctx: BuildContext, mu: float) -> FederatedAlgorithm:
   return fedprox(ctx.loss_fn, mu=mu, num_epochs=ctx.num_epochs, batch_size=ctx.batch_size,
                  client_optimizer=ctx.client_optimizer, server_optimizer=ctx.server_optimizer,
                  aggregator=ctx.aggregator, local_work=ctx.local_work)
-
-
-PRESET = registry.Preset(
-    name="fedprox", summary="FedProx (Li et al. 2020)", build=_build_preset,
-    hyperparameters=(registry.Hyperparameter("mu", float, 0.01,
-                                             "FedProx's proximal coefficient mu", low=0.0),),
-    local_work=True, wraps_client_update=True)

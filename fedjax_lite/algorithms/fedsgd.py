@@ -25,8 +25,8 @@ from fedjax_lite import server as server_lib
 from fedjax_lite._validate import check_real
 from fedjax_lite.aggregation import Aggregator
 from fedjax_lite.algorithm import FederatedAlgorithm, build_federated_algorithm
-from fedjax_lite.algorithms import registry
 from fedjax_lite.algorithms._common import check_loss_and_grad_mode
+from fedjax_lite.algorithms.registry import BuildContext
 from fedjax_lite.client import (
   ClientOutput,
   ClientUpdateFn,
@@ -127,9 +127,5 @@ def fedsgd(
   return build_federated_algorithm(client_update, server_optimizer, aggregator=aggregator)
 
 
-def _build_preset(ctx: registry.BuildContext) -> FederatedAlgorithm:
+def _build_preset(ctx: BuildContext) -> FederatedAlgorithm:
   return fedsgd(ctx.loss_fn, server_optimizer=ctx.server_optimizer, aggregator=ctx.aggregator)
-
-
-PRESET = registry.Preset(name="fedsgd", summary="FedSGD (one full-batch gradient per client)",
-                         build=_build_preset)

@@ -49,9 +49,9 @@ from fedjax_lite.algorithm import (
   ServerUpdate,
   build_federated_algorithm,
 )
-from fedjax_lite.algorithms import registry
 from fedjax_lite.algorithms._common import apply_server_optimizer, check_local_sgd
 from fedjax_lite.algorithms._common import server_update as common_server_update
+from fedjax_lite.algorithms.registry import BuildContext
 from fedjax_lite.client import (
   ClientOutput,
   LossFn,
@@ -204,14 +204,7 @@ def mime_lite(
       client_update, mime_lite_server_update(server_optimizer, beta), aggregator=aggregator)
 
 
-def _build_preset(ctx: registry.BuildContext, mime_beta: float) -> FederatedAlgorithm:
+def _build_preset(ctx: BuildContext, mime_beta: float) -> FederatedAlgorithm:
   return mime_lite(ctx.loss_fn, client_lr=ctx.client_lr, beta=mime_beta,
                    num_epochs=ctx.num_epochs, batch_size=ctx.batch_size,
                    server_optimizer=ctx.server_optimizer, aggregator=ctx.aggregator)
-
-
-PRESET = registry.Preset(
-    name="mime_lite", summary="Mime-Lite (Karimireddy et al. 2021)", build=_build_preset,
-    hyperparameters=(registry.Hyperparameter("mime_beta", float, 0.9,
-                                             "Mime-Lite's server momentum beta", low=0.0,
-                                             high=1.0, high_open=True),))

@@ -50,9 +50,9 @@ from fedjax_lite.algorithm import (
   ServerUpdate,
   build_federated_algorithm,
 )
-from fedjax_lite.algorithms import registry
 from fedjax_lite.algorithms._common import apply_server_optimizer, check_local_sgd
 from fedjax_lite.algorithms._common import server_update as common_server_update
+from fedjax_lite.algorithms.registry import BuildContext
 from fedjax_lite.client import (
   ClientOutput,
   LossFn,
@@ -232,15 +232,7 @@ def qffl(
       update, qffl_server_update(server_optimizer), aggregator=aggregator)
 
 
-def _build_preset(ctx: registry.BuildContext, q: float) -> FederatedAlgorithm:
+def _build_preset(ctx: BuildContext, q: float) -> FederatedAlgorithm:
   return qffl(ctx.loss_fn, q=q, client_lr=ctx.client_lr, num_epochs=ctx.num_epochs,
               batch_size=ctx.batch_size, server_optimizer=ctx.server_optimizer,
               aggregator=ctx.aggregator)
-
-
-PRESET = registry.Preset(
-    name="qffl", summary="q-FFL via q-FedAvg (Li et al. 2020)", build=_build_preset,
-    hyperparameters=(registry.Hyperparameter("q", float, 1.0, "q-FFL's fairness exponent q",
-                                             low=0.0),),
-    mean_weights="uniform",
-    dp_refusal="the q-FFL step divides by a sum of h_k, which DP noise can make 0 or negative")

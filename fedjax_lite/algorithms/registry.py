@@ -1,38 +1,41 @@
-"""Named algorithms: each module declares once how it is built from a configuration.
+"""Named algorithms: how a configuration builds each one, declared in one place.
 
-Every algorithm module of :mod:`fedjax_lite.algorithms` ends with a
-``PRESET``, a :class:`Preset` naming the algorithm, declaring its own
-hyperparameters (:class:`Hyperparameter`: configuration key, type, default,
-range, help) and giving ``build(context, **hyperparameters)``, which makes
-the :class:`fedjax_lite.FederatedAlgorithm` from what every algorithm
-shares (:class:`BuildContext`: loss, local learning rate, epochs, batch
-size, server optimizer, aggregator, ...). The package collects them in
-``fedjax_lite.algorithms.PRESETS``; :mod:`fedjax_lite.presets` and the
-command line read everything from there (options, defaults, checks, which
-wrappers apply), so adding an algorithm touches its module, the package
-``__init__`` and its test.
+``fedjax_lite.algorithms.PRESETS`` holds one :class:`Preset` per algorithm:
+its name, its own hyperparameters (:class:`Hyperparameter`: configuration
+key, type, default, range, help) and ``build(context, **hyperparameters)``,
+which makes the :class:`fedjax_lite.FederatedAlgorithm` from what every
+algorithm shares (:class:`BuildContext`: loss, local learning rate, epochs,
+batch size, server optimizer, aggregator, ...). ``build`` may be an import
+path (``"fedjax_lite.algorithms.fedprox:_build_preset"``), imported on first
+use, so that reading the presets imports no JAX. :mod:`fedjax_lite.presets`
+and the command line read everything from there (options, defaults, checks,
+which wrappers apply), so adding an algorithm touches its module, the
+package ``__init__`` and its test.
 
-Example (a module's declaration)::
+Example (a declaration in ``fedjax_lite/algorithms/__init__.py``)::
 
-    PRESET = registry.Preset(
-        name="fedprox", summary="FedProx (Li et al. 2020)",
-        hyperparameters=(registry.Hyperparameter(
-            "mu", float, 0.01, "FedProx's proximal coefficient mu", low=0.0),),
-        build=lambda ctx, mu: fedprox(ctx.loss_fn, mu=mu, ...),
-        local_work=True, wraps_client_update=True)
+    Preset("fedprox", "FedProx (Li et al. 2020)",
+           "fedjax_lite.algorithms.fedprox:_build_preset",
+           (Hyperparameter("mu", float, 0.01, "FedProx's proximal coefficient mu", low=0.0),),
+           local_work=True, wraps_client_update=True)
 """
 
+from __future__ import annotations
+
 import dataclasses
+import importlib
 import math
 import sys
 from collections.abc import Callable, Iterable
-from typing import Any
-
-import optax
+from typing import TYPE_CHECKING, Any
 
 from fedjax_lite._validate import check_int, check_real
-from fedjax_lite.aggregation import Aggregator
-from fedjax_lite.client import LocalWork, LossFn
+
+if TYPE_CHECKING:  # annotations only: declaring presets imports no JAX
+  import optax
+
+  from fedjax_lite.aggregation import Aggregator
+  from fedjax_lite.client import LocalWork, LossFn
 
 
 @dataclasses.dataclass(frozen=True)
@@ -120,7 +123,9 @@ class Preset:
     name: the ``algorithm`` value that selects it.
     summary: one line (the algorithm and its paper).
     build: ``build(context, **hyperparameters) -> FederatedAlgorithm`` with
-      the default execution (the caller chooses ``chunk_size`` and ``mesh``).
+      the default execution (the caller chooses ``chunk_size`` and ``mesh``),
+      or its import path ``"package.module:function"``, imported on first
+      use (so that declaring a preset imports no JAX).
     hyperparameters: its own :class:`Hyperparameter` s, passed to ``build``
       by key.
     stateful: it keeps a state per client (``init(params, num_clients=N)``).
@@ -135,13 +140,29 @@ class Preset:
 
   name: str
   summary: str
-  build: Callable[..., Any]
+  build: Callable[..., Any] | str
   hyperparameters: tuple[Hyperparameter, ...] = ()
   stateful: bool = False
   local_work: bool = False
   wraps_client_update: bool = False
   mean_weights: str = "num_examples"
   dp_refusal: str | None = None
+
+  def make(self, context: BuildContext, **hyperparameters: Any) -> Any:
+    """``build(context, **hyperparameters)``, importing ``build`` if it is a path.
+
+    Args:
+      context: the :class:`BuildContext`.
+      **hyperparameters: the preset's own, by key.
+
+    Returns:
+      The :class:`fedjax_lite.FederatedAlgorithm`.
+    """
+    build = self.build
+    if isinstance(build, str):
+      module, _, attr = build.partition(":")
+      build = getattr(importlib.import_module(module), attr)
+    return build(context, **hyperparameters)
 
   def defaults(self) -> dict[str, Any]:
     """``{key: default}`` of its hyperparameters."""

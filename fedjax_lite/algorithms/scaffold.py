@@ -58,9 +58,9 @@ from fedjax_lite.algorithm import (
   ServerUpdate,
   build_federated_algorithm,
 )
-from fedjax_lite.algorithms import registry
 from fedjax_lite.algorithms._common import apply_server_optimizer, check_local_sgd
 from fedjax_lite.algorithms._common import server_update as common_server_update
+from fedjax_lite.algorithms.registry import BuildContext
 from fedjax_lite.client import ClientOutput, ClientUpdate, LossFn, local_train
 from fedjax_lite.data import FederatedData
 
@@ -223,11 +223,7 @@ def scaffold(
       aggregator=aggregator)
 
 
-def _build_preset(ctx: registry.BuildContext) -> FederatedAlgorithm:
+def _build_preset(ctx: BuildContext) -> FederatedAlgorithm:
   return scaffold(ctx.loss_fn, client_lr=ctx.client_lr, num_epochs=ctx.num_epochs,
                   batch_size=ctx.batch_size, server_optimizer=ctx.server_optimizer,
                   aggregator=ctx.aggregator, cohort_size=ctx.cohort_size if ctx.private else None)
-
-
-PRESET = registry.Preset(name="scaffold", summary="SCAFFOLD (Karimireddy et al. 2020)",
-                         build=_build_preset, stateful=True)

@@ -62,51 +62,104 @@ times, and a sweep's echo of the configuration holds each process's own
 These four keys may change on ``--resume``.
 """
 
-from fedjax_lite.experiment.build import (
-    POISSON_OVERFLOW_BOUND,
-    SHAKESPEARE_DEFAULT_CAP,
-    DPSetup,
-    Task,
-    build_dp,
-    build_task,
-    load_dataset,
-)
-from fedjax_lite.experiment.build import _algorithm as _algorithm
-from fedjax_lite.experiment.build import _client_optimizer as _client_optimizer
-from fedjax_lite.experiment.config import (
-    ALGORITHMS,
-    DATASETS,
-    DEFAULTS,
-    DP_MECHANISMS,
-    MODELS,
-    PARTITIONS,
-    PROCESS_KEYS,
-    RESUMABLE_CHANGES,
-    SWEEPABLE,
-    ConfigError,
-    chunk_size_arg,
-    data_seed,
-    devices_arg,
-    experiment_config,
-    flag_message,
-    parse_sweep,
-    resolve_config,
-    sweep_points,
-)
-from fedjax_lite.experiment.config import _check_resume as _check_resume
-from fedjax_lite.experiment.config import _validate_run as _validate_run
-from fedjax_lite.experiment.outputs import (
-    RUN_FILES,
-    SWEEP_FILES,
-    check_output_dir,
-    plot_curves,
-    plot_sweep,
-    prepare_output_dir,
-    versions,
-)
-from fedjax_lite.experiment.run import _due as _due
-from fedjax_lite.experiment.run import run_experiment, run_sweep_experiment
-from fedjax_lite.experiment.runtime import start_distributed
+from typing import TYPE_CHECKING
+
+from fedjax_lite import _lazy
+
+# Every name and the module that defines it, imported on first use (PEP 562), so
+# the command line reads the options without importing JAX.
+_WHERE = {
+    "ALGORITHMS": "fedjax_lite.experiment.config",
+    "ConfigError": "fedjax_lite.experiment.config",
+    "DATASETS": "fedjax_lite.experiment.config",
+    "DEFAULTS": "fedjax_lite.experiment.config",
+    "DPSetup": "fedjax_lite.experiment.build",
+    "DP_MECHANISMS": "fedjax_lite.experiment.config",
+    "MODELS": "fedjax_lite.experiment.config",
+    "PARTITIONS": "fedjax_lite.experiment.config",
+    "POISSON_OVERFLOW_BOUND": "fedjax_lite.experiment.build",
+    "PROCESS_KEYS": "fedjax_lite.experiment.config",
+    "RESUMABLE_CHANGES": "fedjax_lite.experiment.config",
+    "RUN_FILES": "fedjax_lite.experiment.outputs",
+    "SHAKESPEARE_DEFAULT_CAP": "fedjax_lite.experiment.build",
+    "SWEEPABLE": "fedjax_lite.experiment.config",
+    "SWEEP_FILES": "fedjax_lite.experiment.outputs",
+    "Task": "fedjax_lite.experiment.build",
+    "_algorithm": "fedjax_lite.experiment.build",
+    "_check_resume": "fedjax_lite.experiment.config",
+    "_client_optimizer": "fedjax_lite.experiment.build",
+    "_due": "fedjax_lite.experiment.run",
+    "_validate_run": "fedjax_lite.experiment.config",
+    "build_dp": "fedjax_lite.experiment.build",
+    "build_task": "fedjax_lite.experiment.build",
+    "check_output_dir": "fedjax_lite.experiment.outputs",
+    "chunk_size_arg": "fedjax_lite.experiment.config",
+    "data_seed": "fedjax_lite.experiment.config",
+    "devices_arg": "fedjax_lite.experiment.config",
+    "experiment_config": "fedjax_lite.experiment.config",
+    "flag_message": "fedjax_lite.experiment.config",
+    "load_dataset": "fedjax_lite.experiment.build",
+    "parse_sweep": "fedjax_lite.experiment.config",
+    "plot_curves": "fedjax_lite.experiment.outputs",
+    "plot_sweep": "fedjax_lite.experiment.outputs",
+    "prepare_output_dir": "fedjax_lite.experiment.outputs",
+    "resolve_config": "fedjax_lite.experiment.config",
+    "run_experiment": "fedjax_lite.experiment.run",
+    "run_sweep_experiment": "fedjax_lite.experiment.run",
+    "start_distributed": "fedjax_lite.experiment.runtime",
+    "sweep_points": "fedjax_lite.experiment.config",
+    "versions": "fedjax_lite.experiment.outputs",
+}
+_WHERE.update({name: f"fedjax_lite.experiment.{name}" for name in (
+    "build", "config", "options", "outputs", "run", "runtime", "schema")})
+__getattr__, __dir__ = _lazy.attach(__name__, _WHERE)
+
+if TYPE_CHECKING:  # what static tools see
+  from fedjax_lite.experiment.build import (
+      POISSON_OVERFLOW_BOUND,
+      SHAKESPEARE_DEFAULT_CAP,
+      DPSetup,
+      Task,
+      build_dp,
+      build_task,
+      load_dataset,
+  )
+  from fedjax_lite.experiment.build import _algorithm as _algorithm
+  from fedjax_lite.experiment.build import _client_optimizer as _client_optimizer
+  from fedjax_lite.experiment.config import (
+      ALGORITHMS,
+      DATASETS,
+      DEFAULTS,
+      DP_MECHANISMS,
+      MODELS,
+      PARTITIONS,
+      PROCESS_KEYS,
+      RESUMABLE_CHANGES,
+      SWEEPABLE,
+      ConfigError,
+      chunk_size_arg,
+      data_seed,
+      devices_arg,
+      experiment_config,
+      flag_message,
+      parse_sweep,
+      resolve_config,
+      sweep_points,
+  )
+  from fedjax_lite.experiment.config import _check_resume as _check_resume
+  from fedjax_lite.experiment.config import _validate_run as _validate_run
+  from fedjax_lite.experiment.outputs import (
+      RUN_FILES,
+      SWEEP_FILES,
+      check_output_dir,
+      plot_curves,
+      plot_sweep,
+      prepare_output_dir,
+      versions,
+  )
+  from fedjax_lite.experiment.run import _due as _due
+  from fedjax_lite.experiment.run import run_experiment, run_sweep_experiment
+  from fedjax_lite.experiment.runtime import start_distributed
 
 __all__ = [
     # Configuration (config.py).

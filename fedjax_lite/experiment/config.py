@@ -8,7 +8,6 @@ does.
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import os
 import re
@@ -18,7 +17,7 @@ from typing import Any
 
 from fedjax_lite import presets
 from fedjax_lite.experiment import options
-from fedjax_lite.experiment.schema import ConfigError
+from fedjax_lite.experiment.schema import ConfigError, int_or_word_arg
 
 # Every option and its default (declared, typed, in fedjax_lite.experiment.options).
 DEFAULTS: dict[str, Any] = options.DEFAULTS
@@ -259,22 +258,12 @@ def experiment_config(config: dict[str, Any], point: dict[str, Any],
 
 def chunk_size_arg(text: str) -> int | str:
   """Parses ``--chunk-size``: a positive integer or ``auto``."""
-  return _int_or_word(text, "auto", "--chunk-size")
+  return int_or_word_arg("auto", "--chunk-size")(text)
 
 
 def devices_arg(text: str) -> int | str:
   """Parses ``--devices``: a positive integer or ``all``."""
-  return _int_or_word(text, "all", "--devices")
-
-
-def _int_or_word(text: str, word: str, flag: str) -> int | str:
-  if text == word:
-    return text
-  try:
-    return int(text)
-  except ValueError:
-    raise argparse.ArgumentTypeError(
-        f"{flag} must be a positive integer or '{word}'; got {text!r}.") from None
+  return int_or_word_arg("all", "--devices")(text)
 
 
 def _validate_devices(c: dict[str, Any]) -> None:

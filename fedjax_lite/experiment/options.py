@@ -77,7 +77,7 @@ class DataConfig:
                                  applies=when(lambda c: c.data.dataset == "synthetic",
                                                "it is --dataset synthetic's parameter"))
   data_dir: str | None = option(None, "directory of the Fashion-MNIST IDX files", kind=str,
-                                optional=True, applies=when(
+                                optional=True, metavar="DIR", applies=when(
                                     lambda c: c.data.dataset == "fashion_mnist",
                                     "only fashion_mnist is read from files"))
   max_examples_per_client: int | None = option(
@@ -122,7 +122,7 @@ class TrainingConfig:
   chunk_size: Any = option("auto", "clients per vmapped chunk, or auto", kind=INT_OR_AUTO,
                            low=1, metavar="N|auto")
   local_work: str = option("full", "local steps per client: full, fixed:S, sampled:MIN-MAX or "
-                           "proportional:R", applies=when(
+                           "proportional:R", metavar="SPEC", applies=when(
                                lambda c: c.algorithm.algorithm in _LOCAL_WORK,
                                "the algorithm runs its own local steps"))
   stragglers: float = option(0.0, "fraction of clients per round that straggle", low=0.0,
@@ -248,16 +248,12 @@ class OutputConfig:
   """Where results go."""
 
   out: str | None = option(None, "output directory (default: a new runs/<dataset>-<algorithm>-"
-                           "<time> directory)", kind=str, optional=True)
+                           "<time> directory)", kind=str, optional=True, metavar="DIR")
   resume: bool = option(False, "continue the run in --out from its checkpoint")
   overwrite: bool = option(False, "replace the outputs of a finished run in --out")
   checkpoint_every: int = option(10, "checkpoint every N rounds (0: only at the end)", low=0)
   progress: bool | None = option(None, "progress bar (default: when stderr is a terminal)",
                                  kind=bool, optional=True)
-
-
-_MULTI_PROCESS = when(lambda c: c.runtime.coordinator is not None,
-                       "it needs --coordinator HOST:PORT (or auto)")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -267,11 +263,11 @@ class RuntimeConfig:
   devices: Any = option(None, "shard the clients over N devices, or all", kind=INT_OR_ALL,
                         optional=True, low=1, metavar="N|all")
   coordinator: str | None = option(None, "HOST:PORT of process 0 of a multi-process run, or "
-                                   "auto", kind=str, optional=True)
+                                   "auto", kind=str, optional=True, metavar="HOST:PORT")
   num_processes: int | None = option(None, "processes of a multi-process run", kind=int,
-                                     optional=True, low=1, applies=_MULTI_PROCESS)
+                                     optional=True, low=1)
   process_id: int | None = option(None, "this process's index, 0..N-1", kind=int,
-                                  optional=True, low=0, applies=_MULTI_PROCESS)
+                                  optional=True, low=0)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

@@ -38,7 +38,8 @@ from fedjax_lite.experiment.runtime import _load_state, _start
 
 
 def run_experiment(config: dict[str, Any], *, stop_after: int | None = None,
-                   log: Callable[[str], None] | None = None) -> dict[str, Any]:
+                   log: Callable[[str], None] | None = None,
+                   verbose: bool = False) -> dict[str, Any]:
   """Runs (or resumes) the experiment described by a resolved configuration.
 
   A configuration with a ``sweep`` runs all its experiments together
@@ -51,6 +52,7 @@ def run_experiment(config: dict[str, Any], *, stop_after: int | None = None,
       ``resume`` continues).
     log: where to print human-readable lines (default: stderr; only process
       0 of a multi-process run logs).
+    verbose: also log every round's metrics row.
 
   Returns:
     The summary dict (also written to ``summary.json``); for a sweep, the
@@ -64,7 +66,7 @@ def run_experiment(config: dict[str, Any], *, stop_after: int | None = None,
     fedjax_lite.checkpoint.CheckpointError: for a corrupted checkpoint.
   """
   if config.get("sweep"):
-    return run_sweep_experiment(config, stop_after=stop_after, log=log)
+    return run_sweep_experiment(config, stop_after=stop_after, log=log, verbose=verbose)
   out, mesh, main = _start(config, "config.json")
   import jax
 
@@ -107,6 +109,8 @@ def run_experiment(config: dict[str, Any], *, stop_after: int | None = None,
       last_eval = eval_row(state.params, state)
       row.update(last_eval)
     rows.append(row)
+    if verbose:
+      log(json.dumps(row))
     if main:
       _append_row(metrics_path, row)
       if _due(config, "checkpoint_every", r):
@@ -122,12 +126,13 @@ def run_experiment(config: dict[str, Any], *, stop_after: int | None = None,
                              callback=on_round)
   summary = _finish_run(config, out, ds, dp, int(state.round), time.perf_counter() - started,
                         rows, write=main)
-  log(json.dumps({"summary": summary}))
+  log(f"fedjax-lite run: done, {summary.get('rounds_completed')} rounds -> {out}")
   return summary
 
 
 def run_sweep_experiment(config: dict[str, Any], *, stop_after: int | None = None,
-                         log: Callable[[str], None] | None = None) -> dict[str, Any]:
+                         log: Callable[[str], None] | None = None,
+                         verbose: bool = False) -> dict[str, Any]:
   """Runs (or resumes) every experiment of a sweep as one vectorized program.
 
   The experiments (:func:`sweep_points`) share the population (drawn with the
@@ -145,6 +150,7 @@ def run_sweep_experiment(config: dict[str, Any], *, stop_after: int | None = Non
     stop_after: as in :func:`run_experiment`.
     log: where to print human-readable lines (default: stderr; only process
       0 of a multi-process run logs).
+    verbose: also log every experiment's metrics row of every round.
 
   Returns:
     The contents of ``sweep.json``: the sweep, the base configuration, and
@@ -252,6 +258,8 @@ def run_sweep_experiment(config: dict[str, Any], *, stop_after: int | None = Non
         out_row.update(evaluate(jax.tree.map(lambda x: x[i], states.params)))
         accs.append(out_row.get("eval_accuracy", float("nan")))
       rows[i].append(out_row)
+      if verbose:
+        log(json.dumps({"experiment": i, **out_row}))
       if main:
         _append_row(dirs[i] / "metrics.jsonl", out_row)
     if evaluated:
@@ -292,8 +300,7 @@ def run_sweep_experiment(config: dict[str, Any], *, stop_after: int | None = Non
   if main and any(rows):
     plot_sweep(curves, out / "sweep.png", title=f"{config['dataset']} / {config['model']} / "
                f"{config['algorithm']}: sweep over {', '.join(swept)}")
-  log(json.dumps({"sweep": [{k: e.get(k) for k in ("dir", "final_train_loss", "eval_accuracy",
-                                                    "epsilon") if k in e} for e in table]}))
+  log(f"fedjax-lite run: done, {len(table)} experiments -> {out}")
   return sweep_info
 
 

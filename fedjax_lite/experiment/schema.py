@@ -7,6 +7,7 @@ and the configuration, the command line and its ``--help`` read them back.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import math
 from collections.abc import Callable
@@ -89,7 +90,8 @@ class Opt:
     above = self.high is not None and not (value < self.high if self.high_open
                                            else value <= self.high)
     if below or above:
-      raise ConfigError(f"{name} must be {self.domain()}; got {value!r}.")
+      domain = self._expected() if word is not None else self.domain()
+      raise ConfigError(f"{name} must be {domain}; got {value!r}.")
     return value
 
   def domain(self) -> str:
@@ -113,7 +115,7 @@ class Opt:
             "'all'"}.get(self.kind, "a value")
     if self.choices is not None:
       text = "one of " + ", ".join(self.choices)
-    return text + (" (or none)" if self.optional else "")
+    return text
 
 
 def _describe(value: Any) -> str:
@@ -149,3 +151,26 @@ def when(test: Callable[[Any], bool], reason: str) -> Callable[[Any], str | None
     ``applies(config) -> None | reason``.
   """
   return lambda c: None if test(c) else reason
+
+
+def int_or_word_arg(word: str, flag: str) -> Callable[[str], int | str]:
+  """An ``argparse`` type: ``word`` itself, or an integer.
+
+  Args:
+    word: the accepted keyword (``"auto"``, ``"all"``).
+    flag: the flag, for the message.
+
+  Returns:
+    ``parse(text) -> int | str``, raising ``argparse.ArgumentTypeError``.
+  """
+
+  def parse(text: str) -> int | str:
+    if text == word:
+      return text
+    try:
+      return int(text)
+    except ValueError:
+      raise argparse.ArgumentTypeError(
+          f"{flag} must be a positive integer or '{word}'; got {text!r}.") from None
+
+  return parse
