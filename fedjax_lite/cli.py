@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,13 @@ examples:
 Every option is also a TOML key (--clients-per-round is clients_per_round). Results go
 to stdout; progress and logs to stderr.
 """
+
+class _Parser(argparse.ArgumentParser):
+  """Bad arguments end with one line naming the argument (and where to look), no usage dump."""
+
+  def error(self, message: str):
+    self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
 
 _GROUPS = {
     "data": "data", "model": "model", "training": "training", "algorithm": "algorithm",
@@ -201,12 +209,14 @@ def main(argv=None) -> int:
     The exit status: 0, 2 for bad input (one line on stderr), 130 after
     Ctrl-C and 143 after SIGTERM.
   """
-  parser = argparse.ArgumentParser(prog="fedjax-lite", description=_DESCRIPTION,
+  parser = _Parser(prog="fedjax-lite", description=_DESCRIPTION,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--version", action="version", version=f"fedjax-lite {_version()}")
-  sub = parser.add_subparsers(dest="command", required=True, metavar="{run,privacy}")
+  sub = parser.add_subparsers(dest="command", required=True, metavar="{run,privacy}",
+                              parser_class=_Parser)
   _run_parser(sub)
   _privacy_parser(sub)
+  argv = list(sys.argv[1:] if argv is None else argv)
   args = parser.parse_args(argv)
   if args.command == "privacy":
     try:
@@ -216,10 +226,10 @@ def main(argv=None) -> int:
 
       print(f"fedjax-lite privacy: error: {flag_message(e)}", file=sys.stderr)
       return 2
-  return _cmd_run(args)
+  return _cmd_run(args, argv)
 
 
-def _cmd_run(args) -> int:
+def _cmd_run(args, argv: list[str]) -> int:
   from fedjax_lite import experiment  # noqa: PLC0415 - JAX only once a run starts
   from fedjax_lite.checkpoint import CheckpointError  # noqa: PLC0415
 
@@ -231,7 +241,19 @@ def _cmd_run(args) -> int:
   try:
     config = experiment.resolve_config(args.config, overrides)
     summary = experiment.run_experiment(config, log=log, verbose=args.verbose)
-  except (experiment.ConfigError, CheckpointError, ValueError) as e:
+  except experiment.Interrupted as e:
+    again = [a for a in argv if a not in ("--resume", "--overwrite")]
+    if "--out" not in again and not any(a.startswith("--out=") for a in again):
+      again += ["--out", str(e.out)]
+    command = " ".join(shlex.quote(a) for a in ["fedjax-lite", *again, "--resume"])
+    print(f"fedjax-lite run: {e}; its checkpoint is saved. Continue with: {command}",
+          file=sys.stderr)
+    return e.exit_status
+  except KeyboardInterrupt:  # a second Ctrl-C: stop now
+    print("fedjax-lite run: interrupted; the last checkpoint in --out is intact (resume with "
+          "--resume).", file=sys.stderr)
+    return 130
+  except (experiment.ConfigError, CheckpointError, ValueError, OSError) as e:
     print(f"fedjax-lite run: error: {experiment.flag_message(e)}", file=sys.stderr)
     return 2
   _print_summary(summary, args.json)

@@ -69,6 +69,7 @@ from fedjax_lite import _lazy
 # Every name and the module that defines it, imported on first use (PEP 562), so
 # the command line reads the options without importing JAX.
 _WHERE = {
+    "Interrupted": "fedjax_lite.experiment.runtime",
     "ALGORITHMS": "fedjax_lite.experiment.config",
     "ConfigError": "fedjax_lite.experiment.config",
     "DATASETS": "fedjax_lite.experiment.config",
@@ -80,10 +81,10 @@ _WHERE = {
     "POISSON_OVERFLOW_BOUND": "fedjax_lite.experiment.build",
     "PROCESS_KEYS": "fedjax_lite.experiment.config",
     "RESUMABLE_CHANGES": "fedjax_lite.experiment.config",
-    "RUN_FILES": "fedjax_lite.experiment.outputs",
+    "RUN_FILES": "fedjax_lite.experiment.rundir",
     "SHAKESPEARE_DEFAULT_CAP": "fedjax_lite.experiment.build",
     "SWEEPABLE": "fedjax_lite.experiment.config",
-    "SWEEP_FILES": "fedjax_lite.experiment.outputs",
+    "SWEEP_FILES": "fedjax_lite.experiment.rundir",
     "Task": "fedjax_lite.experiment.build",
     "_algorithm": "fedjax_lite.experiment.build",
     "_check_resume": "fedjax_lite.experiment.config",
@@ -92,7 +93,7 @@ _WHERE = {
     "_validate_run": "fedjax_lite.experiment.config",
     "build_dp": "fedjax_lite.experiment.build",
     "build_task": "fedjax_lite.experiment.build",
-    "check_output_dir": "fedjax_lite.experiment.outputs",
+    "check_output_dir": "fedjax_lite.experiment.rundir",
     "chunk_size_arg": "fedjax_lite.experiment.config",
     "data_seed": "fedjax_lite.experiment.config",
     "devices_arg": "fedjax_lite.experiment.config",
@@ -102,7 +103,7 @@ _WHERE = {
     "parse_sweep": "fedjax_lite.experiment.config",
     "plot_curves": "fedjax_lite.experiment.outputs",
     "plot_sweep": "fedjax_lite.experiment.outputs",
-    "prepare_output_dir": "fedjax_lite.experiment.outputs",
+    "prepare_output_dir": "fedjax_lite.experiment.rundir",
     "resolve_config": "fedjax_lite.experiment.config",
     "run_experiment": "fedjax_lite.experiment.run",
     "run_sweep_experiment": "fedjax_lite.experiment.run",
@@ -111,7 +112,7 @@ _WHERE = {
     "versions": "fedjax_lite.experiment.outputs",
 }
 _WHERE.update({name: f"fedjax_lite.experiment.{name}" for name in (
-    "build", "config", "options", "outputs", "run", "runtime", "schema")})
+    "build", "config", "options", "outputs", "run", "rundir", "runtime", "schema")})
 __getattr__, __dir__ = _lazy.attach(__name__, _WHERE)
 
 if TYPE_CHECKING:  # what static tools see
@@ -148,20 +149,19 @@ if TYPE_CHECKING:  # what static tools see
   )
   from fedjax_lite.experiment.config import _check_resume as _check_resume
   from fedjax_lite.experiment.config import _validate_run as _validate_run
-  from fedjax_lite.experiment.outputs import (
+  from fedjax_lite.experiment.outputs import plot_curves, plot_sweep, versions
+  from fedjax_lite.experiment.run import _due as _due
+  from fedjax_lite.experiment.run import run_experiment, run_sweep_experiment
+  from fedjax_lite.experiment.rundir import (
       RUN_FILES,
       SWEEP_FILES,
       check_output_dir,
-      plot_curves,
-      plot_sweep,
       prepare_output_dir,
-      versions,
   )
-  from fedjax_lite.experiment.run import _due as _due
-  from fedjax_lite.experiment.run import run_experiment, run_sweep_experiment
-  from fedjax_lite.experiment.runtime import start_distributed
+  from fedjax_lite.experiment.runtime import Interrupted, start_distributed
 
 __all__ = [
+    "Interrupted",
     # Configuration (config.py).
     "DEFAULTS", "SWEEPABLE", "RESUMABLE_CHANGES", "PROCESS_KEYS", "DATASETS", "MODELS",
     "ALGORITHMS", "PARTITIONS", "DP_MECHANISMS", "ConfigError", "resolve_config",

@@ -1,107 +1,20 @@
-"""The output directory of a run and the files written to it.
+"""The files a run writes to its output directory.
 
-Checking and preparing ``--out``, ``config.json``, the rows of
+``config.json``, the rows of
 ``metrics.jsonl`` (and cutting them back on ``--resume``), ``summary.json``
 and the plots ``curves.png`` and ``sweep.png``.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import platform
-import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from fedjax_lite.experiment.build import DPSetup
-from fedjax_lite.experiment.config import ConfigError
-
-RUN_FILES = ("metrics.jsonl", "summary.json", "curves.png", "checkpoint.ckpt", "config.json")
-SWEEP_FILES = ("sweep.json", "sweep.png", "checkpoint.ckpt")
-
-
-def check_output_dir(config: dict[str, Any]) -> Path:
-  """Validates the output directory without writing anything.
-
-  Sets ``config["out"]`` to ``runs/<dataset>-<algorithm>[-sweep]-<time>`` if
-  it is ``None``. Every process of a multi-process run calls it before JAX's
-  runtime starts (so before process 0 writes anything).
-
-  Returns:
-    The output directory.
-
-  Raises:
-    ConfigError: if the path is a file, or exists non-empty without ``resume``
-      or ``overwrite``, or ``resume`` finds nothing to resume (a sweep is
-      resumed with its ``--sweep`` options, a single run without).
-  """
-  sweep = bool(config.get("sweep"))
-  if config["out"] is None:
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    kind = "-sweep" if sweep else ""
-    config["out"] = str(Path("runs") / f"{config['dataset']}-{config['algorithm']}{kind}-{stamp}")
-  out = Path(config["out"])
-  if config["resume"] and config["overwrite"]:
-    raise ConfigError("--resume and --overwrite contradict each other; pick one.")
-  nonempty = out.is_dir() and any(out.iterdir())
-  if out.exists() and not out.is_dir():
-    raise ConfigError(f"--out {out} exists and is not a directory.")
-  if config["resume"]:
-    if sweep and not (out / "sweep.json").is_file():
-      hint = " (it holds a single run: resume it without --sweep)" \
-          if (out / "config.json").is_file() else ""
-      raise ConfigError(f"--resume --sweep: {out} holds no sweep to resume (no sweep.json)"
-                        f"{hint}.")
-    if not sweep and not (out / "config.json").is_file():
-      hint = " (it holds a sweep: resume it with the same --sweep options)" \
-          if (out / "sweep.json").is_file() else ""
-      raise ConfigError(f"--resume: {out} holds no run to resume (no config.json){hint}.")
-  elif nonempty and not config["overwrite"]:
-    raise ConfigError(
-        f"--out {out} exists and is not empty; pass --resume to continue that run or "
-        "--overwrite to replace it.")
-  return out
-
-
-def prepare_output_dir(config: dict[str, Any]) -> Path:
-  """Validates (:func:`check_output_dir`) and creates the output directory before any training.
-
-  With ``overwrite``, the outputs of an earlier run or sweep in it are deleted.
-
-  Raises:
-    ConfigError: as :func:`check_output_dir`, or if the directory is not
-      writable.
-  """
-  out = check_output_dir(config)
-  try:
-    out.mkdir(parents=True, exist_ok=True)
-    probe = out / ".write-test"
-    probe.write_text("ok")
-    probe.unlink()
-  except OSError as e:
-    raise ConfigError(f"--out {out} is not writable: {e}") from e
-  if config["overwrite"]:
-    for sub in _sweep_dirs(out):
-      for name in RUN_FILES:
-        (sub / name).unlink(missing_ok=True)
-      with contextlib.suppress(OSError):
-        sub.rmdir()  # only if nothing else is in it
-    for name in RUN_FILES + SWEEP_FILES:
-      (out / name).unlink(missing_ok=True)
-  return out
-
-
-def _sweep_dirs(out: Path) -> list[Path]:
-  """The experiment directories named in ``out/sweep.json`` (none if unreadable)."""
-  try:
-    names = [e["dir"] for e in json.loads((out / "sweep.json").read_text())["experiments"]]
-  except (OSError, ValueError, KeyError, TypeError):
-    return []
-  return [out / n for n in names if isinstance(n, str) and n and Path(n).name == n
-          and (out / n).is_dir()]
 
 
 def versions() -> dict[str, str]:

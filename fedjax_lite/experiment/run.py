@@ -7,6 +7,7 @@ import re
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -34,7 +35,8 @@ from fedjax_lite.experiment.outputs import (
     plot_sweep,
     versions,
 )
-from fedjax_lite.experiment.runtime import _load_state, _start
+from fedjax_lite.experiment.rundir import release_output_dir
+from fedjax_lite.experiment.runtime import Interrupted, _load_state, _start, stop_signals
 
 
 def run_experiment(config: dict[str, Any], *, stop_after: int | None = None,
@@ -67,13 +69,27 @@ def run_experiment(config: dict[str, Any], *, stop_after: int | None = None,
   """
   if config.get("sweep"):
     return run_sweep_experiment(config, stop_after=stop_after, log=log, verbose=verbose)
-  out, mesh, main = _start(config, "config.json")
+  out, mesh, main, removed = _start(config, "config.json")
+  try:
+    with stop_signals() as received:
+      return _run_single(config, out, mesh, main, removed, stop_after=stop_after, log=log,
+                         verbose=verbose, received=received)
+  finally:
+    release_output_dir(out)
+
+
+def _run_single(config: dict[str, Any], out: Path, mesh: Any, main: bool, removed: list[str],
+                *, stop_after: int | None, log: Callable[[str], None] | None,
+                verbose: bool, received: Callable[[], int | None]) -> dict[str, Any]:
+  """:func:`run_experiment` once its output directory is held (``received``: a stop signal)."""
   import jax
 
   import fedjax_lite as fl
   from fedjax_lite import checkpoint
 
   log = (log or _stderr) if main else _quiet
+  if removed:
+    log(f"fedjax-lite run: --overwrite removed {', '.join(removed)} from {out}")
   task = build_task(config)
   ds = task.dataset
   _check_cohort(config, ds)
@@ -90,6 +106,9 @@ def run_experiment(config: dict[str, Any], *, stop_after: int | None = None,
     rows = _resume_rows(metrics_path, int(state.round), write=main)
   if main:
     _write_run_config(out, config, ds, dp, mesh)
+    if not ckpt_path.exists():  # round 0: a missing checkpoint later means a deleted one
+      checkpoint.save_checkpoint(ckpt_path, state, {"round": int(state.round),
+                                                    "seed": config["seed"]})
   eval_row = _evaluator(task, mesh, config)
 
   start_round = int(state.round)
@@ -113,19 +132,29 @@ def run_experiment(config: dict[str, Any], *, stop_after: int | None = None,
       log(json.dumps(row))
     if main:
       _append_row(metrics_path, row)
-      if _due(config, "checkpoint_every", r):
-        checkpoint.save_checkpoint(ckpt_path, state, {"round": r + 1, "seed": config["seed"]})
+    signum = received()
+    if main and (_due(config, "checkpoint_every", r) or signum is not None):
+      checkpoint.save_checkpoint(ckpt_path, state, {"round": r + 1, "seed": config["seed"]})
+    if signum is not None:
+      raise Interrupted(signum, r + 1, out)
     return {"acc": f"{last_eval['eval_accuracy']:.3f}"} if "eval_accuracy" in last_eval else None
 
-  if remaining > 0:
-    state, _ = fl.run_rounds(algo, state, train, num_rounds=remaining,
-                             sampler=dp.sampler if dp else None,
-                             cohort_size=None if dp else config["clients_per_round"],
-                             key=jax.random.key(config["seed"]),
-                             progress=config["progress"] if main else False,
-                             callback=on_round)
-  summary = _finish_run(config, out, ds, dp, int(state.round), time.perf_counter() - started,
-                        rows, write=main)
+  completed, interrupted = start_round, None
+  try:
+    if remaining > 0:
+      state, _ = fl.run_rounds(algo, state, train, num_rounds=remaining,
+                               sampler=dp.sampler if dp else None,
+                               cohort_size=None if dp else config["clients_per_round"],
+                               key=jax.random.key(config["seed"]),
+                               progress=config["progress"] if main else False,
+                               callback=on_round)
+    completed = int(state.round)
+  except Interrupted as e:
+    interrupted, completed = e, e.rounds
+  summary = _finish_run(config, out, ds, dp, completed, time.perf_counter() - started, rows,
+                        write=main)
+  if interrupted is not None:
+    raise interrupted
   log(f"fedjax-lite run: done, {summary.get('rounds_completed')} rounds -> {out}")
   return summary
 
@@ -164,14 +193,28 @@ def run_sweep_experiment(config: dict[str, Any], *, stop_after: int | None = Non
     fedjax_lite.checkpoint.CheckpointError: for a corrupted checkpoint.
     ValueError: if a client delta becomes NaN/Inf in some experiment.
   """
+  out, mesh, main, removed = _start(config, "sweep.json")
+  try:
+    with stop_signals() as received:
+      return _run_sweep(config, out, mesh, main, removed, stop_after=stop_after, log=log,
+                        verbose=verbose, received=received)
+  finally:
+    release_output_dir(out)
+
+
+def _run_sweep(config: dict[str, Any], out: Path, mesh: Any, main: bool, removed: list[str],
+               *, stop_after: int | None, log: Callable[[str], None] | None,
+               verbose: bool, received: Callable[[], int | None]) -> dict[str, Any]:
+  """:func:`run_sweep_experiment` once its output directory is held (see :func:`_run_single`)."""
   import jax
   import jax.numpy as jnp
 
   import fedjax_lite as fl
   from fedjax_lite import checkpoint
 
-  out, mesh, main = _start(config, "sweep.json")
   log = (log or _stderr) if main else _quiet
+  if removed:
+    log(f"fedjax-lite run: --overwrite removed {', '.join(removed)} from {out}")
   points = sweep_points(config)
   num = len(points)
   width = max(3, len(str(num - 1)))
@@ -211,10 +254,12 @@ def run_sweep_experiment(config: dict[str, Any], *, stop_after: int | None = Non
     train = fl.shard_clients(ds.train, mesh)
   ckpt_path = out / "checkpoint.ckpt"
   states = None
+  target = jax.vmap(lambda h, p: make(h).init(p, num_clients=ds.train.num_clients))(
+      sweep_h, params)
   if config["resume"] and ckpt_path.exists():
-    target = jax.vmap(lambda h, p: make(h).init(p, num_clients=ds.train.num_clients))(
-        sweep_h, params)
     states = _load_state(ckpt_path, target, mesh)
+  elif main:  # round 0: a missing checkpoint later means a deleted one
+    checkpoint.save_checkpoint(ckpt_path, target, {"round": 0, "experiments": num})
   start_round = 0 if states is None else int(np.asarray(states.round).flat[0])
   dirs = [out / name for name in names]
   rows: list[list[dict[str, Any]]] = [[] for _ in dirs]
@@ -264,26 +309,33 @@ def run_sweep_experiment(config: dict[str, Any], *, stop_after: int | None = Non
         _append_row(dirs[i] / "metrics.jsonl", out_row)
     if evaluated:
       last_acc = accs
-    if main and _due(config, "checkpoint_every", r):
+    signum = received()
+    if main and (_due(config, "checkpoint_every", r) or signum is not None):
       checkpoint.save_checkpoint(ckpt_path, states, {"round": r + 1, "experiments": num})
+    if signum is not None:
+      raise Interrupted(signum, r + 1, out)
     return {"acc": f"{np.nanmin(last_acc):.3f}..{np.nanmax(last_acc):.3f}"} if last_acc else None
 
-  if remaining > 0:
-    try:
+  interrupted = None
+  try:
+    if remaining > 0:
       states, _ = fl.run_sweep(make, sweep_h, params, train, num_rounds=remaining,
                                keys=keys, sampler=dps[0].sampler if dps[0] else None,
                                cohort_size=None if dps[0] else config["clients_per_round"],
                                stacked_params=True, states=states, callback=on_round,
                                progress=config["progress"] if main else False)
-    except ValueError as e:
-      # run_sweep refuses a round an experiment did not apply (NaN/Inf clients).
-      refused = re.match(r"experiment (\d+) ", str(e))
-      if refused is None:
-        raise
-      raise ValueError(f"{names[int(refused[1])]}: {e} The round was not recorded (the last "
-                       "checkpoint is intact); lower that learning rate or leave the value out "
-                       "of the sweep.") from None
-  rounds_completed = start_round if states is None else int(np.asarray(states.round).flat[0])
+  except Interrupted as e:
+    interrupted = e
+  except ValueError as e:
+    # run_sweep refuses a round an experiment did not apply (NaN/Inf clients).
+    refused = re.match(r"experiment (\d+) ", str(e))
+    if refused is None:
+      raise
+    raise ValueError(f"{names[int(refused[1])]}: {e} The round was not recorded (the last "
+                     "checkpoint is intact); lower that learning rate or leave the value out "
+                     "of the sweep.") from None
+  rounds_completed = (interrupted.rounds if interrupted is not None else start_round
+                      if states is None else int(np.asarray(states.round).flat[0]))
   wall = time.perf_counter() - started
   table = []
   for i, (d, c, dp) in enumerate(zip(dirs, configs, dps, strict=True)):
@@ -300,6 +352,8 @@ def run_sweep_experiment(config: dict[str, Any], *, stop_after: int | None = Non
   if main and any(rows):
     plot_sweep(curves, out / "sweep.png", title=f"{config['dataset']} / {config['model']} / "
                f"{config['algorithm']}: sweep over {', '.join(swept)}")
+  if interrupted is not None:
+    raise interrupted
   log(f"fedjax-lite run: done, {len(table)} experiments -> {out}")
   return sweep_info
 

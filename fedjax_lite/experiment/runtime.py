@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import signal
+import threading
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from fedjax_lite.experiment.config import PROCESS_KEYS, ConfigError, _check_resume
-from fedjax_lite.experiment.outputs import check_output_dir, prepare_output_dir
+from fedjax_lite.experiment.rundir import check_output_dir, prepare_output_dir
 
 
 def start_distributed(config: dict[str, Any]) -> bool:
@@ -89,7 +92,7 @@ def _client_mesh(config: dict[str, Any]):
   return fl.client_mesh(n)
 
 
-def _start(config: dict[str, Any], saved: str) -> tuple[Path, Any, bool]:
+def _start(config: dict[str, Any], saved: str) -> tuple[Path, Any, bool, list[str]]:
   """Checks ``--out``, starts the multi-process runtime, builds the mesh, creates ``--out``.
 
   Every process checks the output directory (and a resume's saved
@@ -98,8 +101,9 @@ def _start(config: dict[str, Any], saved: str) -> tuple[Path, Any, bool]:
   creates the directory and tells the others whether it could.
 
   Returns:
-    ``(out, mesh, main)``: the output directory, the client mesh (``None``
-    without one), and whether this process writes (process 0).
+    ``(out, mesh, main, removed)``: the output directory, the client mesh
+    (``None`` without one), whether this process writes (process 0, which
+    then holds the directory's lock), and the files ``--overwrite`` removed.
   """
   out = check_output_dir(config)
   if config["resume"]:
@@ -109,10 +113,10 @@ def _start(config: dict[str, Any], saved: str) -> tuple[Path, Any, bool]:
 
   mesh = _client_mesh(config)
   main = jax.process_index() == 0
-  error = None
+  error, removed = None, []
   if main:
     try:
-      prepare_output_dir(config)
+      out, removed = prepare_output_dir(config)
     except ConfigError as e:
       error = e
   if jax.process_count() > 1:
@@ -123,7 +127,7 @@ def _start(config: dict[str, Any], saved: str) -> tuple[Path, Any, bool]:
                         "give every process the same, writable --out.")
   if error is not None:
     raise error
-  return out, mesh, main
+  return out, mesh, main, removed
 
 
 def _load_state(path: Path, target: Any, mesh) -> Any:
@@ -133,3 +137,51 @@ def _load_state(path: Path, target: Any, mesh) -> Any:
 
   state, _ = checkpoint.load_checkpoint(path, target)
   return state if mesh is None else fl.replicate(state, mesh)
+
+
+class Interrupted(Exception):  # noqa: N818 - it is not an error: the run stopped as asked
+  """A run stopped at a round boundary after SIGINT or SIGTERM (its checkpoint is saved).
+
+  Attributes:
+    signum: the signal.
+    rounds: the rounds completed (and checkpointed).
+    out: the run's output directory.
+  """
+
+  def __init__(self, signum: int, rounds: int, out: Path):
+    super().__init__(f"stopped by {signal.Signals(signum).name} after round {rounds}")
+    self.signum, self.rounds, self.out = signum, rounds, out
+
+  @property
+  def exit_status(self) -> int:
+    """``128 + signum``: 130 after Ctrl-C, 143 after SIGTERM."""
+    return 128 + self.signum
+
+
+@contextlib.contextmanager
+def stop_signals():
+  """While active, SIGINT and SIGTERM ask the run to stop at the next round boundary.
+
+  Yields ``received() -> signum | None``. A second Ctrl-C stops at once
+  (``KeyboardInterrupt``). Only in the main thread of a single-process run
+  (elsewhere the default handlers stay and ``received`` is always ``None``).
+  """
+  import jax
+
+  if threading.current_thread() is not threading.main_thread() or jax.process_count() > 1:
+    yield lambda: None
+    return
+  received: list[int] = []
+
+  def handler(signum, frame):
+    del frame
+    if received and signum == signal.SIGINT:
+      raise KeyboardInterrupt
+    received.append(signum)
+
+  previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+  try:
+    yield lambda: received[0] if received else None
+  finally:
+    for s, h in previous.items():
+      signal.signal(s, h)
