@@ -10,6 +10,8 @@ import os
 # computes the same thing (the tests compare programs built with the same flags,
 # or against references at float tolerance). Set XLA_FLAGS yourself to test the
 # optimized backend, e.g. XLA_FLAGS=--xla_force_host_platform_device_count=4.
+# Runs in the tests do not write JAX's persistent compilation cache (one test turns it on).
+os.environ.setdefault("FEDJAX_LITE_COMPILE_CACHE", "0")
 os.environ.setdefault(
     "XLA_FLAGS",
     "--xla_force_host_platform_device_count=4 --xla_backend_optimization_level=0")

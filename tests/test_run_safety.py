@@ -177,3 +177,21 @@ def test_help_and_version_answer_without_jax():
   assert "``" not in text and ":func:" not in text  # plain text, no reST
   version = subprocess.run([SCRIPT, "--version"], capture_output=True, text=True, timeout=60)
   assert version.returncode == 0 and version.stdout.startswith("fedjax-lite ")
+
+
+def test_a_second_run_compiles_from_the_persistent_cache(tmp_path):
+  env = {**os.environ, "FEDJAX_LITE_COMPILE_CACHE": "1",
+         "JAX_COMPILATION_CACHE_DIR": str(tmp_path / "cache")}
+  summaries = []
+  for name in ("first", "second"):
+    done = subprocess.run([SCRIPT, "run", *ARGS, "--rounds", "2", "--out", str(tmp_path / name),
+                           "--json", "-q"], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    summaries.append(json.loads(done.stdout))
+    entries = len(list((tmp_path / "cache").iterdir()))
+    if name == "first":
+      assert entries > 0, "nothing was cached"
+      first_entries = entries
+  assert entries == first_entries  # the second run compiled nothing new
+  keep = ("final_train_loss", "eval_loss", "central_loss")
+  assert [{k: s[k] for k in keep} for s in summaries] == [{k: summaries[0][k] for k in keep}] * 2

@@ -30,7 +30,8 @@ SWEEPABLE = ("seed", "client_lr", "server_lr", "noise_multiplier", "clip")
 # Keys that may change between a run and its --resume (they do not change the
 # trajectory of the parameters, the device keys only the float summation order).
 RESUMABLE_CHANGES = ("rounds", "eval_every", "checkpoint_every", "out", "resume", "overwrite",
-                     "progress", "devices", "coordinator", "num_processes", "process_id")
+                     "progress", "devices", "coordinator", "num_processes", "process_id",
+                     "compile_cache")
 
 # The keys that start JAX's multi-process runtime.
 PROCESS_KEYS = ("coordinator", "num_processes", "process_id")

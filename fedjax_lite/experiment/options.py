@@ -268,6 +268,10 @@ class RuntimeConfig:
                                      optional=True, low=1)
   process_id: int | None = option(None, "this process's index, 0..N-1", kind=int,
                                   optional=True, low=0)
+  compile_cache: bool = option(True, "keep compiled programs in JAX's persistent cache (under "
+                               "the user's cache directory, or $JAX_COMPILATION_CACHE_DIR; "
+                               "FEDJAX_LITE_COMPILE_CACHE=0 turns it off), so a repeated run "
+                               "compiles from it")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

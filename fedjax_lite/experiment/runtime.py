@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import signal
 import threading
 from pathlib import Path
@@ -92,6 +93,27 @@ def _client_mesh(config: dict[str, Any]):
   return fl.client_mesh(n)
 
 
+def enable_compilation_cache(directory: str | Path | None = None) -> Path:
+  """Turns on JAX's persistent compilation cache for every program compiled from here on.
+
+  Args:
+    directory: where; default ``$JAX_COMPILATION_CACHE_DIR``, else
+      ``jax-compile/`` under :func:`fedjax_lite.datasets.cache.default_cache_dir`.
+
+  Returns:
+    The directory.
+  """
+  import jax
+
+  from fedjax_lite.datasets.cache import default_cache_dir
+
+  path = Path(directory or os.environ.get("JAX_COMPILATION_CACHE_DIR")
+              or default_cache_dir() / "jax-compile")
+  jax.config.update("jax_compilation_cache_dir", str(path))
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+  return path
+
+
 def _start(config: dict[str, Any], saved: str) -> tuple[Path, Any, bool, list[str]]:
   """Checks ``--out``, starts the multi-process runtime, builds the mesh, creates ``--out``.
 
@@ -109,6 +131,8 @@ def _start(config: dict[str, Any], saved: str) -> tuple[Path, Any, bool, list[st
   if config["resume"]:
     _check_resume(json.loads((out / saved).read_text())["config"], config)
   start_distributed(config)
+  if config.get("compile_cache", True) and os.environ.get("FEDJAX_LITE_COMPILE_CACHE") != "0":
+    enable_compilation_cache()
   import jax
 
   mesh = _client_mesh(config)
