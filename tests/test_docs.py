@@ -138,3 +138,17 @@ def test_contributing_worked_example_is_an_algorithm():
   for x, y in zip(jax.tree.leaves(built.round(built.init(params), cohort, key)[0]),
                   jax.tree.leaves(direct.round(direct.init(params), cohort, key)[0]), strict=True):
     np.testing.assert_array_equal(x, y)
+
+
+def test_every_lazily_loaded_name_resolves():
+  """fedjax_lite, fedjax_lite.experiment and fedjax_lite.algorithms load their names on first
+  use (PEP 562): each name must come from the module they say, and __all__ must be loadable."""
+  import fedjax_lite.algorithms as algorithms
+  import fedjax_lite.experiment as experiment
+
+  for package in (fl, experiment, algorithms):
+    for name in package._WHERE:
+      assert getattr(package, name) is not None, (package.__name__, name)
+    for name in package.__all__:
+      assert hasattr(package, name), (package.__name__, name)
+  assert callable(algorithms.fedprox) and callable(algorithms.ditto)  # not their modules

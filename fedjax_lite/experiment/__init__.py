@@ -79,11 +79,11 @@ _WHERE = {
     "MODELS": "fedjax_lite.experiment.config",
     "PARTITIONS": "fedjax_lite.experiment.config",
     "POISSON_OVERFLOW_BOUND": "fedjax_lite.experiment.build",
-    "PROCESS_KEYS": "fedjax_lite.experiment.config",
+    "PROCESS_KEYS": "fedjax_lite.experiment.sweeps",
     "RESUMABLE_CHANGES": "fedjax_lite.experiment.config",
     "RUN_FILES": "fedjax_lite.experiment.rundir",
     "SHAKESPEARE_DEFAULT_CAP": "fedjax_lite.experiment.build",
-    "SWEEPABLE": "fedjax_lite.experiment.config",
+    "SWEEPABLE": "fedjax_lite.experiment.sweeps",
     "SWEEP_FILES": "fedjax_lite.experiment.rundir",
     "Task": "fedjax_lite.experiment.build",
     "_algorithm": "fedjax_lite.experiment.build",
@@ -95,12 +95,12 @@ _WHERE = {
     "build_task": "fedjax_lite.experiment.build",
     "check_output_dir": "fedjax_lite.experiment.rundir",
     "chunk_size_arg": "fedjax_lite.experiment.config",
-    "data_seed": "fedjax_lite.experiment.config",
+    "data_seed": "fedjax_lite.experiment.sweeps",
     "devices_arg": "fedjax_lite.experiment.config",
-    "experiment_config": "fedjax_lite.experiment.config",
+    "experiment_config": "fedjax_lite.experiment.sweeps",
     "flag_message": "fedjax_lite.experiment.config",
     "load_dataset": "fedjax_lite.experiment.build",
-    "parse_sweep": "fedjax_lite.experiment.config",
+    "parse_sweep": "fedjax_lite.experiment.sweeps",
     "plot_curves": "fedjax_lite.experiment.outputs",
     "plot_sweep": "fedjax_lite.experiment.outputs",
     "prepare_output_dir": "fedjax_lite.experiment.rundir",
@@ -108,44 +108,39 @@ _WHERE = {
     "run_experiment": "fedjax_lite.experiment.run",
     "run_sweep_experiment": "fedjax_lite.experiment.run",
     "start_distributed": "fedjax_lite.experiment.runtime",
-    "sweep_points": "fedjax_lite.experiment.config",
+    "sweep_points": "fedjax_lite.experiment.sweeps",
     "versions": "fedjax_lite.experiment.outputs",
 }
 _WHERE.update({name: f"fedjax_lite.experiment.{name}" for name in (
-    "build", "config", "options", "outputs", "run", "rundir", "runtime", "schema")})
+    "build", "config", "options", "outputs", "run", "rundir", "runtime", "schema",
+    "sweeps")})
 __getattr__, __dir__ = _lazy.attach(__name__, _WHERE)
 
 if TYPE_CHECKING:  # what static tools see
   from fedjax_lite.experiment.build import (
-      POISSON_OVERFLOW_BOUND,
-      SHAKESPEARE_DEFAULT_CAP,
-      DPSetup,
-      Task,
-      build_dp,
-      build_task,
-      load_dataset,
+    POISSON_OVERFLOW_BOUND,
+    SHAKESPEARE_DEFAULT_CAP,
+    DPSetup,
+    Task,
+    build_dp,
+    build_task,
+    load_dataset,
   )
   from fedjax_lite.experiment.build import _algorithm as _algorithm
   from fedjax_lite.experiment.build import _client_optimizer as _client_optimizer
   from fedjax_lite.experiment.config import (
-      ALGORITHMS,
-      DATASETS,
-      DEFAULTS,
-      DP_MECHANISMS,
-      MODELS,
-      PARTITIONS,
-      PROCESS_KEYS,
-      RESUMABLE_CHANGES,
-      SWEEPABLE,
-      ConfigError,
-      chunk_size_arg,
-      data_seed,
-      devices_arg,
-      experiment_config,
-      flag_message,
-      parse_sweep,
-      resolve_config,
-      sweep_points,
+    ALGORITHMS,
+    DATASETS,
+    DEFAULTS,
+    DP_MECHANISMS,
+    MODELS,
+    PARTITIONS,
+    RESUMABLE_CHANGES,
+    ConfigError,
+    chunk_size_arg,
+    devices_arg,
+    flag_message,
+    resolve_config,
   )
   from fedjax_lite.experiment.config import _check_resume as _check_resume
   from fedjax_lite.experiment.config import _validate_run as _validate_run
@@ -153,12 +148,20 @@ if TYPE_CHECKING:  # what static tools see
   from fedjax_lite.experiment.run import _due as _due
   from fedjax_lite.experiment.run import run_experiment, run_sweep_experiment
   from fedjax_lite.experiment.rundir import (
-      RUN_FILES,
-      SWEEP_FILES,
-      check_output_dir,
-      prepare_output_dir,
+    RUN_FILES,
+    SWEEP_FILES,
+    check_output_dir,
+    prepare_output_dir,
   )
   from fedjax_lite.experiment.runtime import Interrupted, start_distributed
+  from fedjax_lite.experiment.sweeps import (
+    PROCESS_KEYS,
+    SWEEPABLE,
+    data_seed,
+    experiment_config,
+    parse_sweep,
+    sweep_points,
+  )
 
 __all__ = [
     "Interrupted",

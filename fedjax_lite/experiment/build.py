@@ -7,7 +7,8 @@ from collections.abc import Callable
 from typing import Any
 
 from fedjax_lite import presets
-from fedjax_lite.experiment.config import ConfigError, data_seed, flag_message
+from fedjax_lite.experiment.config import ConfigError, flag_message
+from fedjax_lite.experiment.sweeps import data_seed
 
 # Probability bound of a Poisson draw overflowing the padded cohort (such a
 # round is refused, never truncated).

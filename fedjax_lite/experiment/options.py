@@ -254,6 +254,8 @@ class OutputConfig:
   checkpoint_every: int = option(10, "checkpoint every N rounds (0: only at the end)", low=0)
   progress: bool | None = option(None, "progress bar (default: when stderr is a terminal)",
                                  kind=bool, optional=True)
+  log: str = option("", "also log every round's metrics to tensorboard (event files in "
+                    "--out/tensorboard) and/or wandb, comma-separated", metavar="SINKS")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

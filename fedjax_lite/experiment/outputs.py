@@ -7,6 +7,7 @@ and the plots ``curves.png`` and ``sweep.png``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import platform
 from pathlib import Path
@@ -15,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from fedjax_lite.experiment.build import DPSetup
+from fedjax_lite.experiment.config import log_sinks
 
 
 def versions() -> dict[str, str]:
@@ -187,3 +189,22 @@ def plot_sweep(curves: list[tuple[str, list[dict[str, Any]]]], path: Path,
   fig.tight_layout()
   fig.savefig(path, dpi=100)
   plt.close(fig)
+
+
+def _open_sinks(config: dict[str, Any], out: Path) -> list[Any]:
+  """The loggers ``--log`` asks for, writing under ``out``."""
+  from fedjax_lite import loggers
+
+  sinks = []
+  for sink in log_sinks(config):
+    if sink == "tensorboard":
+      sinks.append(loggers.TensorBoard(out / "tensorboard"))
+    else:
+      sinks.append(loggers.WandB(out, config=config, name=out.name))
+  return sinks
+
+
+def _close(sinks: list[Any]) -> None:
+  for sink in sinks:
+    with contextlib.suppress(Exception):  # a logger's failure must not hide the run's
+      sink.close()

@@ -13,30 +13,28 @@ from typing import Any
 import numpy as np
 
 from fedjax_lite.experiment.build import (
-    _algorithm,
-    _dp_aggregator,
-    _evaluator,
-    _sweep_dp,
-    build_dp,
-    build_task,
+  _algorithm,
+  _dp_aggregator,
+  _evaluator,
+  _sweep_dp,
+  build_dp,
+  build_task,
 )
-from fedjax_lite.experiment.config import (
-    _check_cohort,
-    data_seed,
-    experiment_config,
-    sweep_points,
-)
+from fedjax_lite.experiment.config import _check_cohort
 from fedjax_lite.experiment.outputs import (
-    _append_row,
-    _finish_run,
-    _resume_rows,
-    _round_row,
-    _write_run_config,
-    plot_sweep,
-    versions,
+  _append_row,
+  _close,
+  _finish_run,
+  _open_sinks,
+  _resume_rows,
+  _round_row,
+  _write_run_config,
+  plot_sweep,
+  versions,
 )
 from fedjax_lite.experiment.rundir import release_output_dir
 from fedjax_lite.experiment.runtime import Interrupted, _load_state, _start, stop_signals
+from fedjax_lite.experiment.sweeps import data_seed, experiment_config, sweep_points
 
 
 def run_experiment(config: dict[str, Any], *, stop_after: int | None = None,
@@ -70,18 +68,25 @@ def run_experiment(config: dict[str, Any], *, stop_after: int | None = None,
   if config.get("sweep"):
     return run_sweep_experiment(config, stop_after=stop_after, log=log, verbose=verbose)
   out, mesh, main, removed = _start(config, "config.json")
+  sinks: list[Any] = []
   try:
     with stop_signals() as received:
       return _run_single(config, out, mesh, main, removed, stop_after=stop_after, log=log,
-                         verbose=verbose, received=received)
+                         verbose=verbose, received=received, sinks=sinks)
   finally:
+    _close(sinks)
     release_output_dir(out)
 
 
 def _run_single(config: dict[str, Any], out: Path, mesh: Any, main: bool, removed: list[str],
                 *, stop_after: int | None, log: Callable[[str], None] | None,
-                verbose: bool, received: Callable[[], int | None]) -> dict[str, Any]:
-  """:func:`run_experiment` once its output directory is held (``received``: a stop signal)."""
+                verbose: bool, received: Callable[[], int | None],
+                sinks: list[Any]) -> dict[str, Any]:
+  """:func:`run_experiment` once its output directory is held.
+
+  ``received()`` says whether a stop signal came; the loggers of ``--log`` are
+  appended to ``sinks`` (closed by the caller).
+  """
   import jax
 
   import fedjax_lite as fl
@@ -109,6 +114,7 @@ def _run_single(config: dict[str, Any], out: Path, mesh: Any, main: bool, remove
     if not ckpt_path.exists():  # round 0: a missing checkpoint later means a deleted one
       checkpoint.save_checkpoint(ckpt_path, state, {"round": int(state.round),
                                                     "seed": config["seed"]})
+    sinks.extend(_open_sinks(config, out))
   eval_row = _evaluator(task, mesh, config)
 
   start_round = int(state.round)
@@ -130,6 +136,8 @@ def _run_single(config: dict[str, Any], out: Path, mesh: Any, main: bool, remove
     rows.append(row)
     if verbose:
       log(json.dumps(row))
+    for sink in sinks:
+      sink.log(row, r)
     if main:
       _append_row(metrics_path, row)
     signum = received()
@@ -194,17 +202,20 @@ def run_sweep_experiment(config: dict[str, Any], *, stop_after: int | None = Non
     ValueError: if a client delta becomes NaN/Inf in some experiment.
   """
   out, mesh, main, removed = _start(config, "sweep.json")
+  sinks: list[Any] = []
   try:
     with stop_signals() as received:
       return _run_sweep(config, out, mesh, main, removed, stop_after=stop_after, log=log,
-                        verbose=verbose, received=received)
+                        verbose=verbose, received=received, sinks=sinks)
   finally:
+    _close(sinks)
     release_output_dir(out)
 
 
 def _run_sweep(config: dict[str, Any], out: Path, mesh: Any, main: bool, removed: list[str],
                *, stop_after: int | None, log: Callable[[str], None] | None,
-               verbose: bool, received: Callable[[], int | None]) -> dict[str, Any]:
+               verbose: bool, received: Callable[[], int | None],
+               sinks: list[Any]) -> dict[str, Any]:
   """:func:`run_sweep_experiment` once its output directory is held (see :func:`_run_single`)."""
   import jax
   import jax.numpy as jnp
@@ -270,6 +281,8 @@ def _run_sweep(config: dict[str, Any], out: Path, mesh: Any, main: bool, removed
       rows[i] = _resume_rows(d / "metrics.jsonl", start_round, write=main)
     if main:
       _write_run_config(d, c, ds, dp, mesh)
+  sweep_sinks = [_open_sinks(c, d) if main else [] for c, d in zip(configs, dirs, strict=True)]
+  sinks.extend(s for group in sweep_sinks for s in group)
   sweep_info = {"sweep": swept, "num_experiments": num,
                 "product": "Cartesian product of the swept keys in this order, the last "
                            "varying fastest",
@@ -305,6 +318,8 @@ def _run_sweep(config: dict[str, Any], out: Path, mesh: Any, main: bool, removed
       rows[i].append(out_row)
       if verbose:
         log(json.dumps({"experiment": i, **out_row}))
+      for sink in sweep_sinks[i]:
+        sink.log(out_row, r)
       if main:
         _append_row(dirs[i] / "metrics.jsonl", out_row)
     if evaluated:
