@@ -27,12 +27,11 @@ from __future__ import annotations
 from typing import Any
 
 from fedjax_lite.algorithms import PRESETS, registry
+from fedjax_lite.experiment.catalog import AGGREGATORS, ATTACKS
 
 SERVER_OPTIMIZERS = ("fedavg", "fedavgm", "fedadam", "fedyogi", "fedadagrad")
 CLIENT_ALGORITHMS = tuple(PRESETS)
 ALGORITHMS = SERVER_OPTIMIZERS + CLIENT_ALGORITHMS
-AGGREGATORS = ("mean", "median", "trimmed_mean", "krum")
-ATTACKS = ("none", "sign_flip", "gaussian", "scaled")
 STRAGGLER_MODES = ("drop", "partial")
 
 # Algorithms that keep a state per client (init needs the population size).
@@ -97,7 +96,7 @@ def validate(c: dict[str, Any]) -> None:
   if c["stragglers"] > 0 and c["local_work"] != "full":
     raise ValueError("--stragglers sets each straggler's work itself; leave --local-work full.")
   dp = c.get("dp", "none") != "none"
-  if dp and c["aggregator"] != "mean":
+  if dp and not AGGREGATORS[c["aggregator"]].with_dp:
     raise ValueError(
         f"--aggregator {c['aggregator']} with --dp {c['dp']}: the DP guarantee bounds the "
         "sensitivity of the clipped sum, which a median, trimmed mean or Krum does not have; "
@@ -155,22 +154,18 @@ def parse_local_work(text: str):
 
 
 def build_aggregator(c: dict[str, Any], dp_aggregator=None):
-  """The aggregator of a configuration (``dp_aggregator`` replaces the mean under DP)."""
+  """The aggregator of a configuration (``dp_aggregator`` replaces the mean under DP).
+
+  The named aggregator is built by its entry of
+  :data:`fedjax_lite.experiment.catalog.AGGREGATORS`.
+  """
   import fedjax_lite as fl
+  from fedjax_lite.experiment.catalog import AGGREGATORS
 
   if dp_aggregator is not None:
     agg = dp_aggregator
   else:
-    name = c["aggregator"]
-    if name == "mean":
-      preset = PRESETS.get(c["algorithm"])
-      agg = fl.mean_aggregator("num_examples" if preset is None else preset.mean_weights)
-    elif name == "median":
-      agg = fl.robust.coordinate_median()
-    elif name == "trimmed_mean":
-      agg = fl.robust.trimmed_mean(c["trim_beta"])
-    else:
-      agg = fl.robust.krum(c["num_byzantine"], multi=c["multi_krum"])
+    agg = AGGREGATORS[c["aggregator"]].make(c)
     if c["norm_bound"] is not None:
       agg = fl.robust.norm_bounding(agg, max_norm=c["norm_bound"])
   if c["quantize_bits"] is not None:
@@ -178,17 +173,69 @@ def build_aggregator(c: dict[str, Any], dp_aggregator=None):
   return agg
 
 
-def _attack(c: dict[str, Any], update):
+def mean_builder(c: dict[str, Any]):
+  """``--aggregator mean``: weighted by example counts, or as the algorithm's preset says."""
+  import fedjax_lite as fl
+
+  preset = PRESETS.get(c["algorithm"])
+  return fl.mean_aggregator("num_examples" if preset is None else preset.mean_weights)
+
+
+def median_builder(c: dict[str, Any]):
+  """``--aggregator median``."""
+  del c
+  from fedjax_lite import robust
+
+  return robust.coordinate_median()
+
+
+def trimmed_mean_builder(c: dict[str, Any]):
+  """``--aggregator trimmed_mean --trim-beta B``."""
+  from fedjax_lite import robust
+
+  return robust.trimmed_mean(c["trim_beta"])
+
+
+def krum_builder(c: dict[str, Any]):
+  """``--aggregator krum --num-byzantine F --multi-krum M``."""
+  from fedjax_lite import robust
+
+  return robust.krum(c["num_byzantine"], multi=c["multi_krum"])
+
+
+def no_attack(c: dict[str, Any], update):
+  """``--attack none``: the update as it is."""
+  del c
+  return update
+
+
+def sign_flip_attack(c: dict[str, Any], update):
+  """``--attack sign_flip``: a fraction of clients send ``-scale x delta``."""
   from fedjax_lite import attacks
 
-  frac, seed, scale = c["attack_fraction"], c["attack_seed"], c["attack_scale"]
-  if c["attack"] == "sign_flip":
-    return attacks.sign_flip(update, frac, seed=seed, scale=scale)
-  if c["attack"] == "gaussian":
-    return attacks.gaussian_noise(update, frac, std=scale, seed=seed)
-  if c["attack"] == "scaled":
-    return attacks.scaled(update, frac, factor=scale, seed=seed)
-  return update
+  return attacks.sign_flip(update, c["attack_fraction"], seed=c["attack_seed"],
+                           scale=c["attack_scale"])
+
+
+def gaussian_attack(c: dict[str, Any], update):
+  """``--attack gaussian``: a fraction of clients send noise of std ``scale``."""
+  from fedjax_lite import attacks
+
+  return attacks.gaussian_noise(update, c["attack_fraction"], std=c["attack_scale"],
+                                seed=c["attack_seed"])
+
+
+def scaled_attack(c: dict[str, Any], update):
+  """``--attack scaled``: a fraction of clients send ``scale x delta``."""
+  from fedjax_lite import attacks
+
+  return attacks.scaled(update, c["attack_fraction"], factor=c["attack_scale"],
+                        seed=c["attack_seed"])
+
+
+def _attack(c: dict[str, Any], update):
+
+  return ATTACKS[c["attack"]].make(c, update)
 
 
 def build_algorithm(c: dict[str, Any], loss_fn, client_optimizer, *, dp_aggregator=None,

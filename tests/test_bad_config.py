@@ -107,12 +107,15 @@ def test_toml_tables_and_flat_keys_mean_the_same(tmp_path):
      "differential-privacy option and --dp is none"),
     ({"dp": "gaussian", "noise_multiplier": 1.0, "target_quantile": 0.3},
      "--target-quantile does not apply here: it is --adaptive-clip's parameter"),
-    ({"trim_beta": 0.2}, "--trim-beta does not apply here: it is --aggregator trimmed_mean's"),
+    ({"trim_beta": 0.2}, "--trim-beta does not apply here: --aggregator mean does not read it "
+     r"\(it is for --aggregator trimmed_mean\)"),
     ({"aggregator": "krum", "num_byzantine": 100}, "needs --clients-per-round >= 203, got 10"),
     ({"alpha": 0.3, "partition": "iid"}, "--alpha does not apply here"),
     ({"hidden": 32, "model": "logreg"}, "--hidden does not apply here"),
-    ({"data_dir": "/x"}, "--data-dir does not apply here: only fashion_mnist"),
-    ({"attack_scale": 3.0}, "--attack-scale does not apply here: it needs --attack"),
+    ({"data_dir": "/x"}, "--data-dir does not apply here: --dataset digits does not read it"),
+    ({"attack_scale": 3.0}, "--attack-scale does not apply here: --attack none does not read"),
+    ({"dataset": "shakespeare", "model": "char_lstm", "num_clients": 5},
+     "--num-clients does not apply here: --dataset shakespeare does not read it"),
     ({"straggler_mode": "partial"}, "--straggler-mode does not apply here: it needs "
      "--stragglers > 0"),
     ({"server_optimizer": "fedadam"}, "--server-optimizer does not apply here"),
@@ -205,3 +208,22 @@ sys.exit(cli.main(["run", "--algorithm", "toy", "--toy-scale", "0.5", "--model",
   assert done.returncode == 0, done.stderr
   assert "--toy-scale must be >= 0; got -1.0" in done.stderr
   assert '"rounds_completed": 2' in done.stdout
+
+
+def test_every_catalog_and_preset_builder_resolves():
+  """The registrations name their builders by import path; each must exist and be callable."""
+  import importlib
+
+  from fedjax_lite.algorithms import PRESETS
+  from fedjax_lite.experiment import catalog
+
+  paths = [c.build for cat in (catalog.AGGREGATORS, catalog.ATTACKS, catalog.DATASETS)
+           for c in cat.values()] + [p.build for p in PRESETS.values()]
+  for path in paths:
+    module, _, attr = path.partition(":")
+    assert callable(getattr(importlib.import_module(module), attr)), path
+  for cat in (catalog.AGGREGATORS, catalog.ATTACKS, catalog.DATASETS):
+    for choice in cat.values():
+      assert set(choice.reads) <= set(options.OPTIONS), choice
+  with pytest.raises(ValueError, match="two choices are named 'mean'"):
+    catalog.collect([catalog.AGGREGATORS["mean"]] * 2)

@@ -73,26 +73,51 @@ def build_task(c: dict[str, Any]) -> Task:
 def load_dataset(c: dict[str, Any]):
   """The :class:`~fedjax_lite.datasets.FederatedDataset` of a configuration.
 
-  Partitions and synthetic data are drawn with :func:`data_seed`.
+  Built by the dataset's entry of :data:`fedjax_lite.experiment.catalog.DATASETS`;
+  partitions and synthetic data are drawn with :func:`data_seed`.
   """
-  # The package re-exports the function leaf_synthetic under its module's name.
-  from fedjax_lite.datasets import images, shakespeare
-  from fedjax_lite.datasets.leaf_synthetic import leaf_synthetic
+  from fedjax_lite.experiment.catalog import DATASETS
 
-  part = dict(method=c["partition"], num_clients=c["num_clients"], alpha=c["alpha"],
+  return DATASETS[c["dataset"]].make(c)
+
+
+def _partition_options(c: dict[str, Any]) -> dict[str, Any]:
+  return dict(method=c["partition"], num_clients=c["num_clients"], alpha=c["alpha"],
               shards_per_client=c["shards_per_client"], test_fraction=c["test_fraction"],
               seed=data_seed(c))
-  if c["dataset"] == "digits":
-    return images.load_digits_dataset(**part)
-  if c["dataset"] == "fashion_mnist":
-    kwargs = {} if c["data_dir"] is None else {"path": c["data_dir"]}
-    return images.load_fashion_mnist(**kwargs, **part)
-  if c["dataset"] == "shakespeare":
-    # Stacked clients are padded to the largest one (HAMLET: 605 snippets), so
-    # an uncapped cohort pays for HAMLET on every client: cap by default.
-    cap = c["max_examples_per_client"] or SHAKESPEARE_DEFAULT_CAP
-    return shakespeare.load_shakespeare(test_fraction=c["test_fraction"],
-                                        max_snippets_per_client=cap)
+
+
+def digits_dataset(c: dict[str, Any]):
+  """``--dataset digits``: scikit-learn's digits, partitioned."""
+  from fedjax_lite.datasets import images
+
+  return images.load_digits_dataset(**_partition_options(c))
+
+
+def fashion_dataset(c: dict[str, Any]):
+  """``--dataset fashion_mnist``: the IDX files in ``data_dir``, partitioned."""
+  from fedjax_lite.datasets import images
+
+  kwargs = {} if c["data_dir"] is None else {"path": c["data_dir"]}
+  return images.load_fashion_mnist(**kwargs, **_partition_options(c))
+
+
+def shakespeare_dataset(c: dict[str, Any]):
+  """``--dataset shakespeare``, capped at ``max_examples_per_client`` snippets per client."""
+  from fedjax_lite.datasets import shakespeare
+
+  # Stacked clients are padded to the largest one (HAMLET: 605 snippets), so
+  # an uncapped cohort pays for HAMLET on every client: cap by default.
+  cap = c["max_examples_per_client"] or SHAKESPEARE_DEFAULT_CAP
+  return shakespeare.load_shakespeare(test_fraction=c["test_fraction"],
+                                      max_snippets_per_client=cap)
+
+
+def synthetic_dataset(c: dict[str, Any]):
+  """``--dataset synthetic``: LEAF Synthetic(synthetic_alpha, synthetic_beta)."""
+  # The package re-exports the function leaf_synthetic under its module's name.
+  from fedjax_lite.datasets.leaf_synthetic import leaf_synthetic
+
   return leaf_synthetic(
       c["num_clients"], c["synthetic_alpha"], c["synthetic_beta"],
       test_fraction=c["test_fraction"], seed=data_seed(c),

@@ -24,6 +24,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from fedjax_lite.algorithms import PRESETS
+from fedjax_lite.experiment import catalog
 from fedjax_lite.experiment.schema import (
     INT_OR_ALL,
     INT_OR_AUTO,
@@ -33,17 +34,32 @@ from fedjax_lite.experiment.schema import (
     when,
 )
 
-DATASETS = ("digits", "fashion_mnist", "shakespeare", "synthetic")
+DATASETS = tuple(catalog.DATASETS)
 MODELS = ("logreg", "mlp", "2nn", "cnn", "char_lstm")
 PARTITIONS = ("iid", "dirichlet", "shards")
 DP_MECHANISMS = ("none", "gaussian", "laplace")
 SERVER_OPTIMIZERS = ("fedavg", "fedavgm", "fedadam", "fedyogi", "fedadagrad")
 ALGORITHMS = SERVER_OPTIMIZERS + tuple(PRESETS)
-AGGREGATORS = ("mean", "median", "trimmed_mean", "krum")
-ATTACKS = ("none", "sign_flip", "gaussian", "scaled")
+AGGREGATORS = tuple(catalog.AGGREGATORS)
+ATTACKS = tuple(catalog.ATTACKS)
 STRAGGLER_MODES = ("drop", "partial")
 
-_PARTITIONED = ("digits", "fashion_mnist")
+def _read_by(what: str, key: str, extra: Any = None, why: str = "") -> Any:
+  """An ``applies`` rule: the chosen dataset/aggregator/attack reads ``key`` (and ``extra``)."""
+  names = {"dataset": catalog.DATASETS, "aggregator": catalog.AGGREGATORS,
+           "attack": catalog.ATTACKS}[what]
+  users = catalog.reads(names, key)
+
+  def applies(c: Any) -> str | None:
+    chosen = {"dataset": c.data.dataset, "aggregator": c.aggregation.aggregator,
+              "attack": c.attack.attack}[what]
+    if chosen not in users:
+      return f"--{what} {chosen} does not read it (it is for --{what} {' or '.join(users)})"
+    if extra is not None and not extra(c):
+      return why
+    return None
+
+  return applies
 _DP = when(lambda c: c.privacy.dp != "none", "it is a differential-privacy option and --dp is "
             "none")
 
@@ -53,38 +69,31 @@ class DataConfig:
   """The data set and how it is split into clients."""
 
   dataset: str = option("digits", "the data set", choices=DATASETS)
-  num_clients: int = option(50, "clients to partition the data into", low=1, applies=when(
-      lambda c: c.data.dataset != "shakespeare", "Shakespeare's clients are its speaking roles"))
+  num_clients: int = option(50, "clients to partition the data into", low=1,
+                            applies=_read_by("dataset", "num_clients"))
   partition: str = option("dirichlet", "how examples are split into clients",
-                          choices=PARTITIONS, applies=when(
-                              lambda c: c.data.dataset in _PARTITIONED,
-                              "only digits and fashion_mnist are partitioned"))
+                          choices=PARTITIONS, applies=_read_by("dataset", "partition"))
   alpha: float = option(0.5, "Dirichlet concentration of --partition dirichlet", low=0.0,
-                        low_open=True, applies=when(
-                            lambda c: c.data.dataset in _PARTITIONED
-                            and c.data.partition == "dirichlet",
+                        low_open=True, applies=_read_by(
+                            "dataset", "alpha", lambda c: c.data.partition == "dirichlet",
                             "it is --partition dirichlet's concentration"))
   shards_per_client: int = option(2, "shards per client of --partition shards", low=1,
-                                  applies=when(lambda c: c.data.dataset in _PARTITIONED
-                                                and c.data.partition == "shards",
-                                                "it is --partition shards' count"))
+                                  applies=_read_by(
+                                      "dataset", "shards_per_client",
+                                      lambda c: c.data.partition == "shards",
+                                      "it is --partition shards' count"))
   test_fraction: float = option(0.2, "per-client held-out fraction", low=0.0, high=1.0,
                                 high_open=True)
   synthetic_alpha: float = option(1.0, "LEAF Synthetic(alpha, beta): alpha", low=0.0,
-                                  applies=when(lambda c: c.data.dataset == "synthetic",
-                                                "it is --dataset synthetic's parameter"))
+                                  applies=_read_by("dataset", "synthetic_alpha"))
   synthetic_beta: float = option(1.0, "LEAF Synthetic(alpha, beta): beta", low=0.0,
-                                 applies=when(lambda c: c.data.dataset == "synthetic",
-                                               "it is --dataset synthetic's parameter"))
+                                 applies=_read_by("dataset", "synthetic_beta"))
   data_dir: str | None = option(None, "directory of the Fashion-MNIST IDX files", kind=str,
-                                optional=True, metavar="DIR", applies=when(
-                                    lambda c: c.data.dataset == "fashion_mnist",
-                                    "only fashion_mnist is read from files"))
+                                optional=True, metavar="DIR",
+                                applies=_read_by("dataset", "data_dir"))
   max_examples_per_client: int | None = option(
       None, "cap every client at this many examples (Shakespeare: 64 snippets if unset)",
-      kind=int, optional=True, low=1, applies=when(
-          lambda c: c.data.dataset in ("shakespeare", "synthetic"),
-          "only shakespeare and synthetic clients are capped"))
+      kind=int, optional=True, low=1, applies=_read_by("dataset", "max_examples_per_client"))
   data_seed: int | None = option(None, "seed of the partition or generation (default: --seed)",
                                  kind=int, optional=True, low=0)
 
@@ -171,15 +180,12 @@ class AggregationConfig:
   aggregator: str = option("mean", "mean, or a robust aggregator (not with --dp)",
                            choices=AGGREGATORS)
   trim_beta: float = option(0.1, "trimmed mean: fraction trimmed at each end", low=0.0,
-                            high=0.5, high_open=True, applies=when(
-                                lambda c: c.aggregation.aggregator == "trimmed_mean",
-                                "it is --aggregator trimmed_mean's parameter"))
+                            high=0.5, high_open=True,
+                            applies=_read_by("aggregator", "trim_beta"))
   num_byzantine: int = option(1, "Krum: assumed number of Byzantine clients f", low=0,
-                              applies=when(lambda c: c.aggregation.aggregator == "krum",
-                                            "it is --aggregator krum's parameter"))
+                              applies=_read_by("aggregator", "num_byzantine"))
   multi_krum: int = option(1, "Krum: average the m best-scored clients (1 = Krum)", low=1,
-                           applies=when(lambda c: c.aggregation.aggregator == "krum",
-                                         "it is --aggregator krum's parameter"))
+                           applies=_read_by("aggregator", "multi_krum"))
   norm_bound: float | None = option(None, "clip every update to this L2 norm before "
                                     "aggregating", kind=float, optional=True, low=0.0,
                                     low_open=True)
@@ -192,19 +198,17 @@ class AggregationConfig:
           "error feedback wraps a client update whose messages are model deltas"))
 
 
-_ATTACKED = when(lambda c: c.attack.attack != "none", "it needs --attack")
-
-
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class AttackConfig:
   """Simulated malicious clients."""
 
   attack: str = option("none", "the malicious clients' attack", choices=ATTACKS)
   attack_fraction: float = option(0.0, "fraction of clients that are malicious", low=0.0,
-                                  high=1.0, applies=_ATTACKED)
+                                  high=1.0, applies=_read_by("attack", "attack_fraction"))
   attack_scale: float = option(1.0, "sign_flip/scaled: factor; gaussian: noise std",
-                               applies=_ATTACKED)
-  attack_seed: int = option(0, "seed choosing the malicious clients", low=0, applies=_ATTACKED)
+                               applies=_read_by("attack", "attack_scale"))
+  attack_seed: int = option(0, "seed choosing the malicious clients", low=0,
+                            applies=_read_by("attack", "attack_seed"))
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
