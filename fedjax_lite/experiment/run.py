@@ -67,12 +67,23 @@ def run_experiment(config: dict[str, Any], *, stop_after: int | None = None,
   """
   if config.get("sweep"):
     return run_sweep_experiment(config, stop_after=stop_after, log=log, verbose=verbose)
-  out, mesh, main, removed = _start(config, "config.json")
+  return _held(config, "config.json", _run_single, stop_after=stop_after, log=log,
+               verbose=verbose)
+
+
+def _held(config: dict[str, Any], saved: str, body: Callable[..., dict[str, Any]],
+          **kwargs: Any) -> dict[str, Any]:
+  """``body(config, out, mesh, main, removed, received=, sinks=, **kwargs)`` with ``--out`` held.
+
+  Starts the run (:func:`_start`), lets SIGINT/SIGTERM stop it at a round
+  boundary, and whatever happens closes the ``--log`` loggers and releases
+  the output directory's lock.
+  """
+  out, mesh, main, removed = _start(config, saved)
   sinks: list[Any] = []
   try:
     with stop_signals() as received:
-      return _run_single(config, out, mesh, main, removed, stop_after=stop_after, log=log,
-                         verbose=verbose, received=received, sinks=sinks)
+      return body(config, out, mesh, main, removed, received=received, sinks=sinks, **kwargs)
   finally:
     _close(sinks)
     release_output_dir(out)
@@ -201,15 +212,8 @@ def run_sweep_experiment(config: dict[str, Any], *, stop_after: int | None = Non
     fedjax_lite.checkpoint.CheckpointError: for a corrupted checkpoint.
     ValueError: if a client delta becomes NaN/Inf in some experiment.
   """
-  out, mesh, main, removed = _start(config, "sweep.json")
-  sinks: list[Any] = []
-  try:
-    with stop_signals() as received:
-      return _run_sweep(config, out, mesh, main, removed, stop_after=stop_after, log=log,
-                        verbose=verbose, received=received, sinks=sinks)
-  finally:
-    _close(sinks)
-    release_output_dir(out)
+  return _held(config, "sweep.json", _run_sweep, stop_after=stop_after, log=log,
+               verbose=verbose)
 
 
 def _run_sweep(config: dict[str, Any], out: Path, mesh: Any, main: bool, removed: list[str],
