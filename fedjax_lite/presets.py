@@ -43,30 +43,6 @@ FEDAVG_CLIENT = SERVER_OPTIMIZERS + tuple(
 # Algorithms that honour local-work budgets and stragglers.
 LOCAL_WORK = SERVER_OPTIMIZERS + tuple(name for name, p in PRESETS.items() if p.local_work)
 
-# Every algorithm's own hyperparameters, by configuration key.
-HYPERPARAMETERS: dict[str, registry.Hyperparameter] = {
-    h.key: h for p in PRESETS.values() for h in p.hyperparameters}
-
-DEFAULTS: dict[str, Any] = {
-    "server_optimizer": None,
-    **{key: h.default for key, h in HYPERPARAMETERS.items()},
-    "local_work": "full",
-    "stragglers": 0.0,
-    "straggler_mode": "drop",
-    "aggregator": "mean",
-    "trim_beta": 0.1,
-    "num_byzantine": 1,
-    "multi_krum": 1,
-    "norm_bound": None,
-    "quantize_bits": None,
-    "topk_fraction": None,
-    "attack": "none",
-    "attack_fraction": 0.0,
-    "attack_scale": 1.0,
-    "attack_seed": 0,
-}
-
-
 def validate(c: dict[str, Any]) -> None:
   """Checks the rules that tie the algorithm, aggregator and attack keys together.
 
@@ -243,9 +219,8 @@ def build_algorithm(c: dict[str, Any], loss_fn, client_optimizer, *, dp_aggregat
   """The :class:`fedjax_lite.FederatedAlgorithm` of a configuration.
 
   Args:
-    c: a configuration with the keys of :data:`DEFAULTS` and
-      :data:`fedjax_lite.experiment.DEFAULTS`; learning rates may be traced
-      (a sweep).
+    c: a configuration with the keys of :data:`fedjax_lite.experiment.DEFAULTS`; learning
+      rates may be traced (a sweep).
     loss_fn: ``loss(params, batch)``.
     client_optimizer: the client's optax optimizer (SGD at ``client_lr``).
     dp_aggregator: the DP aggregator, if the run is private.

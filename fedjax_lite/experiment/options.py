@@ -23,6 +23,7 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
+from fedjax_lite import presets
 from fedjax_lite.algorithms import PRESETS
 from fedjax_lite.experiment import catalog
 from fedjax_lite.experiment.schema import (
@@ -38,11 +39,9 @@ DATASETS = tuple(catalog.DATASETS)
 MODELS = ("logreg", "mlp", "2nn", "cnn", "char_lstm")
 PARTITIONS = ("iid", "dirichlet", "shards")
 DP_MECHANISMS = ("none", "gaussian", "laplace")
-SERVER_OPTIMIZERS = ("fedavg", "fedavgm", "fedadam", "fedyogi", "fedadagrad")
-ALGORITHMS = SERVER_OPTIMIZERS + tuple(PRESETS)
+ALGORITHMS = presets.ALGORITHMS
 AGGREGATORS = tuple(catalog.AGGREGATORS)
 ATTACKS = tuple(catalog.ATTACKS)
-STRAGGLER_MODES = ("drop", "partial")
 
 def _read_by(what: str, key: str, extra: Any = None, why: str = "") -> Any:
   """An ``applies`` rule: the chosen dataset/aggregator/attack reads ``key`` (and ``extra``)."""
@@ -109,7 +108,6 @@ class ModelConfig:
                                   "logreg and cnn have no --hidden width"))
 
 
-_LOCAL_WORK = SERVER_OPTIMIZERS + tuple(n for n, p in PRESETS.items() if p.local_work)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -132,14 +130,14 @@ class TrainingConfig:
                            low=1, metavar="N|auto")
   local_work: str = option("full", "local steps per client: full, fixed:S, sampled:MIN-MAX or "
                            "proportional:R", metavar="SPEC", applies=when(
-                               lambda c: c.algorithm.algorithm in _LOCAL_WORK,
+                               lambda c: c.algorithm.algorithm in presets.LOCAL_WORK,
                                "the algorithm runs its own local steps"))
   stragglers: float = option(0.0, "fraction of clients per round that straggle", low=0.0,
                              high=1.0, applies=when(
-                                 lambda c: c.algorithm.algorithm in _LOCAL_WORK,
+                                 lambda c: c.algorithm.algorithm in presets.LOCAL_WORK,
                                  "the algorithm runs its own local steps"))
   straggler_mode: str = option("drop", "drop stragglers (FedAvg) or aggregate their partial "
-                               "work (FedProx)", choices=STRAGGLER_MODES, applies=when(
+                               "work (FedProx)", choices=presets.STRAGGLER_MODES, applies=when(
                                    lambda c: c.training.stragglers > 0,
                                    "it needs --stragglers > 0"))
 
@@ -161,16 +159,14 @@ AlgorithmConfig = dataclasses.make_dataclass(
                                "server optimizer)", choices=ALGORITHMS)),
      ("server_optimizer", str | None, option(
          None, "server step of the algorithms beyond FedAvg (default fedavg: SGD at "
-         "--server-lr, default 1)", kind=str, optional=True, choices=SERVER_OPTIMIZERS,
-         applies=when(lambda c: c.algorithm.algorithm not in SERVER_OPTIMIZERS,
+         "--server-lr, default 1)", kind=str, optional=True, choices=presets.SERVER_OPTIMIZERS,
+         applies=when(lambda c: c.algorithm.algorithm not in presets.SERVER_OPTIMIZERS,
                        "--algorithm fedavg..fedadagrad already names the server step")))]
     + [_hyperparameter(name, h) for name, p in PRESETS.items() for h in p.hyperparameters],
     frozen=True, kw_only=True)
 AlgorithmConfig.__module__ = __name__
 AlgorithmConfig.__doc__ = "The algorithm, its server step and its own hyperparameters."
 
-_FEDAVG_CLIENT = SERVER_OPTIMIZERS + tuple(n for n, p in PRESETS.items()
-                                           if p.wraps_client_update)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -194,7 +190,7 @@ class AggregationConfig:
   topk_fraction: float | None = option(
       None, "top-k sparsification with error feedback: fraction of coordinates sent",
       kind=float, optional=True, low=0.0, low_open=True, high=1.0, applies=when(
-          lambda c: c.algorithm.algorithm in _FEDAVG_CLIENT,
+          lambda c: c.algorithm.algorithm in presets.FEDAVG_CLIENT,
           "error feedback wraps a client update whose messages are model deltas"))
 
 
