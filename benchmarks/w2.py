@@ -32,6 +32,7 @@ import optax
 
 import fedjax_lite as fl
 from benchmarks import common
+from fedjax_lite.experiment.schema import int_or_word_arg
 
 
 def build(args) -> dict[str, Any]:
@@ -130,9 +131,8 @@ W2_DEFAULTS = dict(population=10_000, clients_per_round=1000, examples=32, epoch
                    batch_size=8, lr=0.05, chunk_size="auto")
 
 
-def chunk_size_arg(text: str) -> int | str:
-  """``--chunk-size``: a positive int or ``auto`` (:func:`fedjax_lite.hardware.auto_chunk_size`)."""
-  return text if text == "auto" else int(text)
+# ``--chunk-size``: a positive int or ``auto`` (:func:`fedjax_lite.hardware.auto_chunk_size`).
+chunk_size_arg = int_or_word_arg("auto", "--chunk-size")
 
 
 def parse(argv, defaults: dict, doc: str, quick: dict) -> argparse.Namespace:
