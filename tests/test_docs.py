@@ -1,6 +1,9 @@
 """The documentation stays true to the code: the API reference builds from the docstrings
 without a warning, every public function and class documents itself, the README's example
-runs as written, and every citation key the README names has its BibTeX entry."""
+runs as written, and every citation key the README names has its BibTeX entry. The README
+stays short, the guide in docs/ builds (with the API reference) into HTML, every relative
+link of the README and the guide points at a file of the repository, and neither mentions
+files outside it."""
 
 from __future__ import annotations
 
@@ -8,6 +11,8 @@ import contextlib
 import inspect
 import io
 import re
+import subprocess
+import sys
 import warnings
 from pathlib import Path
 
@@ -152,3 +157,95 @@ def test_every_lazily_loaded_name_resolves():
     for name in package.__all__:
       assert hasattr(package, name), (package.__name__, name)
   assert callable(algorithms.fedprox) and callable(algorithms.ditto)  # not their modules
+
+
+# --- The README and the guide (docs/*.md) ---
+
+README_MAX_LINES = 250
+# Files outside the repository, or not shipped with it, that user documentation must not name.
+NOT_IN_THE_REPOSITORY = ("../shared", "ARCHITECTURE-REVIEW", "WORKLOADS.md", "STYLE.md")
+_FENCED = re.compile(r"^```.*?^```", re.S | re.M)
+_CODE_SPAN = re.compile(r"`[^`\n]*`")
+_LINK = re.compile(r"!?\[[^\]]*\]\(\s*<?([^)\s>]+)>?(?:\s+\"[^\"]*\")?\s*\)")
+_SCHEME = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*:")
+
+
+def _guide_pages() -> list[Path]:
+  pages = sorted((ROOT / "docs").glob("*.md"))
+  assert {"index.md", "main-job.md", "performance.md"} <= {p.name for p in pages}, pages
+  return pages
+
+
+def _user_docs() -> list[Path]:
+  """The README and every Markdown file under docs/ (the guide and the benchmark report)."""
+  return [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
+
+
+def _relative_links(path: Path) -> list[str]:
+  """The relative link targets of a Markdown file (code blocks and spans left out)."""
+  text = _CODE_SPAN.sub("", _FENCED.sub("", path.read_text(encoding="utf-8")))
+  links = [link for link in _LINK.findall(text) if not link.startswith("#")]
+  return [link for link in links if not _SCHEME.match(link)]
+
+
+def test_readme_is_short():
+  lines = (ROOT / "README.md").read_text(encoding="utf-8").splitlines()
+  assert len(lines) < README_MAX_LINES, (
+      f"README.md has {len(lines)} lines; keep it under {README_MAX_LINES} and move details "
+      "to a page under docs/")
+
+
+def test_relative_links_point_at_files_of_the_repository():
+  """Every relative link of the README and the guide names a file (or folder) that exists in
+  the repository; ``#anchors`` are not checked here (see the built HTML below)."""
+  broken, counted = [], {}
+  for path in [ROOT / "README.md", *_guide_pages()]:
+    links = _relative_links(path)
+    counted[path.name] = len(links)
+    for link in links:
+      target = (path.parent / link.split("#", 1)[0]).resolve()
+      if not target.exists() or not target.is_relative_to(ROOT):
+        broken.append(f"{path.relative_to(ROOT)}: {link}")
+  assert not broken, f"links to no file of the repository: {broken}"
+  # The README links every guide page, and the links were found at all.
+  readme_links = {link.split("#", 1)[0] for link in _relative_links(ROOT / "README.md")}
+  missing = {f"docs/{p.name}" for p in _guide_pages()} - readme_links
+  assert not missing, f"guide pages the README's Documentation section does not link: {missing}"
+  assert counted["index.md"] >= len(_guide_pages()) - 1, counted
+
+
+def test_user_docs_name_no_file_outside_the_repository():
+  found = [f"{path.relative_to(ROOT)}: {name}" for path in _user_docs()
+           for name in NOT_IN_THE_REPOSITORY if name in path.read_text(encoding="utf-8")]
+  assert not found, f"the README and docs/ must not mention these: {found}"
+
+
+def test_docs_build_writes_the_pages_and_the_api_reference(tmp_path):
+  """``python docs/build.py OUT`` (what ``make docs`` runs): an HTML file per guide page,
+  the index linking every page and the API reference, pdoc's API reference, page-to-page
+  links rewritten to HTML, and every in-page anchor present."""
+  out = tmp_path / "site"
+  result = subprocess.run([sys.executable, str(ROOT / "docs" / "build.py"), str(out)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+  assert result.returncode == 0, result.stdout + result.stderr
+  names = [p.stem for p in _guide_pages()]
+  html = {name: (out / f"{name}.html").read_text(encoding="utf-8") for name in names}
+  api = out / "api" / "fedjax_lite.html"
+  assert api.stat().st_size > 1000 and (out / "api" / "fedjax_lite" / "privacy.html").is_file()
+  index_links = set(re.findall(r'href="([^"#]+)', html["index"]))
+  assert {f"{n}.html" for n in names if n != "index"} <= index_links, index_links
+  assert "api/fedjax_lite.html" in index_links
+  ids = {name: set(re.findall(r'\sid="([^"]+)"', text)) for name, text in html.items()}
+  problems = []
+  for name, text in html.items():
+    assert "<h1" in text and "```" not in text, f"{name}.html: the Markdown was not rendered"
+    for href in re.findall(r'href="([^"]+)"', text):
+      page, _, anchor = href.partition("#")
+      if re.fullmatch(r"[\w-]+\.md", page) and page[:-3] in ids:
+        problems.append(f"{name}.html: {href} (not rewritten to .html)")
+      target = name if not page else page[:-5] if page.endswith(".html") else None
+      if anchor and target in ids and anchor not in ids[target]:
+        problems.append(f"{name}.html: {href} (no such anchor)")
+      if page and not _SCHEME.match(page) and not (out / page).exists():
+        problems.append(f"{name}.html: {href} (no such file from the output directory)")
+  assert not problems, problems

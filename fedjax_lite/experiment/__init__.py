@@ -81,6 +81,7 @@ _WHERE = {
     "POISSON_OVERFLOW_BOUND": "fedjax_lite.experiment.build",
     "PROCESS_KEYS": "fedjax_lite.experiment.sweeps",
     "RESUMABLE_CHANGES": "fedjax_lite.experiment.config",
+    "Recorder": "fedjax_lite.experiment.recorder",
     "RUN_FILES": "fedjax_lite.experiment.rundir",
     "SHAKESPEARE_DEFAULT_CAP": "fedjax_lite.experiment.build",
     "SWEEPABLE": "fedjax_lite.experiment.sweeps",
@@ -89,7 +90,7 @@ _WHERE = {
     "_algorithm": "fedjax_lite.experiment.build",
     "_check_resume": "fedjax_lite.experiment.config",
     "_client_optimizer": "fedjax_lite.experiment.build",
-    "_due": "fedjax_lite.experiment.run",
+    "_due": "fedjax_lite.experiment.recorder",
     "_validate_run": "fedjax_lite.experiment.config",
     "build_dp": "fedjax_lite.experiment.build",
     "build_task": "fedjax_lite.experiment.build",
@@ -100,6 +101,7 @@ _WHERE = {
     "experiment_config": "fedjax_lite.experiment.sweeps",
     "flag_message": "fedjax_lite.experiment.config",
     "load_dataset": "fedjax_lite.experiment.build",
+    "option_errors": "fedjax_lite.experiment.config",
     "parse_sweep": "fedjax_lite.experiment.sweeps",
     "plot_curves": "fedjax_lite.experiment.outputs",
     "plot_sweep": "fedjax_lite.experiment.outputs",
@@ -112,8 +114,8 @@ _WHERE = {
     "versions": "fedjax_lite.experiment.outputs",
 }
 _WHERE.update({name: f"fedjax_lite.experiment.{name}" for name in (
-    "build", "config", "options", "outputs", "run", "rundir", "runtime", "schema",
-    "sweeps")})
+    "build", "config", "options", "outputs", "recorder", "run", "rundir", "runtime",
+    "schema", "sweeps")})
 __getattr__, __dir__ = _lazy.attach(__name__, _WHERE)
 
 if TYPE_CHECKING:  # what static tools see
@@ -140,12 +142,14 @@ if TYPE_CHECKING:  # what static tools see
     chunk_size_arg,
     devices_arg,
     flag_message,
+    option_errors,
     resolve_config,
   )
   from fedjax_lite.experiment.config import _check_resume as _check_resume
   from fedjax_lite.experiment.config import _validate_run as _validate_run
   from fedjax_lite.experiment.outputs import plot_curves, plot_sweep, versions
-  from fedjax_lite.experiment.run import _due as _due
+  from fedjax_lite.experiment.recorder import Recorder
+  from fedjax_lite.experiment.recorder import _due as _due
   from fedjax_lite.experiment.run import run_experiment, run_sweep_experiment
   from fedjax_lite.experiment.rundir import (
     RUN_FILES,
@@ -169,7 +173,7 @@ __all__ = [
     "DEFAULTS", "SWEEPABLE", "RESUMABLE_CHANGES", "PROCESS_KEYS", "DATASETS", "MODELS",
     "ALGORITHMS", "PARTITIONS", "DP_MECHANISMS", "ConfigError", "resolve_config",
     "parse_sweep", "sweep_points", "data_seed", "experiment_config", "chunk_size_arg",
-    "devices_arg", "flag_message",
+    "devices_arg", "flag_message", "option_errors",
     # What a configuration builds (build.py).
     "POISSON_OVERFLOW_BOUND", "SHAKESPEARE_DEFAULT_CAP", "Task", "build_task", "load_dataset",
     "DPSetup", "build_dp",
@@ -178,6 +182,8 @@ __all__ = [
     "plot_curves", "plot_sweep",
     # The multi-process runtime (runtime.py).
     "start_distributed",
+    # The one recorder of rows, evaluations and checkpoints (recorder.py).
+    "Recorder",
     # The orchestrators (run.py).
     "run_experiment", "run_sweep_experiment",
 ]

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 from fedjax_lite import presets
-from fedjax_lite.experiment.config import ConfigError, flag_message
+from fedjax_lite.experiment.config import option_errors
 from fedjax_lite.experiment.sweeps import data_seed
 
 # Probability bound of a Poisson draw overflowing the padded cohort (such a
@@ -126,11 +126,9 @@ def synthetic_dataset(c: dict[str, Any]):
 
 def _algorithm(config: dict[str, Any], task: Task, aggregator, *, mesh=None):
   """The federated algorithm of a configuration (its learning rates may be traced)."""
-  try:
+  with option_errors():
     return presets.build_algorithm(config, task.loss, _client_optimizer(config),
                                    dp_aggregator=aggregator, mesh=mesh)
-  except ValueError as e:
-    raise ConfigError(str(e)) from e
 
 
 def _sweep_dp(configs: list[dict[str, Any]], num_clients: int) -> list[DPSetup | None]:
@@ -250,7 +248,7 @@ def build_dp(config: dict[str, Any], num_clients: int) -> DPSetup | None:
   else:
     sampler = fl.fixed_size_sampler(num_clients, k)
   sigma_b = (k / 20.0) if config["adaptive_clip"] else None
-  try:
+  with option_errors():
     spec = accounting.DPSpec(config["dp"], config["noise_multiplier"] or 1.0,
                              config["sampling"], num_clients, k, count_noise_std=sigma_b,
                              local=config["local_dp"])
@@ -260,8 +258,6 @@ def build_dp(config: dict[str, Any], num_clients: int) -> DPSetup | None:
                                      config["delta"], config["accountant"])
       spec = dataclasses.replace(spec, noise_multiplier=z)
     aggregator = _dp_aggregator(config, spec.noise_multiplier)
-  except ValueError as e:
-    raise ConfigError(flag_message(e)) from e
   return DPSetup(spec, aggregator, sampler, config["delta"], config["accountant"])
 
 

@@ -8,6 +8,7 @@ does.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import tomllib
@@ -212,10 +213,8 @@ def _validate_run(c: dict[str, Any]) -> None:
                         "--target-epsilon.")
     if c["adaptive_clip"] and c["dp"] != "gaussian":
       raise ConfigError("--adaptive-clip needs --dp gaussian (Andrew et al.'s method).")
-  try:
+  with option_errors():
     presets.validate(c)
-  except ValueError as e:
-    raise ConfigError(str(e)) from e
   for sink in log_sinks(c):
     from fedjax_lite import loggers
 
@@ -275,3 +274,23 @@ def flag_message(error: Exception) -> str:
     sets written as ``--name value``.
   """
   return _LIBRARY_PARAMETER.sub(lambda m: f"--{m[1]} {m[2]}", str(error))
+
+
+@contextlib.contextmanager
+def option_errors():
+  """Where the library's refusals become option errors: the one translation.
+
+  A ``ValueError`` raised inside (by a library constructor given the
+  configuration's values: the accountant, the sampler, the aggregator, the
+  algorithm, the data) is re-raised as a :class:`ConfigError` worded in
+  command-line flags (:func:`flag_message`); a ``ConfigError`` passes as is.
+
+  Yields:
+    Nothing.
+  """
+  try:
+    yield
+  except ConfigError:
+    raise
+  except ValueError as e:
+    raise ConfigError(flag_message(e)) from e

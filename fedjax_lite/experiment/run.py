@@ -20,18 +20,9 @@ from fedjax_lite.experiment.build import (
   build_dp,
   build_task,
 )
-from fedjax_lite.experiment.config import _check_cohort
-from fedjax_lite.experiment.outputs import (
-  _append_row,
-  _close,
-  _finish_run,
-  _open_sinks,
-  _resume_rows,
-  _round_row,
-  _write_run_config,
-  plot_sweep,
-  versions,
-)
+from fedjax_lite.experiment.config import _check_cohort, option_errors
+from fedjax_lite.experiment.outputs import _close, plot_sweep, versions
+from fedjax_lite.experiment.recorder import Recorder
 from fedjax_lite.experiment.rundir import release_output_dir
 from fedjax_lite.experiment.runtime import Interrupted, _load_state, _start, stop_signals
 from fedjax_lite.experiment.sweeps import data_seed, experiment_config, sweep_points
@@ -101,63 +92,31 @@ def _run_single(config: dict[str, Any], out: Path, mesh: Any, main: bool, remove
   import jax
 
   import fedjax_lite as fl
-  from fedjax_lite import checkpoint
 
   log = (log or _stderr) if main else _quiet
   if removed:
     log(f"fedjax-lite run: --overwrite removed {', '.join(removed)} from {out}")
-  task = build_task(config)
-  ds = task.dataset
-  _check_cohort(config, ds)
-  dp = build_dp(config, ds.train.num_clients)
-  algo = _algorithm(config, task, dp.aggregator if dp else None, mesh=mesh)
-  state = algo.init(task.params, num_clients=ds.train.num_clients)
+  with option_errors():  # what the library refuses, named by option
+    task = build_task(config)
+    ds = task.dataset
+    _check_cohort(config, ds)
+    dp = build_dp(config, ds.train.num_clients)
+    algo = _algorithm(config, task, dp.aggregator if dp else None, mesh=mesh)
+    state = algo.init(task.params, num_clients=ds.train.num_clients)
   train = ds.train if mesh is None else fl.shard_clients(ds.train, mesh)
-  ckpt_path = out / "checkpoint.ckpt"
-  metrics_path = out / "metrics.jsonl"
-  rows: list[dict[str, Any]] = []
-  if config["resume"]:
-    if ckpt_path.exists():
-      state = _load_state(ckpt_path, state, mesh)
-    rows = _resume_rows(metrics_path, int(state.round), write=main)
-  if main:
-    _write_run_config(out, config, ds, dp, mesh)
-    if not ckpt_path.exists():  # round 0: a missing checkpoint later means a deleted one
-      checkpoint.save_checkpoint(ckpt_path, state, {"round": int(state.round),
-                                                    "seed": config["seed"]})
-    sinks.extend(_open_sinks(config, out))
-  eval_row = _evaluator(task, mesh, config)
-
+  if config["resume"] and (out / "checkpoint.ckpt").exists():
+    state = _load_state(out / "checkpoint.ckpt", state, mesh)
   start_round = int(state.round)
-  remaining = config["rounds"] - start_round
-  if stop_after is not None:
-    remaining = min(remaining, stop_after)
+  eval_row = _evaluator(task, mesh, config)
+  recorder = Recorder(config, out, [(out, config, dp)],
+                      evaluate=lambda i, state: eval_row(state.params, state), main=main,
+                      checkpoint_meta={"seed": config["seed"]}, received=received, sinks=sinks,
+                      log=log, verbose=verbose)
+  recorder.start(state, start_round, ds, mesh)
+  remaining = _remaining(config, start_round, stop_after)
   log(f"fedjax-lite run: {_describe_run(config, ds)}, rounds {start_round}.."
-      f"{start_round + max(remaining, 0)} of {config['rounds']} -> {out}")
+      f"{start_round + remaining} of {config['rounds']} -> {out}")
   started = time.perf_counter()
-  last_eval: dict[str, float] = {}
-
-  def on_round(r, state, m):
-    # Every process evaluates (a computation over all devices); process 0 writes.
-    nonlocal last_eval
-    row = _round_row(config, dp, r, m)
-    if _due(config, "eval_every", r):
-      last_eval = eval_row(state.params, state)
-      row.update(last_eval)
-    rows.append(row)
-    if verbose:
-      log(json.dumps(row))
-    for sink in sinks:
-      sink.log(row, r)
-    if main:
-      _append_row(metrics_path, row)
-    signum = received()
-    if main and (_due(config, "checkpoint_every", r) or signum is not None):
-      checkpoint.save_checkpoint(ckpt_path, state, {"round": r + 1, "seed": config["seed"]})
-    if signum is not None:
-      raise Interrupted(signum, r + 1, out)
-    return {"acc": f"{last_eval['eval_accuracy']:.3f}"} if "eval_accuracy" in last_eval else None
-
   completed, interrupted = start_round, None
   try:
     if remaining > 0:
@@ -166,12 +125,11 @@ def _run_single(config: dict[str, Any], out: Path, mesh: Any, main: bool, remove
                                cohort_size=None if dp else config["clients_per_round"],
                                key=jax.random.key(config["seed"]),
                                progress=config["progress"] if main else False,
-                               callback=on_round)
+                               callback=lambda r, state, m: recorder.round(r, state, [m]))
     completed = int(state.round)
   except Interrupted as e:
     interrupted, completed = e, e.rounds
-  summary = _finish_run(config, out, ds, dp, completed, time.perf_counter() - started, rows,
-                        write=main)
+  [summary] = recorder.finish(ds, completed, time.perf_counter() - started)
   if interrupted is not None:
     raise interrupted
   log(f"fedjax-lite run: done, {summary.get('rounds_completed')} rounds -> {out}")
@@ -225,7 +183,6 @@ def _run_sweep(config: dict[str, Any], out: Path, mesh: Any, main: bool, removed
   import jax.numpy as jnp
 
   import fedjax_lite as fl
-  from fedjax_lite import checkpoint
 
   log = (log or _stderr) if main else _quiet
   if removed:
@@ -237,56 +194,51 @@ def _run_sweep(config: dict[str, Any], out: Path, mesh: Any, main: bool, removed
            for i, point in enumerate(points)]
   configs = [experiment_config(config, point, out / name) for point, name in zip(points, names,
                                                                                 strict=True)]
-  task = build_task(configs[0])
-  ds = task.dataset
-  _check_cohort(config, ds)
-  dps = _sweep_dp(configs, ds.train.num_clients)
   swept = config["sweep"]
   hparams = {k: jnp.asarray([c[k] for c in configs], jnp.float32) for k in swept if k != "seed"}
+  with option_errors():  # what the library refuses, named by option
+    task = build_task(configs[0])
+    ds = task.dataset
+    _check_cohort(config, ds)
+    dps = _sweep_dp(configs, ds.train.num_clients)
 
-  def make(h):
-    values = h if isinstance(h, dict) else {}
-    c = {**configs[0], **values}
-    aggregator = None
-    if dps[0]:
-      z = values["noise_multiplier"] if "noise_multiplier" in values \
-          else dps[0].spec.noise_multiplier
-      aggregator = _dp_aggregator(c, z)
-    return _algorithm(c, task, aggregator, mesh=mesh)
+    def make(h):
+      values = h if isinstance(h, dict) else {}
+      c = {**configs[0], **values}
+      aggregator = None
+      if dps[0]:
+        z = values["noise_multiplier"] if "noise_multiplier" in values \
+            else dps[0].spec.noise_multiplier
+        aggregator = _dp_aggregator(c, z)
+      return _algorithm(c, task, aggregator, mesh=mesh)
 
-  inits: dict[int, Any] = {}
-  for c in configs:
-    if c["seed"] not in inits:
-      inits[c["seed"]] = task.init_params(c["seed"])
-  params = jax.tree.map(lambda *xs: jnp.stack(xs), *[inits[c["seed"]] for c in configs])
-  keys = jax.random.key_data(jnp.stack([jax.random.key(c["seed"]) for c in configs]))
-  sweep_h = hparams or jnp.zeros((num,))
-  train = ds.train
-  if mesh is not None:
-    # Everything the sweep's programs take is placed on the mesh, as a single
-    # run's state is by algo.init: replicated, and the population sharded.
-    params, sweep_h, keys = fl.replicate((params, sweep_h, keys), mesh)
-    train = fl.shard_clients(ds.train, mesh)
-  ckpt_path = out / "checkpoint.ckpt"
-  states = None
-  target = jax.vmap(lambda h, p: make(h).init(p, num_clients=ds.train.num_clients))(
-      sweep_h, params)
-  if config["resume"] and ckpt_path.exists():
-    states = _load_state(ckpt_path, target, mesh)
-  elif main:  # round 0: a missing checkpoint later means a deleted one
-    checkpoint.save_checkpoint(ckpt_path, target, {"round": 0, "experiments": num})
-  start_round = 0 if states is None else int(np.asarray(states.round).flat[0])
+    inits: dict[int, Any] = {}
+    for c in configs:
+      if c["seed"] not in inits:
+        inits[c["seed"]] = task.init_params(c["seed"])
+    params = jax.tree.map(lambda *xs: jnp.stack(xs), *[inits[c["seed"]] for c in configs])
+    keys = jax.random.key_data(jnp.stack([jax.random.key(c["seed"]) for c in configs]))
+    sweep_h = hparams or jnp.zeros((num,))
+    train = ds.train
+    if mesh is not None:
+      # Everything the sweep's programs take is placed on the mesh, as a single
+      # run's state is by algo.init: replicated, and the population sharded.
+      params, sweep_h, keys = fl.replicate((params, sweep_h, keys), mesh)
+      train = fl.shard_clients(ds.train, mesh)
+    states = jax.vmap(lambda h, p: make(h).init(p, num_clients=ds.train.num_clients))(
+        sweep_h, params)
+  resumed = config["resume"] and (out / "checkpoint.ckpt").exists()
+  if resumed:
+    states = _load_state(out / "checkpoint.ckpt", states, mesh)
+  start_round = int(np.asarray(states.round).flat[0])
   dirs = [out / name for name in names]
-  rows: list[list[dict[str, Any]]] = [[] for _ in dirs]
-  for i, (d, c, dp) in enumerate(zip(dirs, configs, dps, strict=True)):
-    if main:
-      d.mkdir(exist_ok=True)
-    if config["resume"]:
-      rows[i] = _resume_rows(d / "metrics.jsonl", start_round, write=main)
-    if main:
-      _write_run_config(d, c, ds, dp, mesh)
-  sweep_sinks = [_open_sinks(c, d) if main else [] for c, d in zip(configs, dirs, strict=True)]
-  sinks.extend(s for group in sweep_sinks for s in group)
+  evaluate = _evaluator(task, mesh)
+  recorder = Recorder(config, out, list(zip(dirs, configs, dps, strict=True)),
+                      evaluate=lambda i, states: evaluate(
+                          jax.tree.map(lambda x: x[i], states.params)),
+                      main=main, checkpoint_meta={"experiments": num}, received=received,
+                      sinks=sinks, log=log, verbose=verbose)
+  recorder.start(states, start_round, ds, mesh)
   sweep_info = {"sweep": swept, "num_experiments": num,
                 "product": "Cartesian product of the swept keys in this order, the last "
                            "varying fastest",
@@ -296,55 +248,32 @@ def _run_sweep(config: dict[str, Any], out: Path, mesh: Any, main: bool, removed
                                                                       strict=True))]}
   if main:
     (out / "sweep.json").write_text(json.dumps(sweep_info, indent=1, default=str))
-  evaluate = _evaluator(task, mesh)
 
-  remaining = config["rounds"] - start_round
-  if stop_after is not None:
-    remaining = min(remaining, stop_after)
+  remaining = _remaining(config, start_round, stop_after)
   log(f"fedjax-lite run --sweep: {num} experiments ("
       + ", ".join(f"{k}: {len(v)} values" for k, v in swept.items())
       + f") as one vectorized program; {_describe_run(config, ds)}, rounds {start_round}.."
-      f"{start_round + max(remaining, 0)} of {config['rounds']} -> {out}")
+      f"{start_round + remaining} of {config['rounds']} -> {out}")
   started = time.perf_counter()
-  last_acc: list[float] = []
 
   def on_round(r, states, row):
-    nonlocal last_acc
-    evaluated = _due(config, "eval_every", r)
-    accs = []
-    for i in range(num):
-      m = {k: float(v[i]) for k, v in row.items() if k != "seconds"}
-      m["seconds"] = float(row["seconds"])
-      out_row = _round_row(configs[i], dps[i], r, m)
-      if evaluated:
-        out_row.update(evaluate(jax.tree.map(lambda x: x[i], states.params)))
-        accs.append(out_row.get("eval_accuracy", float("nan")))
-      rows[i].append(out_row)
-      if verbose:
-        log(json.dumps({"experiment": i, **out_row}))
-      for sink in sweep_sinks[i]:
-        sink.log(out_row, r)
-      if main:
-        _append_row(dirs[i] / "metrics.jsonl", out_row)
-    if evaluated:
-      last_acc = accs
-    signum = received()
-    if main and (_due(config, "checkpoint_every", r) or signum is not None):
-      checkpoint.save_checkpoint(ckpt_path, states, {"round": r + 1, "experiments": num})
-    if signum is not None:
-      raise Interrupted(signum, r + 1, out)
-    return {"acc": f"{np.nanmin(last_acc):.3f}..{np.nanmax(last_acc):.3f}"} if last_acc else None
+    seconds = float(row["seconds"])
+    metrics = [{**{k: float(v[i]) for k, v in row.items() if k != "seconds"},
+                "seconds": seconds} for i in range(num)]
+    return recorder.round(r, states, metrics)
 
-  interrupted = None
+  rounds_completed, interrupted = start_round, None
   try:
     if remaining > 0:
       states, _ = fl.run_sweep(make, sweep_h, params, train, num_rounds=remaining,
                                keys=keys, sampler=dps[0].sampler if dps[0] else None,
                                cohort_size=None if dps[0] else config["clients_per_round"],
-                               stacked_params=True, states=states, callback=on_round,
+                               stacked_params=True, states=states if resumed else None,
+                               callback=on_round,
                                progress=config["progress"] if main else False)
+      rounds_completed = int(np.asarray(states.round).flat[0])
   except Interrupted as e:
-    interrupted = e
+    interrupted, rounds_completed = e, e.rounds
   except ValueError as e:
     # run_sweep refuses a round an experiment did not apply (NaN/Inf clients).
     refused = re.match(r"experiment (\d+) ", str(e))
@@ -353,24 +282,21 @@ def _run_sweep(config: dict[str, Any], out: Path, mesh: Any, main: bool, removed
     raise ValueError(f"{names[int(refused[1])]}: {e} The round was not recorded (the last "
                      "checkpoint is intact); lower that learning rate or leave the value out "
                      "of the sweep.") from None
-  rounds_completed = (interrupted.rounds if interrupted is not None else start_round
-                      if states is None else int(np.asarray(states.round).flat[0]))
   wall = time.perf_counter() - started
-  table = []
-  for i, (d, c, dp) in enumerate(zip(dirs, configs, dps, strict=True)):
-    summary = _finish_run(c, d, ds, dp, rounds_completed, wall, rows[i], write=main)
-    table.append({**sweep_info["experiments"][i],
-                  **{k: v for k, v in summary.items() if k not in _NOT_IN_SWEEP_TABLE}})
+  summaries = recorder.finish(ds, rounds_completed, wall)
+  table = [{**sweep_info["experiments"][i],
+            **{k: v for k, v in summary.items() if k not in _NOT_IN_SWEEP_TABLE}}
+           for i, summary in enumerate(summaries)]
   sweep_info.update({"rounds_completed": rounds_completed, "rounds": config["rounds"],
                      "finished": rounds_completed >= config["rounds"],
-                     "wall_seconds_this_invocation": wall, "experiments": table,
-                     "out": str(out)})
-  curves = list(zip(names, rows, strict=True))
+                     "wall_seconds_this_invocation": wall,
+                     "experiments": table, "out": str(out)})
   if main:
     (out / "sweep.json").write_text(json.dumps(sweep_info, indent=1, default=str))
-  if main and any(rows):
-    plot_sweep(curves, out / "sweep.png", title=f"{config['dataset']} / {config['model']} / "
-               f"{config['algorithm']}: sweep over {', '.join(swept)}")
+  if main and any(recorder.rows):
+    plot_sweep(list(zip(names, recorder.rows, strict=True)), out / "sweep.png",
+               title=f"{config['dataset']} / {config['model']} / {config['algorithm']}: sweep "
+                     f"over {', '.join(swept)}")
   if interrupted is not None:
     raise interrupted
   log(f"fedjax-lite run: done, {len(table)} experiments -> {out}")
@@ -397,6 +323,7 @@ def _describe_run(config: dict[str, Any], ds) -> str:
           f"{config['algorithm']}, {config['clients_per_round']} clients/round")
 
 
-def _due(config: dict[str, Any], every: str, r: int) -> bool:
-  """Whether round ``r`` (0-based) is the last one or a multiple of ``config[every]``."""
-  return r + 1 == config["rounds"] or bool(config[every] and (r + 1) % config[every] == 0)
+def _remaining(config: dict[str, Any], start_round: int, stop_after: int | None) -> int:
+  """The rounds this invocation runs: to ``rounds``, or ``stop_after`` of them."""
+  remaining = max(config["rounds"] - start_round, 0)
+  return remaining if stop_after is None else min(remaining, stop_after)
