@@ -32,17 +32,20 @@ WORKERS ?= auto
 test: $(VENV)/.installed-dev
 	$(BIN)/python -m pytest -n $(WORKERS) --dist loadfile $(ARGS)
 
+# The CPU benchmarks (docs/performance.md): ARGS="--workload w1" (w1..w5) for one workload,
+# ARGS="--all --report DIR" for all of them with a report.
 bench: $(VENV)/.installed
 	$(BIN)/python -m benchmarks $(ARGS)
 
 # The accelerator suite (benchmarks/gpu.py) on a GPU/TPU machine, in one process:
 # W1 and W2 at up to 10,000 / 100,000 clients per round, a 1,000,000-client
 # population, PyTorch on the same card, the card's peaks; results, report and plot
-# in docs/benchmarks/gpu. It runs with the machine's own python3, whose jax must be
-# the accelerator build (a venv here would install the CPU one). The packages that
-# machine lacks travel as wheels: `make gpu-wheels` here puts them in .whl/, and
-# bench-gpu installs .whl/*.whl into $(GPU_SITE) first when .whl/ exists (see
-# CONTRIBUTING.md). ARGS=--quick is a smoke run on any machine.
+# in docs/benchmarks/gpu (described in docs/performance.md, "On a GPU"). It runs with
+# the machine's own python3, whose jax must be the accelerator build (a venv here would
+# install the CPU one). The packages that machine lacks travel as wheels:
+# `make gpu-wheels` here puts them in .whl/, and bench-gpu installs .whl/*.whl into
+# $(GPU_SITE) first when .whl/ exists (see CONTRIBUTING.md). ARGS=--quick is a smoke
+# run on any machine.
 GPU_PYTHON ?= python3
 GPU_REPORT ?= docs/benchmarks/gpu
 GPU_SITE   ?= /tmp/fedjax-lite-site
@@ -60,13 +63,14 @@ gpu-wheels:
 	$(PYTHON) -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 \
 	  --implementation cp --platform manylinux2014_x86_64 -d .whl $(GPU_WHEELS)
 
-# The API reference from the docstrings (Google style), as HTML in build/api.
+# The guide (docs/*.md, as HTML) and the API reference from the docstrings (Google style,
+# by pdoc, in build/docs/api), built together into build/docs by docs/build.py.
 docs: $(VENV)/.installed-dev
-	$(BIN)/python -m pdoc --docformat google -o build/api fedjax_lite
-	@echo "open build/api/index.html"
+	$(BIN)/python docs/build.py
+	@echo "open build/docs/index.html"
 
 lint: $(VENV)/.installed-dev
-	$(BIN)/ruff check fedjax_lite benchmarks tests notebooks
+	$(BIN)/ruff check fedjax_lite benchmarks tests notebooks docs
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis

@@ -1,7 +1,8 @@
 """``python -m benchmarks --workload w1|w2|w3|w4|w5 [options]``, ``--all --report DIR``,
 or ``--suite gpu --report DIR`` (the accelerator suite, ``make bench-gpu``).
 
-The same entry point serves ``fedjax-lite bench``. Each workload module
+Run it from a checkout of the repository (``benchmarks`` is not installed with
+the package). Each workload module
 (``benchmarks/w1.py`` ...) has its own ``--help``; ``--quick`` runs small
 sizes for a smoke test. Every workload prints one JSON line per configuration
 (``--json`` is accepted and changes nothing).

@@ -4,7 +4,7 @@
 
 Each trial starts one process per checkout (in alternating order), each with
 its own ``fedjax_lite`` on ``PYTHONPATH``; a process builds the workload's
-population and round through the README-level API only
+population and round through the public API only, as the README uses it
 (``build_client_update``, ``build_federated_algorithm(update,
 fl.server.fedavg())``, ``chunk_size`` left at its default), compiles it,
 and times ``--rounds`` rounds after ``--warmup``. The parent prints one JSON

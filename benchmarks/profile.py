@@ -1,4 +1,4 @@
-"""Where a vectorized round's time goes: the evidence behind README's performance bounds.
+"""Where a vectorized round's time goes: the evidence for the bounds in docs/performance.md.
 
 ``python -m benchmarks.profile --workload w1|w2 [--chunk-size N|auto] [--quick]`` traces
 a few steady-state rounds with ``jax.profiler`` and prints one JSON line per XLA
