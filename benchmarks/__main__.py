@@ -1,4 +1,4 @@
-"""``python -m benchmarks --workload w1|w2|w3|w4|w5 [options]``, ``--all --report DIR``,
+"""``python -m benchmarks --workload w1|w2|w3|w4|w5|w6 [options]``, ``--all --report DIR``,
 or ``--suite gpu --report DIR`` (the accelerator suite, ``make bench-gpu``).
 
 Run it from a checkout of the repository (``benchmarks`` is not installed with
@@ -16,7 +16,7 @@ import os
 import sys
 from pathlib import Path
 
-WORKLOADS = ("w1", "w2", "w3", "w4", "w5")
+WORKLOADS = ("w1", "w2", "w3", "w4", "w5", "w6")
 
 
 def _force_host_devices(n: int) -> None:

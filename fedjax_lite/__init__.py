@@ -3,7 +3,8 @@
 Public API (everything here is a pure function or a NamedTuple of them):
 
 * data: :class:`FederatedData`, :func:`from_clients`, :func:`from_arrays`,
-  :func:`take`, :func:`example_mask`
+  :func:`take`, :func:`example_mask`; :class:`RaggedData`, a population stored
+  without padding and gathered per round (:mod:`fedjax_lite.ragged`)
 * clients: :func:`build_client_update`, :class:`ClientOutput`,
   :class:`ClientUpdate` (an update with a state per client), :func:`local_train`,
   :class:`LocalWork` (:mod:`fedjax_lite.local_work`: heterogeneous local work,
@@ -53,6 +54,7 @@ _WHERE = {
     "FederatedAlgorithm": "fedjax_lite.algorithm",
     "FederatedData": "fedjax_lite.data",
     "LocalWork": "fedjax_lite.local_work",
+    "RaggedData": "fedjax_lite.ragged",
     "Sampler": "fedjax_lite.sampling",
     "ServerState": "fedjax_lite.algorithm",
     "ServerUpdate": "fedjax_lite.algorithm",
@@ -101,8 +103,8 @@ _WHERE = {
 }
 # The rest of the package's modules, importable as attributes too.
 _WHERE.update({name: f"fedjax_lite.{name}" for name in (
-    "aggregation", "algorithm", "data", "experiment", "loggers", "presets", "sampling",
-    "training")})
+    "aggregation", "algorithm", "data", "experiment", "loggers", "presets", "ragged",
+    "sampling", "training")})
 __getattr__, __dir__ = _lazy.attach(__name__, _WHERE)
 
 if TYPE_CHECKING:  # what static tools see
@@ -147,6 +149,7 @@ if TYPE_CHECKING:  # what static tools see
   )
   from fedjax_lite.data import FederatedData, example_mask, from_arrays, from_clients, take
   from fedjax_lite.local_work import LocalWork
+  from fedjax_lite.ragged import RaggedData
   from fedjax_lite.sampling import (
       Sampler,
       fixed_size_sampler,
@@ -177,6 +180,7 @@ __all__ = [
     "ClientUpdate",
     "FederatedAlgorithm",
     "FederatedData",
+    "RaggedData",
     "ServerState",
     "ServerUpdate",
     "build_client_update",

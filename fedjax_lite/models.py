@@ -259,3 +259,68 @@ def _sequence_terms(apply_fn, params, batch, pad_id, x, y):
   token_loss = jnp.where(real, cross_entropy(logits, targets), 0.0).astype(jnp.float32)
   correct = ((jnp.argmax(logits, -1) == targets) & real).astype(jnp.float32)
   return token_loss, correct, jnp.sum(real, -1).astype(jnp.float32)
+
+
+def femnist_cnn(num_classes: int = 62, *, dense: int = 2048) -> CNN:
+  """LEAF's FEMNIST CNN (Caldas et al., 2018) for 28x28 grayscale images.
+
+  :class:`CNN` with LEAF's widths: two 5x5 convolutions (32 then 64
+  channels, "same" padding, ReLU) each followed by 2x2 max pooling with
+  stride 2, a 2048-unit ReLU dense layer and a dense output layer (logits),
+  as in LEAF's ``models/femnist/cnn.py``. For 28x28x1 inputs and ``C``
+  classes it has ``(25*1*32 + 32) + (25*32*64 + 64) + (7*7*64*2048 + 2048) +
+  (2048*C + C)`` parameters (6,603,710 for FEMNIST's 62 classes).
+
+  References:
+    Caldas, Duddu, Wu, Li, Konecny, McMahan, Smith, Talwalkar. "LEAF: A Benchmark for
+    Federated Settings", 2018. https://arxiv.org/abs/1812.01097
+
+  Args:
+    num_classes: number of output classes (62 for FEMNIST).
+    dense: width of the hidden dense layer.
+
+  Returns:
+    The flax module.
+  """
+  return CNN(num_classes, features=(32, 64), dense=dense)
+
+
+class NextWordLSTM(nn.Module):
+  """The StackOverflow next-word model of Reddi et al. (2021).
+
+  Token embedding (96), one LSTM layer (670 units), a dense projection (96, linear) and dense
+  logits over all ``vocab_size + num_oov_buckets + 3`` token ids (the words, the OOV
+  bucket(s), pad, beginning and end of sentence: 10,004 for the 10,000-word vocabulary of
+  :func:`fedjax_lite.datasets.tff_h5.load_tff_h5`), at every position. With the defaults it
+  has 4,050,748 parameters, the count Reddi et al. report. Train it with
+  :func:`sequence_loss` / :func:`sequence_metrics` (``pad_id=0``).
+
+  References:
+    Reddi, Charles, Zaheer, Garrett, Rush, Konecny, Kumar, McMahan. "Adaptive Federated
+    Optimization", ICLR 2021. https://arxiv.org/abs/2003.00295
+
+  Attributes:
+    vocab_size: number of vocabulary words ``V``.
+    num_oov_buckets: out-of-vocabulary ids (TFF's default 1).
+    embed: embedding width.
+    hidden: LSTM width.
+    dense: width of the projection before the logits.
+  """
+
+  vocab_size: int = 10000
+  num_oov_buckets: int = 1
+  embed: int = 96
+  hidden: int = 670
+  dense: int = 96
+
+  @property
+  def num_tokens(self) -> int:
+    """All token ids: the words, the OOV buckets, pad, BOS and EOS."""
+    return self.vocab_size + self.num_oov_buckets + 3
+
+  @nn.compact
+  def __call__(self, tokens):
+    x = nn.Embed(self.num_tokens, self.embed)(tokens)
+    x = nn.RNN(nn.OptimizedLSTMCell(self.hidden))(x)
+    x = nn.Dense(self.dense)(x)
+    return nn.Dense(self.num_tokens)(x)

@@ -195,22 +195,29 @@ def poisson_sample(key: Any, num_clients: int, rate: float, max_cohort: int
                    ) -> tuple[Any, Any, Any]:
   """Poisson sampling: every client takes part independently with probability ``rate``.
 
-  Pure and jit-safe with a fixed output shape: the sampled clients come first
-  (in index order), padded to ``max_cohort`` slots.
+  Pure and jit-safe with a fixed output shape, in work that grows with the
+  cohort, not the population: the number of clients drawn is
+  ``Binomial(num_clients, rate)``, and the cohort is a uniformly random subset
+  of that size (the first ``count`` of a uniform sample without replacement,
+  :func:`sample_clients`). That is exactly the distribution of independent
+  inclusions: given its size, the set of included clients of a Poisson sample
+  is uniform over the subsets of that size.
 
   Args:
     key: PRNG key.
     num_clients: population size ``N``.
     rate: inclusion probability ``q`` in (0, 1].
-    max_cohort: padded cohort size (see :func:`poisson_cohort_bound`).
+    max_cohort: padded cohort size (see :func:`poisson_cohort_bound`),
+      ``1 <= max_cohort <= N``.
 
   Returns:
     ``(indices int32[max_cohort], mask bool[max_cohort], overflow bool)``:
-    ``mask`` marks the sampled slots; ``overflow`` is true when more than
-    ``max_cohort`` clients were drawn (the round must then not be used).
+    ``mask`` marks the sampled slots (the first ``count``, in random order);
+    ``overflow`` is true when more than ``max_cohort`` clients were drawn (the
+    round must then not be used).
   """
-  included = jax.random.uniform(key, (num_clients,)) < rate
-  count = jnp.sum(included)
-  (indices,) = jnp.nonzero(included, size=max_cohort, fill_value=0)
+  count_key, subset_key = jax.random.split(key)
+  count = jax.random.binomial(count_key, float(num_clients), rate).astype(jnp.int32)
+  indices = sample_clients(subset_key, num_clients, max_cohort)
   mask = jnp.arange(max_cohort) < count
-  return indices.astype(jnp.int32), mask, count > max_cohort
+  return indices, mask, count > max_cohort

@@ -15,6 +15,7 @@ from tqdm.auto import tqdm
 from fedjax_lite._validate import check_int
 from fedjax_lite.algorithm import FederatedAlgorithm, ServerState, raise_if_nonfinite
 from fedjax_lite.data import FederatedData, take
+from fedjax_lite.ragged import CohortFeed, RaggedData
 from fedjax_lite.sampling import Sampler, fixed_size_sampler
 from fedjax_lite.sharding import PADDING_CLIENT_ID, num_real_clients
 
@@ -107,13 +108,38 @@ def sampled_round(algorithm: FederatedAlgorithm, sampler: Sampler, key: Any, sta
   """
   sample_key, round_key = round_keys(key, round_index)
   indices, mask, overflow = sampler.sample(sample_key)
-  cohort = take(population, indices)
+  return cohort_round(algorithm, state, take(population, indices), mask, overflow, round_key)
+
+
+def cohort_round(algorithm: FederatedAlgorithm, state: ServerState, cohort: FederatedData,
+                 mask: Any, overflow: Any, round_key: Any):
+  """The round on a cohort already gathered (what :func:`sampled_round` does after sampling).
+
+  Args:
+    algorithm: the :class:`FederatedAlgorithm` whose ``round`` runs.
+    state: the :class:`ServerState` before the round.
+    cohort: the sampled clients (leading axis ``K``, any padded length).
+    mask: ``bool[K]``, the slots the sampler filled; the others become
+      empty clients.
+    overflow: the sampler's overflow flag; the state is then kept.
+    round_key: the round's key (the second of :func:`round_keys`).
+
+  Returns:
+    ``(state, metrics, cohort_client_ids)``, as :func:`sampled_round`.
+  """
   cohort = cohort._replace(num_examples=jnp.where(mask, cohort.num_examples, 0))
   new_state, metrics = algorithm.round(state, cohort, round_key)
   new_state = jax.tree.map(lambda n, o: jnp.where(overflow, o, n), new_state, state)
   metrics = dict(metrics, sampled_clients=jnp.sum(mask).astype(jnp.float32),
                  sampling_overflow=overflow.astype(jnp.float32))
   return new_state, metrics, cohort.client_ids
+
+
+@functools.lru_cache(maxsize=16)
+def _cohort_step(algorithm: FederatedAlgorithm):
+  """The jitted round step of ``run_rounds`` on a gathered cohort (a ragged population)."""
+  return jax.jit(lambda state, cohort, mask, overflow, key, r: cohort_round(
+      algorithm, state, cohort, mask, overflow, round_keys(key, r)[1]), donate_argnums=0)
 
 
 @functools.lru_cache(maxsize=16)
@@ -131,7 +157,7 @@ def _round_step(algorithm: FederatedAlgorithm, sampler: Sampler):
 def run_rounds(
     algorithm: FederatedAlgorithm,
     state: ServerState,
-    population: FederatedData,
+    population: FederatedData | RaggedData,
     *,
     num_rounds: int,
     key: Any,
@@ -139,6 +165,7 @@ def run_rounds(
     sampler: Sampler | None = None,
     progress: bool | None = None,
     callback: Callable[[int, ServerState, dict[str, float]], dict[str, Any] | None] | None = None,
+    max_examples_per_client: int | None = None,
 ) -> tuple[ServerState, list[dict[str, float]]]:
   """Runs ``num_rounds`` rounds of sampling and training.
 
@@ -155,7 +182,11 @@ def run_rounds(
     state: the starting state, e.g. ``algorithm.init(params)``. It is copied
       once, so it (and the params it was built from) stays valid; the copies
       are donated from round to round.
-    population: all clients; moved to the default device once.
+    population: all clients: a :class:`~fedjax_lite.FederatedData`, moved to
+      the default device once; or a :class:`~fedjax_lite.RaggedData`, whose
+      cohorts are gathered on the host into their bucket
+      (:mod:`fedjax_lite.ragged`) while the previous round computes, with
+      results equal to the stacked population's.
     num_rounds: rounds to run (>= 0).
     key: the run's PRNG key; the same key reproduces the run bit for bit.
     cohort_size: clients per round for fixed-size uniform sampling,
@@ -168,6 +199,9 @@ def run_rounds(
     callback: optional ``callback(round_index, state, metrics)`` after each
       round (e.g. for evaluation or checkpointing). If it returns a dict, its
       items are shown in the progress bar (e.g. ``{"acc": 0.91}``).
+    max_examples_per_client: with a ragged population, an optional cap: each
+      round, a larger client trains on a uniformly random subset of this many
+      of its examples (drawn from the round's sampling key and its id).
 
   Returns:
     ``(final_state, history)`` where ``history[r]`` is a dict of Python floats:
@@ -181,20 +215,24 @@ def run_rounds(
       Poisson overflow, or (with ``nonfinite="raise"``) a NaN/Inf client output.
   """
   check_int("num_rounds", num_rounds, minimum=0)
-  sampler = _resolve_sampler(num_real_clients(population), cohort_size, sampler)
-  population = _on_device(population)
+  ragged = _check_population(population, max_examples_per_client)
+  sampler = _resolve_sampler(_num_clients(population), cohort_size, sampler)
+  if not ragged:
+    population = _on_device(population)
   check_client_states(state, population)
   state = jax.tree.map(jnp.copy, state)  # the caller's buffers are never donated
-  try:
-    step = _round_step(algorithm, sampler)
-  except TypeError:  # an unhashable algorithm or sampler: compiled for this call only
-    step = _round_step.__wrapped__(algorithm, sampler)
   key = jnp.asarray(key)
   first = int(jax.device_get(state.round))
+  if ragged:
+    feed = CohortFeed(population, sampler, key, max_examples_per_client=max_examples_per_client)
+    step_round = _ragged_steps(_cached(_cohort_step, algorithm), feed, key,
+                               first + num_rounds)
+  else:
+    step = _cached(_round_step, algorithm, sampler)
 
-  def step_round(state, r):
-    state, metrics, ids = step(state, population, key, np.int32(r))
-    return state, (metrics, ids)
+    def step_round(state, r):
+      state, metrics, ids = step(state, population, key, np.int32(r))
+      return state, (metrics, ids)
 
   def record(r, out, seconds):
     metrics, ids = out
@@ -216,7 +254,7 @@ def run_sweep(
     make_algorithm: Callable[[Any], FederatedAlgorithm],
     hparams: Any,
     params: Any,
-    population: FederatedData,
+    population: FederatedData | RaggedData,
     *,
     num_rounds: int,
     keys: Any,
@@ -228,6 +266,7 @@ def run_sweep(
     callback: Callable[[int, ServerState, dict[str, np.ndarray]], dict[str, Any] | None]
     | None = None,
     progress: bool | None = False,
+    max_examples_per_client: int | None = None,
 ) -> tuple[ServerState, list[dict[str, np.ndarray]]]:
   """Runs ``S`` independent simulations as one vectorized program.
 
@@ -259,7 +298,9 @@ def run_sweep(
     population: all clients, shared by every experiment; or, with
       ``stacked_population``, one population per experiment (a leading axis
       ``S`` on every leaf, e.g. each partitioned with its own seed or
-      Dirichlet alpha), all of the same shape and client count.
+      Dirichlet alpha), all of the same shape and client count. A
+      :class:`~fedjax_lite.RaggedData` (shared, not stacked) is gathered on
+      the host each round: every experiment's cohort, padded to one bucket.
     num_rounds: rounds to run (>= 0).
     keys: ``S`` PRNG keys, one per experiment (e.g. ``jax.random.split(key, S)``
       or ``jax.vmap(jax.random.key)(seeds)``).
@@ -280,6 +321,8 @@ def run_sweep(
       dict, its items are shown in the progress bar.
     progress: show a progress bar; ``None`` shows one only when stderr is a
       terminal or in a notebook.
+    max_examples_per_client: with a ragged population, the per-round cap of
+      :func:`run_rounds`.
 
   Returns:
     ``(states, history)``: the final :class:`ServerState` with a leading axis
@@ -299,9 +342,13 @@ def run_sweep(
       ``callback``).
   """
   check_int("num_rounds", num_rounds, minimum=0)
+  ragged = _check_population(population, max_examples_per_client)
+  if ragged and stacked_population:
+    raise ValueError("`stacked_population` stacks FederatedData populations; a RaggedData is "
+                     "shared by every experiment (stacked_population=False).")
   first_population = (jax.tree.map(lambda x: x[0], population) if stacked_population
                       else population)
-  sampler = _resolve_sampler(num_real_clients(first_population), cohort_size, sampler)
+  sampler = _resolve_sampler(_num_clients(first_population), cohort_size, sampler)
   keys = jnp.asarray(keys)
   if not jnp.issubdtype(keys.dtype, jax.dtypes.prng_key):
     keys = jax.random.wrap_key_data(keys)
@@ -319,18 +366,29 @@ def run_sweep(
                        f"are {num_experiments} `keys`; give {what}.")
   if hparams is None:
     hparams = jnp.zeros((num_experiments,))
-  population = _on_device(population)
+  if not ragged:
+    population = _on_device(population)
 
   def one_round(state, h, key, population, round_index):
     new_state, metrics, ids = sampled_round(make_algorithm(h), sampler, key, state, population,
                                             round_index)
     nonfinite = metrics["clients"]["nonfinite"]
     return new_state, {k: v for k, v in metrics.items() if k != "clients"}, (nonfinite, ids)
+  def one_cohort_round(state, h, cohort, mask, overflow, key, round_index):
+    new_state, metrics, ids = cohort_round(make_algorithm(h), state, cohort, mask, overflow,
+                                           round_keys(key, round_index)[1])
+    nonfinite = metrics["clients"]["nonfinite"]
+    return new_state, {k: v for k, v in metrics.items() if k != "clients"}, (nonfinite, ids)
+
   population_axis = 0 if stacked_population else None
-  step = jax.jit(jax.vmap(one_round, in_axes=(0, 0, 0, population_axis, None)),
-                 donate_argnums=0)
+  if ragged:
+    step = jax.jit(jax.vmap(one_cohort_round, in_axes=(0, 0, 0, 0, 0, 0, None)),
+                   donate_argnums=0)
+  else:
+    step = jax.jit(jax.vmap(one_round, in_axes=(0, 0, 0, population_axis, None)),
+                   donate_argnums=0)
   if states is None:
-    num_clients = num_real_clients(first_population)
+    num_clients = _num_clients(first_population)
     init = lambda h, p: make_algorithm(h).init(p, num_clients=num_clients)
     states = jax.jit(jax.vmap(init, in_axes=(0, 0 if stacked_params else None)))(hparams,
                                                                                     params)
@@ -344,9 +402,14 @@ def run_sweep(
     first = int(rounds.flat[0]) if rounds.size else 0
   check_client_states(states, first_population, stacked=True)
 
-  def step_round(states, r):
-    states, metrics, nonfinite_ids = step(states, hparams, keys, population, np.int32(r))
-    return states, (metrics, nonfinite_ids)
+  if ragged:
+    feed = CohortFeed(population, sampler, keys, max_examples_per_client=max_examples_per_client)
+    step_round = _ragged_steps(step, feed, keys, first + num_rounds, hparams)
+  else:
+
+    def step_round(states, r):
+      states, metrics, nonfinite_ids = step(states, hparams, keys, population, np.int32(r))
+      return states, (metrics, nonfinite_ids)
 
   def record(r, out, seconds):
     metrics, (nonfinite, ids) = out
@@ -365,6 +428,54 @@ def run_sweep(
     return row, shown
 
   return _loop(states, range(first, first + num_rounds), step_round, record, progress, callback)
+
+
+def _cached(build: Callable, *args: Any) -> Any:
+  """``build(*args)`` from its cache; compiled for this call only when an argument is unhashable."""
+  try:
+    return build(*args)
+  except TypeError:
+    return build.__wrapped__(*args)
+
+
+def _check_population(population: Any, max_examples_per_client: int | None) -> bool:
+  """Whether ``population`` is ragged; refuses anything else, and a cap on a stacked one."""
+  if isinstance(population, RaggedData):
+    if max_examples_per_client is not None:
+      check_int("max_examples_per_client", max_examples_per_client, minimum=1)
+    return True
+  if not isinstance(population, FederatedData):
+    raise TypeError(f"`population` must be a FederatedData or a RaggedData; got "
+                    f"{type(population).__name__}.")
+  if max_examples_per_client is not None:
+    raise ValueError("`max_examples_per_client` subsamples a RaggedData's clients each round; "
+                     "for a FederatedData, cap the clients when building it (or use "
+                     "fl.RaggedData.from_stacked(population)).")
+  return False
+
+
+def _num_clients(population: FederatedData | RaggedData) -> int:
+  if isinstance(population, RaggedData):
+    return population.num_clients
+  return num_real_clients(population)
+
+
+def _ragged_steps(step: Callable, feed: CohortFeed, keys: Any, end: int,
+                  hparams: Any = None) -> Callable:
+  """``step_round(state, r)`` of a ragged population: the next cohort gathered during the round."""
+
+  def step_round(state, r):
+    cohort, mask, overflow = feed.take(r)
+    ahead = r + 1 < end
+    if ahead:
+      feed.sample(r + 1)  # before the round is dispatched, so it is not queued behind it
+    args = (cohort, mask, overflow, keys, np.int32(r))
+    state, metrics, ids = step(state, *args) if hparams is None else step(state, hparams, *args)
+    if ahead:
+      feed.gather(r + 1)  # on the host, while the device runs round r
+    return state, (metrics, ids)
+
+  return step_round
 
 
 def _check_overflow(r: int, sampler: Sampler, overflow: Any) -> None:
