@@ -12,9 +12,11 @@ larger than RAM.
 
 A round's cohort is gathered on the host into the padded
 :class:`~fedjax_lite.FederatedData` the round takes (:meth:`RaggedData.gather`).
-Its padded length is a **bucket**: the smallest power of two that holds the
-cohort's largest client (:func:`bucket_length`), so a run compiles at most
-``log2(largest client) + 1`` round programs, whatever its cohorts.
+Its padded length is a **bucket**: the smallest of 1, 2, 3, 4, 6, 8, 12, 16,
+24, ... (powers of two and their midpoints, :func:`bucket_length`) that holds
+the cohort's largest client, so a cohort is padded to less than 3/2 of its
+largest client and a run compiles at most :func:`num_buckets` round programs,
+whatever its cohorts.
 Padding never changes a result (padded rows are masked everywhere, and a
 client's shuffle does not depend on the padded length), so a round on the
 gathered cohort equals the round on the fully padded population.
@@ -32,7 +34,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -51,16 +52,24 @@ _META = "ragged.json"
 def bucket_length(num_examples: int, *, minimum: int = 1) -> int:
   """The padded length of a cohort whose largest client has ``num_examples``.
 
+  Buckets come two per octave: the powers of two and the midpoints ``3 *
+  2^(k-1)`` between them (1, 2, 3, 4, 6, 8, 12, 16, 24, ...). A cohort is
+  then padded to less than 3/2 of its largest client, and a run compiles at
+  most about ``2 log2(largest client)`` round programs.
+
   Args:
     num_examples: the largest client's example count (``>= 0``).
     minimum: the smallest bucket (``>= 1``).
 
   Returns:
-    The smallest power of two that is ``>= max(num_examples, minimum, 1)``.
+    The smallest bucket that is ``>= max(num_examples, minimum, 1)``.
   """
   check_int("num_examples", num_examples, minimum=0)
   check_int("minimum", minimum, minimum=1)
-  return 1 << (max(num_examples, minimum, 1) - 1).bit_length()
+  n = max(num_examples, minimum, 1)
+  power = 1 << (n - 1).bit_length()  # the smallest power of two >= n
+  midpoint = 3 * power // 4
+  return midpoint if power >= 4 and midpoint >= n else power
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -389,10 +398,14 @@ def num_buckets(max_examples: int) -> int:
     max_examples: the largest client's example count.
 
   Returns:
-    ``log2(bucket_length(max_examples)) + 1``: the most round programs a run
-    on it compiles.
+    The number of buckets up to ``bucket_length(max_examples)``: the most
+    round programs a run on it compiles.
   """
-  return int(math.log2(bucket_length(max_examples))) + 1
+  top = bucket_length(max_examples)
+  count, b = 0, 1
+  while b <= top:
+    count, b = count + 1, bucket_length(b + 1)
+  return count
 
 
 class CohortFeed:

@@ -87,10 +87,17 @@ def test_gather_equals_take_of_the_padded_population(sizes, data):
     np.testing.assert_array_equal(got, want)
 
 
+# Every bucket up to 2^21: the powers of two and 3 * 2^k.
+BUCKETS = sorted({1 << k for k in range(22)} | {3 << k for k in range(20)})
+
+
 @given(st.integers(0, 1 << 20))
-def test_bucket_is_the_smallest_power_of_two_that_holds(n):
-  b = rg.bucket_length(n)
-  assert b & (b - 1) == 0 and b >= max(n, 1) and (b == 1 or b // 2 < n)
+def test_bucket_is_the_smallest_power_of_two_or_midpoint_that_holds(n):
+  want = next(b for b in BUCKETS if b >= max(n, 1))
+  assert rg.bucket_length(n) == want
+  assert rg.num_buckets(n) == BUCKETS.index(want) + 1
+  if n >= 3:
+    assert want < 1.5 * n
 
 
 @pytest.mark.parametrize("kind", ["fixed", "poisson"])
@@ -272,3 +279,15 @@ def test_fixed_size_sampling_includes_every_client_with_probability_k_over_n():
   # 30 expected hits per client: a chi-square test of uniformity.
   chi2 = ((counts - draws * k / n) ** 2 / (draws * k / n)).sum()
   assert stats.chi2.sf(chi2, n - 1) > 1e-4
+
+
+def test_w6_population_is_heavy_tailed_and_holds_only_its_bytes():
+  from benchmarks import w6
+
+  row = w6.run(3000, 50, rounds=2, warmup=1, compare=1)
+  assert 17 <= row["median_client"] <= 23 and 35 < row["mean_client"] < 70
+  assert row["memory_ratio"] < 1.01  # offsets and ids: 12 bytes a client
+  assert row["sample_sec"] > 0 and row["gather_sec"] > 0
+  assert row["rounds_timed"] + row["rounds_compiling"] == 2
+  for largest, bucket in row["cohort_largest_and_bucket"]:
+    assert largest <= bucket < 1.5 * largest + 2
