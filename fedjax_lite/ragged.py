@@ -273,7 +273,6 @@ class RaggedData:
     if mask is not None:
       counts = np.where(np.asarray(mask, bool).reshape(-1), counts, 0)
     ids = self.client_ids[idx]
-    rows = None  # [K, length] row numbers into the flat arrays (-1: padding)
     if max_examples_per_client is not None:
       check_int("max_examples_per_client", max_examples_per_client, minimum=1)
       over = np.flatnonzero(counts > max_examples_per_client)
@@ -289,23 +288,24 @@ class RaggedData:
     elif length < longest:
       raise ValueError(f"`length`={length} cannot hold the cohort's largest client ({longest} "
                        "examples); leave it None for the bucket.")
-    j = np.arange(length)
-    rows = np.where(j < kept[:, None], starts[:, None] + j, -1)
+    # The real rows only, O(real rows): slot k's j-th row is flat row src, written
+    # at dest = k * length + j of the padded output.
+    first = np.cumsum(kept) - kept
+    j = np.arange(int(kept.sum())) - np.repeat(first, kept)
+    src = np.repeat(starts, kept) + j
+    dest = np.repeat(np.arange(idx.size) * length, kept) + j
     base = [int(s) for s in np.asarray(seed, np.uint64).reshape(-1)] if over.size else []
     for k in over:
       rng = np.random.default_rng([*base, int(ids[k])])
       chosen = np.sort(rng.choice(int(counts[k]), max_examples_per_client, replace=False))
-      rows[k, :max_examples_per_client] = starts[k] + chosen
-    real = rows >= 0
-    flat_rows = np.where(real, rows, 0)
+      src[first[k]:first[k] + max_examples_per_client] = starts[k] + chosen
     out = {}
     for name, a in self.arrays.items():
-      if a.shape[0] == 0:  # no client has a row
-        x = np.zeros(rows.shape + a.shape[1:], a.dtype)
-      else:
-        x = a[flat_rows.reshape(-1)].reshape(rows.shape + a.shape[1:])
-        x[~real] = 0
-      out[name] = x
+      # np.zeros maps zero pages lazily: only the real rows are written.
+      x = np.zeros((idx.size * length,) + a.shape[1:], a.dtype)
+      if src.size:
+        x[dest] = a[src]
+      out[name] = x.reshape((idx.size, length) + a.shape[1:])
     return FederatedData(out, kept.astype(np.int32), ids.astype(np.int32))
 
   def to_stacked(self, max_examples: int | None = None) -> FederatedData:

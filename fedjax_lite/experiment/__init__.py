@@ -83,7 +83,6 @@ _WHERE = {
     "RESUMABLE_CHANGES": "fedjax_lite.experiment.config",
     "Recorder": "fedjax_lite.experiment.recorder",
     "RUN_FILES": "fedjax_lite.experiment.rundir",
-    "SHAKESPEARE_DEFAULT_CAP": "fedjax_lite.experiment.build",
     "SWEEPABLE": "fedjax_lite.experiment.sweeps",
     "SWEEP_FILES": "fedjax_lite.experiment.rundir",
     "Task": "fedjax_lite.experiment.build",
@@ -121,7 +120,6 @@ __getattr__, __dir__ = _lazy.attach(__name__, _WHERE)
 if TYPE_CHECKING:  # what static tools see
   from fedjax_lite.experiment.build import (
     POISSON_OVERFLOW_BOUND,
-    SHAKESPEARE_DEFAULT_CAP,
     DPSetup,
     Task,
     build_dp,
@@ -175,7 +173,7 @@ __all__ = [
     "parse_sweep", "sweep_points", "data_seed", "experiment_config", "chunk_size_arg",
     "devices_arg", "flag_message", "option_errors",
     # What a configuration builds (build.py).
-    "POISSON_OVERFLOW_BOUND", "SHAKESPEARE_DEFAULT_CAP", "Task", "build_task", "load_dataset",
+    "POISSON_OVERFLOW_BOUND", "Task", "build_task", "load_dataset",
     "DPSetup", "build_dp",
     # Output files (outputs.py).
     "RUN_FILES", "SWEEP_FILES", "check_output_dir", "prepare_output_dir", "versions",

@@ -6,16 +6,16 @@ import dataclasses
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
+
 from fedjax_lite import presets
-from fedjax_lite.experiment.config import option_errors
+from fedjax_lite.experiment.config import ConfigError, option_errors
 from fedjax_lite.experiment.sweeps import data_seed
 
 # Probability bound of a Poisson draw overflowing the padded cohort (such a
 # round is refused, never truncated).
 POISSON_OVERFLOW_BOUND = 1e-9
 
-# Snippets per Shakespeare client when max_examples_per_client is not set.
-SHAKESPEARE_DEFAULT_CAP = 64
 
 
 @dataclasses.dataclass
@@ -35,22 +35,40 @@ class Task:
 
 
 def build_task(c: dict[str, Any]) -> Task:
-  """Loads the dataset and initializes the model of a configuration."""
+  """Loads the dataset and initializes the model of a configuration.
+
+  Raises:
+    ConfigError: when the model does not fit the data (images, vectors or
+      token sequences).
+  """
   import jax
-  import jax.numpy as jnp
 
   from fedjax_lite import models
   from fedjax_lite.data import check_labels
+  from fedjax_lite.datasets.base import check_split_labels
+  from fedjax_lite.ragged import RaggedData
 
   ds = load_dataset(c)
   # Out-of-range labels would train silently (NaN or garbage losses): refuse them here.
   for name, split in (("train", ds.train), ("test", ds.test)):
-    if split is not None:
+    if isinstance(split, RaggedData):
+      check_split_labels(split, ds.num_classes, name)
+    elif split is not None:
       check_labels(split, ds.num_classes, name=name)
-  x = ds.train.arrays["x"]
+  x, y = ds.train.arrays["x"], ds.train.arrays["y"]
+  example_x, example_y = ((x.shape[1:], y.shape[1:]) if isinstance(ds.train, RaggedData)
+                          else (x.shape[2:], y.shape[2:]))
+  tokens = np.issubdtype(x.dtype, np.integer)
+  sequence_models = ("char_lstm", "next_word_lstm")
+  if tokens != (c["model"] in sequence_models):
+    kind = "token sequences" if tokens else f"{x.dtype} inputs of shape {tuple(example_x)}"
+    fits = "char_lstm or next_word_lstm" if tokens else "logreg, mlp, 2nn, cnn or femnist_cnn"
+    raise ConfigError(f"--model {c['model']} does not fit this data ({kind}); use {fits}.")
+  dummy = np.zeros((1,) + tuple(example_x), x.dtype)
   if c["model"] == "char_lstm":
     model = models.CharLSTM(ds.num_classes, hidden=c["hidden"] or 256)
-    dummy = jnp.zeros((1,) + x.shape[2:], jnp.int32)
+  elif c["model"] == "next_word_lstm":
+    model = models.NextWordLSTM(vocab_size=ds.num_classes - 4, hidden=c["hidden"] or 670)
   else:
     width = c["hidden"] or 200
     model = {
@@ -58,16 +76,20 @@ def build_task(c: dict[str, Any]) -> Task:
         "mlp": lambda: models.MLP((width,), ds.num_classes),
         "2nn": lambda: models.MLP((width, width), ds.num_classes),
         "cnn": lambda: models.CNN(ds.num_classes),
+        "femnist_cnn": lambda: models.femnist_cnn(ds.num_classes),
     }[c["model"]]()
-    dummy = jnp.zeros((1,) + x.shape[2:], x.dtype)
   init_params = lambda seed: model.init(jax.random.key(seed), dummy)
   params = init_params(c["seed"])
-  if c["model"] == "char_lstm":
-    loss, metrics = models.sequence_loss(model.apply), models.sequence_metrics(model.apply)
+  apply = model.apply
+  if tokens and not example_y:
+    # One target per sequence (LEAF Shakespeare: the next character): the logits
+    # of the last position.
+    apply = lambda p, inputs: model.apply(p, inputs)[:, -1]
+  if tokens and example_y:
+    loss, metrics = models.sequence_loss(apply), models.sequence_metrics(apply)
   else:
-    loss = models.classification_loss(model.apply)
-    metrics = models.classification_metrics(model.apply)
-  return Task(ds, params, model.apply, loss, metrics, init_params)
+    loss, metrics = models.classification_loss(apply), models.classification_metrics(apply)
+  return Task(ds, params, apply, loss, metrics, init_params)
 
 
 def load_dataset(c: dict[str, Any]):
@@ -103,14 +125,49 @@ def fashion_dataset(c: dict[str, Any]):
 
 
 def shakespeare_dataset(c: dict[str, Any]):
-  """``--dataset shakespeare``, capped at ``max_examples_per_client`` snippets per client."""
+  """``--dataset shakespeare``: every client's snippets, stored ragged.
+
+  ``max_examples_per_client`` is applied per round (a random subset of each
+  larger client), not here.
+  """
   from fedjax_lite.datasets import shakespeare
 
-  # Stacked clients are padded to the largest one (HAMLET: 605 snippets), so
-  # an uncapped cohort pays for HAMLET on every client: cap by default.
-  cap = c["max_examples_per_client"] or SHAKESPEARE_DEFAULT_CAP
-  return shakespeare.load_shakespeare(test_fraction=c["test_fraction"],
-                                      max_snippets_per_client=cap)
+  return _ragged(shakespeare.load_shakespeare(test_fraction=c["test_fraction"]))
+
+
+def leaf_dataset(c: dict[str, Any]):
+  """``--dataset leaf:DIR``: LEAF's JSON files."""
+  from fedjax_lite.datasets.leaf import load_leaf
+
+  return load_leaf(c["data_dir"])
+
+
+def tff_dataset(c: dict[str, Any]):
+  """``--dataset tff:TRAIN.h5``: TFF's HDF5 client data (``*_test.h5`` beside it, if present)."""
+  from pathlib import Path
+
+  from fedjax_lite.datasets.tff_h5 import load_tff_h5
+
+  train = Path(c["data_dir"])
+  test = train.with_name(train.name.replace("train", "test"))
+  return load_tff_h5(train, test if test != train and test.exists() else None,
+                     vocab=c["vocab_file"])
+
+
+def hf_dataset(c: dict[str, Any]):
+  """``--dataset hf:DIR``: a Hugging Face dataset saved with ``save_to_disk``."""
+  from fedjax_lite.datasets.huggingface import from_huggingface
+
+  return from_huggingface(c["data_dir"], client_column=c["client_column"],
+                          features=c["feature_column"], label=c["label_column"])
+
+
+def _ragged(ds):
+  """``ds`` with its client splits stored ragged."""
+  from fedjax_lite.ragged import RaggedData
+
+  return ds._replace(train=RaggedData.from_stacked(ds.train),
+                     test=None if ds.test is None else RaggedData.from_stacked(ds.test))
 
 
 def synthetic_dataset(c: dict[str, Any]):
@@ -161,6 +218,10 @@ def _evaluator(task: Task, mesh=None, config: dict[str, Any] | None = None
   evaluate = evaluation.build_evaluator(task.metrics)
   central = None if ds.central_test is None else evaluation.as_single_client(ds.central_test)
   test, train = ds.test, ds.train
+  if config is not None and (config["algorithm"] == "ditto" or config["fine_tune_epochs"]):
+    # The per-client evaluators take stacked clients.
+    test = test.to_stacked() if isinstance(test, fl.RaggedData) else test
+    train = train.to_stacked() if isinstance(train, fl.RaggedData) else train
   if mesh is not None:
     test = None if test is None else fl.shard_clients(test, mesh)
     train = fl.shard_clients(train, mesh)

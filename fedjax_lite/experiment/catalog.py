@@ -101,8 +101,15 @@ DATASETS: dict[str, Choice] = collect((
            _PARTITIONED),
     Choice("fashion_mnist", "Fashion-MNIST from IDX files, partitioned", _B + "fashion_dataset",
            (*_PARTITIONED, "data_dir")),
-    Choice("shakespeare", "federated Shakespeare, one client per speaking role",
+    Choice("shakespeare", "federated Shakespeare, one client per speaking role, uncapped",
            _B + "shakespeare_dataset", ("max_examples_per_client",)),
+    Choice("leaf", "LEAF's JSON files (FEMNIST, Shakespeare, Sent140, CelebA, Synthetic)",
+           _B + "leaf_dataset", ("data_dir", "max_examples_per_client")),
+    Choice("tff", "TFF's HDF5 client data (EMNIST, CIFAR-100, StackOverflow)",
+           _B + "tff_dataset", ("data_dir", "vocab_file", "max_examples_per_client")),
+    Choice("hf", "a Hugging Face dataset saved to disk, one client per --client-column value",
+           _B + "hf_dataset", ("data_dir", "client_column", "feature_column", "label_column",
+                               "max_examples_per_client")),
     Choice("synthetic", "LEAF Synthetic(alpha, beta)", _B + "synthetic_dataset",
            ("num_clients", "synthetic_alpha", "synthetic_beta", "max_examples_per_client")),
 ))
@@ -119,3 +126,7 @@ def reads(catalog: dict[str, Choice], key: str) -> tuple[str, ...]:
     The names, in catalog order.
   """
   return tuple(name for name, c in catalog.items() if key in c.reads)
+
+
+# Data sets read from a path: ``--dataset KIND:PATH`` is ``--dataset KIND --data-dir PATH``.
+FROM_PATH = ("leaf", "tff", "hf")

@@ -73,19 +73,23 @@ def resolve_config(config_file: str | os.PathLike | None = None,
       raise ConfigError(f"--config file {path} cannot be read: {e}") from e
     except tomllib.TOMLDecodeError as e:
       raise ConfigError(f"--config file {path} is not valid TOML: {e}") from e
-    for key, value, where in _toml_items(loaded, path):
-      values[key] = _checked(key, value, where)
-      given[key] = where
-      if key == "sweep":
+    for name, raw, where in _toml_items(loaded, path):
+      for key, value in _path_dataset(name, raw, where, given):
+        values[key] = _checked(key, value, where)
+        if not given.get(key, "").endswith(_PATH_FORM):
+          given[key] = where
+      if name == "sweep":
         sweep_source = f"sweep in --config file {path}:"
-  for key, value in (overrides or {}).items():
-    if value is not None:
-      if key not in DEFAULTS:
-        raise ConfigError(f"unknown option {key!r}.")
-      where = "--" + key.replace("_", "-")
-      values[key] = _checked(key, value, where)
-      given[key] = where
-      if key == "sweep":
+  for name, raw in (overrides or {}).items():
+    if raw is not None:
+      if name not in DEFAULTS:
+        raise ConfigError(f"unknown option {name!r}.")
+      where = "--" + name.replace("_", "-")
+      for key, value in _path_dataset(name, raw, where, given):
+        values[key] = _checked(key, value, where)
+        if not given.get(key, "").endswith(_PATH_FORM):
+          given[key] = where
+      if name == "sweep":
         sweep_source = "--sweep"
   config = {**DEFAULTS, **values}
   config["sweep"] = parse_sweep(config["sweep"], sweep_source)
@@ -112,6 +116,32 @@ def _toml_items(loaded: dict[str, Any], path: Path):
       raise ConfigError(
           f"unknown key {key!r} in --config file {path}; valid keys: {sorted(DEFAULTS)}, or "
           f"tables [{'], ['.join(s for s in options.SECTIONS if s != 'sweep')}].")
+
+
+def _path_dataset(key: str, value: Any, where: str, given: dict[str, str]):
+  """``(key, value)`` pairs of one given option: ``dataset = "KIND:PATH"`` is two of them."""
+  from fedjax_lite.experiment.catalog import FROM_PATH
+
+  if key == "data_dir" and given.get("data_dir", "").endswith(_PATH_FORM):
+    raise ConfigError(f"{given['data_dir'][:-len(_PATH_FORM)]} and {where} both give the "
+                      "path; give it once.")
+  if key == "dataset" and isinstance(value, str) and ":" in value:
+    kind, path = value.split(":", 1)
+    if kind in FROM_PATH:
+      if not path:
+        raise ConfigError(f"{where} {value!r} names no path; give --dataset {kind}:PATH.")
+      if "data_dir" in given:
+        raise ConfigError(f"{where} {value!r} and {given['data_dir']} both give the path; "
+                          "give it once.")
+      yield "dataset", kind
+      given["data_dir"] = f"{where} {value!r}{_PATH_FORM}"
+      yield "data_dir", path
+      return
+  yield key, value
+
+
+# Marks a data_dir given by --dataset KIND:PATH (in `given`).
+_PATH_FORM = " (its path)"
 
 
 def _section_keys(section: str) -> str:
@@ -223,6 +253,19 @@ def _validate_run(c: dict[str, Any]) -> None:
     hint = loggers.available(sink)
     if hint is not None:
       raise ConfigError(f"--log {sink} needs a package that is not installed: {hint}.")
+  from fedjax_lite.experiment.catalog import FROM_PATH
+
+  if c["dataset"] in FROM_PATH:
+    if c["data_dir"] is None:
+      raise ConfigError(f"--dataset {c['dataset']} reads files: give --dataset "
+                        f"{c['dataset']}:PATH (or --data-dir PATH).")
+    if c["dataset"] == "hf" and c["client_column"] is None:
+      raise ConfigError("--dataset hf needs --client-column NAME (the column naming each "
+                        "example's client, e.g. writer_id).")
+    return  # the model is checked against the data once it is read
+  if c["model"] in ("femnist_cnn", "next_word_lstm"):
+    raise ConfigError(f"model {c['model']!r} is for --dataset leaf (FEMNIST) or tff "
+                      "(StackOverflow) data.")
   if c["model"] == "char_lstm" and c["dataset"] != "shakespeare":
     raise ConfigError("model 'char_lstm' needs dataset 'shakespeare'.")
   if c["dataset"] == "shakespeare" and c["model"] != "char_lstm":

@@ -36,7 +36,8 @@ from fedjax_lite.experiment.schema import (
 )
 
 DATASETS = tuple(catalog.DATASETS)
-MODELS = ("logreg", "mlp", "2nn", "cnn", "char_lstm")
+MODELS = ("logreg", "mlp", "2nn", "cnn", "femnist_cnn", "char_lstm", "next_word_lstm")
+_WIDE_MODELS = ("mlp", "2nn", "char_lstm", "next_word_lstm")
 PARTITIONS = ("iid", "dirichlet", "shards")
 DP_MECHANISMS = ("none", "gaussian", "laplace")
 ALGORITHMS = presets.ALGORITHMS
@@ -87,11 +88,24 @@ class DataConfig:
                                   applies=_read_by("dataset", "synthetic_alpha"))
   synthetic_beta: float = option(1.0, "LEAF Synthetic(alpha, beta): beta", low=0.0,
                                  applies=_read_by("dataset", "synthetic_beta"))
-  data_dir: str | None = option(None, "directory of the Fashion-MNIST IDX files", kind=str,
-                                optional=True, metavar="DIR",
-                                applies=_read_by("dataset", "data_dir"))
+  data_dir: str | None = option(
+      None, "where the data is: Fashion-MNIST's IDX directory, a LEAF data directory, a TFF "
+      "train .h5 file, a Hugging Face save_to_disk directory (or --dataset leaf:PATH, tff:PATH, "
+      "hf:PATH)", kind=str, optional=True, metavar="PATH",
+      applies=_read_by("dataset", "data_dir"))
+  vocab_file: str | None = option(
+      None, "vocabulary file of TFF StackOverflow (one word per line, or TFF's 'word count')",
+      kind=str, optional=True, metavar="FILE", applies=_read_by("dataset", "vocab_file"))
+  client_column: str | None = option(
+      None, "--dataset hf: the column naming each example's client (e.g. writer_id)", kind=str,
+      optional=True, metavar="NAME", applies=_read_by("dataset", "client_column"))
+  feature_column: str = option("image", "--dataset hf: the input column", metavar="NAME",
+                               applies=_read_by("dataset", "feature_column"))
+  label_column: str = option("label", "--dataset hf: the label column", metavar="NAME",
+                             applies=_read_by("dataset", "label_column"))
   max_examples_per_client: int | None = option(
-      None, "cap every client at this many examples (Shakespeare: 64 snippets if unset)",
+      None, "cap every client at this many examples (Shakespeare, LEAF, TFF, hf: a random "
+      "subset each round; synthetic: generated smaller)",
       kind=int, optional=True, low=1, applies=_read_by("dataset", "max_examples_per_client"))
   data_seed: int | None = option(None, "seed of the partition or generation (default: --seed)",
                                  kind=int, optional=True, low=0)
@@ -102,10 +116,10 @@ class ModelConfig:
   """The model."""
 
   model: str = option("mlp", "the model", choices=MODELS)
-  hidden: int | None = option(None, "hidden width of mlp, 2nn and char_lstm", kind=int,
-                              optional=True, low=1, applies=when(
-                                  lambda c: c.model.model in ("mlp", "2nn", "char_lstm"),
-                                  "logreg and cnn have no --hidden width"))
+  hidden: int | None = option(None, "hidden width of mlp, 2nn, char_lstm and next_word_lstm",
+                              kind=int, optional=True, low=1, applies=when(
+                                  lambda c: c.model.model in _WIDE_MODELS,
+                                  "logreg and the CNNs have no --hidden width"))
 
 
 

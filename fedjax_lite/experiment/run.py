@@ -20,7 +20,7 @@ from fedjax_lite.experiment.build import (
   build_dp,
   build_task,
 )
-from fedjax_lite.experiment.config import _check_cohort, option_errors
+from fedjax_lite.experiment.config import ConfigError, _check_cohort, option_errors
 from fedjax_lite.experiment.outputs import _close, plot_sweep, versions
 from fedjax_lite.experiment.recorder import Recorder
 from fedjax_lite.experiment.rundir import release_output_dir
@@ -103,7 +103,7 @@ def _run_single(config: dict[str, Any], out: Path, mesh: Any, main: bool, remove
     dp = build_dp(config, ds.train.num_clients)
     algo = _algorithm(config, task, dp.aggregator if dp else None, mesh=mesh)
     state = algo.init(task.params, num_clients=ds.train.num_clients)
-  train = ds.train if mesh is None else fl.shard_clients(ds.train, mesh)
+  train, cap = _population(config, ds, mesh)
   if config["resume"] and (out / "checkpoint.ckpt").exists():
     state = _load_state(out / "checkpoint.ckpt", state, mesh)
   start_round = int(state.round)
@@ -125,7 +125,8 @@ def _run_single(config: dict[str, Any], out: Path, mesh: Any, main: bool, remove
                                cohort_size=None if dp else config["clients_per_round"],
                                key=jax.random.key(config["seed"]),
                                progress=config["progress"] if main else False,
-                               callback=lambda r, state, m: recorder.round(r, state, [m]))
+                               callback=lambda r, state, m: recorder.round(r, state, [m]),
+                               max_examples_per_client=cap)
     completed = int(state.round)
   except Interrupted as e:
     interrupted, completed = e, e.rounds
@@ -219,12 +220,11 @@ def _run_sweep(config: dict[str, Any], out: Path, mesh: Any, main: bool, removed
     params = jax.tree.map(lambda *xs: jnp.stack(xs), *[inits[c["seed"]] for c in configs])
     keys = jax.random.key_data(jnp.stack([jax.random.key(c["seed"]) for c in configs]))
     sweep_h = hparams or jnp.zeros((num,))
-    train = ds.train
+    train, cap = _population(config, ds, mesh)
     if mesh is not None:
       # Everything the sweep's programs take is placed on the mesh, as a single
       # run's state is by algo.init: replicated, and the population sharded.
       params, sweep_h, keys = fl.replicate((params, sweep_h, keys), mesh)
-      train = fl.shard_clients(ds.train, mesh)
     states = jax.vmap(lambda h, p: make(h).init(p, num_clients=ds.train.num_clients))(
         sweep_h, params)
   resumed = config["resume"] and (out / "checkpoint.ckpt").exists()
@@ -270,7 +270,8 @@ def _run_sweep(config: dict[str, Any], out: Path, mesh: Any, main: bool, removed
                                cohort_size=None if dps[0] else config["clients_per_round"],
                                stacked_params=True, states=states if resumed else None,
                                callback=on_round,
-                               progress=config["progress"] if main else False)
+                               progress=config["progress"] if main else False,
+                               max_examples_per_client=cap)
       rounds_completed = int(np.asarray(states.round).flat[0])
   except Interrupted as e:
     interrupted, rounds_completed = e, e.rounds
@@ -321,6 +322,26 @@ def _describe_run(config: dict[str, Any], ds) -> str:
   return (f"{config['dataset']} ({ds.train.num_clients} clients, "
           f"{int(np.sum(ds.train.num_examples))} train examples), model {config['model']}, "
           f"{config['algorithm']}, {config['clients_per_round']} clients/round")
+
+
+def _population(config: dict[str, Any], ds: Any, mesh: Any) -> tuple[Any, int | None]:
+  """The training population as the round loop takes it, and its per-round cap.
+
+  A ragged population (Shakespeare, LEAF, TFF, Hugging Face) is gathered per
+  round and capped per round by ``max_examples_per_client``; a stacked one is
+  sharded over ``mesh``.
+
+  Raises:
+    ConfigError: for a ragged population with ``--devices`` (not supported yet).
+  """
+  import fedjax_lite as fl
+
+  if isinstance(ds.train, fl.RaggedData):
+    if mesh is not None:
+      raise ConfigError(f"--dataset {config['dataset']} is stored without padding, which "
+                        "--devices does not shard yet; run it on one device.")
+    return ds.train, config["max_examples_per_client"]
+  return (ds.train if mesh is None else fl.shard_clients(ds.train, mesh)), None
 
 
 def _remaining(config: dict[str, Any], start_round: int, stop_after: int | None) -> int:
