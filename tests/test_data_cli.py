@@ -32,11 +32,13 @@ def _run(argv, capsys):
   return status, out, err
 
 
-def test_leaf_run_trains_on_the_ragged_population_with_the_per_round_cap(tmp_path, capsys):
+@pytest.mark.parametrize("devices", [1, 2])
+def test_leaf_run_trains_on_the_ragged_population_with_the_per_round_cap(tmp_path, capsys,
+                                                                          devices):
   data = _leaf_femnist(tmp_path / "femnist")
   status, out, err = _run(["--dataset", f"leaf:{data}", "--model", "logreg",
-                           "--max-examples-per-client", "4", "--out", str(tmp_path / "run")],
-                          capsys)
+                           "--max-examples-per-client", "4", "--devices", str(devices),
+                           "--out", str(tmp_path / "run")], capsys)
   assert status == 0, err
   summary = json.loads(out)
   assert summary["rounds_completed"] == 2 and summary["chance_accuracy"] == pytest.approx(1 / 62)

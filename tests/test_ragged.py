@@ -291,3 +291,19 @@ def test_w6_population_is_heavy_tailed_and_holds_only_its_bytes():
   assert row["rounds_timed"] + row["rounds_compiling"] == 2
   for largest, bucket in row["cohort_largest_and_bucket"]:
     assert largest <= bucket < 1.5 * largest + 2
+
+
+def test_sharded_round_on_ragged_equals_one_device_on_stacked(populations, task):
+  _, stacked, ragged = populations
+  _, params, _ = task
+  model = fl.models.LogisticRegression(3)
+  update = fl.build_client_update(fl.models.classification_loss(model.apply), optax.sgd(0.1),
+                                  batch_size=4)
+  one = fl.build_federated_algorithm(update, fl.server.fedadam(1e-2))
+  many = fl.build_federated_algorithm(update, fl.server.fedadam(1e-2), mesh=fl.client_mesh(4))
+  a, _ = fl.run_rounds(one, one.init(params), stacked, num_rounds=3, cohort_size=6,
+                       key=jax.random.key(1))
+  b, _ = fl.run_rounds(many, many.init(params), ragged, num_rounds=3, cohort_size=6,
+                       key=jax.random.key(1))
+  jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=0, atol=1e-6), a.params,
+               b.params)

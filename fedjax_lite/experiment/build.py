@@ -222,9 +222,10 @@ def _evaluator(task: Task, mesh=None, config: dict[str, Any] | None = None
     # The per-client evaluators take stacked clients.
     test = test.to_stacked() if isinstance(test, fl.RaggedData) else test
     train = train.to_stacked() if isinstance(train, fl.RaggedData) else train
-  if mesh is not None:
-    test = None if test is None else fl.shard_clients(test, mesh)
-    train = fl.shard_clients(train, mesh)
+  if mesh is not None:  # a ragged split is evaluated from the host, block by block
+    test = test if test is None or isinstance(test, fl.RaggedData) else fl.shard_clients(
+        test, mesh)
+    train = train if isinstance(train, fl.RaggedData) else fl.shard_clients(train, mesh)
     central = None if central is None else fl.replicate(central, mesh)
   personal = fine_tune = None
   eval_train = config is not None and config["eval_train"]

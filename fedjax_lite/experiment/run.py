@@ -20,7 +20,7 @@ from fedjax_lite.experiment.build import (
   build_dp,
   build_task,
 )
-from fedjax_lite.experiment.config import ConfigError, _check_cohort, option_errors
+from fedjax_lite.experiment.config import _check_cohort, option_errors
 from fedjax_lite.experiment.outputs import _close, plot_sweep, versions
 from fedjax_lite.experiment.recorder import Recorder
 from fedjax_lite.experiment.rundir import release_output_dir
@@ -327,19 +327,14 @@ def _describe_run(config: dict[str, Any], ds) -> str:
 def _population(config: dict[str, Any], ds: Any, mesh: Any) -> tuple[Any, int | None]:
   """The training population as the round loop takes it, and its per-round cap.
 
-  A ragged population (Shakespeare, LEAF, TFF, Hugging Face) is gathered per
-  round and capped per round by ``max_examples_per_client``; a stacked one is
-  sharded over ``mesh``.
-
-  Raises:
-    ConfigError: for a ragged population with ``--devices`` (not supported yet).
+  A ragged population (Shakespeare, LEAF, TFF, Hugging Face) stays on the host:
+  each round's cohort is gathered there, capped by ``max_examples_per_client``,
+  and sharded over ``mesh`` by the round itself. A stacked one is sharded over
+  ``mesh`` whole.
   """
   import fedjax_lite as fl
 
   if isinstance(ds.train, fl.RaggedData):
-    if mesh is not None:
-      raise ConfigError(f"--dataset {config['dataset']} is stored without padding, which "
-                        "--devices does not shard yet; run it on one device.")
     return ds.train, config["max_examples_per_client"]
   return (ds.train if mesh is None else fl.shard_clients(ds.train, mesh)), None
 
