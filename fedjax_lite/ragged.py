@@ -299,6 +299,13 @@ class RaggedData:
       rng = np.random.default_rng([*base, int(ids[k])])
       chosen = np.sort(rng.choice(int(counts[k]), max_examples_per_client, replace=False))
       src[first[k]:first[k] + max_examples_per_client] = starts[k] + chosen
+    if self.on_device:
+      # Only the row numbers travel: [K, length], -1 on padding.
+      rows = np.full(idx.size * length, -1, np.int32)
+      rows[dest] = src
+      rows = rows.reshape(idx.size, length)
+      out = {name: _take_rows(a, rows) for name, a in self.arrays.items()}
+      return FederatedData(out, kept.astype(np.int32), ids.astype(np.int32))
     out = {}
     for name, a in self.arrays.items():
       # np.zeros maps zero pages lazily: only the real rows are written.
@@ -307,6 +314,31 @@ class RaggedData:
         x[dest] = a[src]
       out[name] = x.reshape((idx.size, length) + a.shape[1:])
     return FederatedData(out, kept.astype(np.int32), ids.astype(np.int32))
+
+  @property
+  def on_device(self) -> bool:
+    """Whether the arrays are JAX arrays on a device (:meth:`to_device`)."""
+    import jax
+
+    return any(isinstance(a, jax.Array) for a in self.arrays.values())
+
+  def to_device(self, device: Any = None) -> RaggedData:
+    """The same population with its arrays on a device (when they fit there).
+
+    Gathering a cohort then sends only its row numbers (``int32[K,
+    bucket]``) to the device and takes the rows there; the offsets and ids
+    stay on the host.
+
+    Args:
+      device: a ``jax.Device`` or sharding (default: the default device).
+
+    Returns:
+      The device-resident :class:`RaggedData`.
+    """
+    import jax
+
+    arrays = {k: jax.device_put(np.asarray(a), device) for k, a in self.arrays.items()}
+    return dataclasses.replace(self, arrays=arrays)
 
   def to_stacked(self, max_examples: int | None = None) -> FederatedData:
     """The whole population, padded (for small populations).
@@ -375,6 +407,25 @@ class RaggedData:
     arrays = {name: np.load(directory / f, mmap_mode=mode) for name, f in meta["arrays"].items()}
     offsets = np.load(directory / "offsets.npy")
     return cls.from_arrays(arrays, np.diff(offsets), np.load(directory / "client_ids.npy"))
+
+
+def _take_rows(array: Any, rows: np.ndarray) -> Any:
+  """``array[rows]`` with zeros where ``rows`` is -1, on ``array``'s device (jitted)."""
+  global _TAKE
+  if _TAKE is None:
+    import jax
+    import jax.numpy as jnp
+
+    def take(a, r):
+      x = jnp.take(a, jnp.maximum(r, 0), axis=0)
+      real = (r >= 0).reshape(r.shape + (1,) * (a.ndim - 1))
+      return jnp.where(real, x, jnp.zeros((), a.dtype))
+
+    _TAKE = jax.jit(take)
+  return _TAKE(array, rows)
+
+
+_TAKE = None
 
 
 def _client_ids(client_ids: Any, n: int) -> np.ndarray:

@@ -307,3 +307,23 @@ def test_sharded_round_on_ragged_equals_one_device_on_stacked(populations, task)
                        key=jax.random.key(1))
   jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=0, atol=1e-6), a.params,
                b.params)
+
+
+def test_device_resident_store_gathers_and_trains_the_same(populations, task):
+  _, stacked, ragged = populations
+  _, params, algo = task
+  on_device = ragged.to_device()
+  assert on_device.on_device and not ragged.on_device
+  idx, mask = np.array([4, 0, 2, 11, 4]), np.array([True, True, False, True, True])
+  host, dev = ragged.gather(idx, mask), on_device.gather(idx, mask)
+  for name in ("x", "y"):
+    np.testing.assert_array_equal(np.asarray(dev.arrays[name]), host.arrays[name])
+  capped = dict(max_examples_per_client=3, seed=[5, 1])
+  np.testing.assert_array_equal(np.asarray(on_device.gather(idx, **capped).arrays["x"]),
+                                ragged.gather(idx, **capped).arrays["x"])
+  a, _ = fl.run_rounds(algo, algo.init(params), stacked, num_rounds=3, cohort_size=5,
+                       key=jax.random.key(4))
+  b, _ = fl.run_rounds(algo, algo.init(params), on_device, num_rounds=3, cohort_size=5,
+                       key=jax.random.key(4))
+  jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=0, atol=1e-6), a.params,
+               b.params)
