@@ -68,7 +68,8 @@ _DP = when(lambda c: c.privacy.dp != "none", "it is a differential-privacy optio
 class DataConfig:
   """The data set and how it is split into clients."""
 
-  dataset: str = option("digits", "the data set", choices=DATASETS)
+  dataset: str = option("digits", "the data set (leaf, tff and hf read your files: "
+                        "--dataset leaf:PATH)", choices=DATASETS)
   num_clients: int = option(50, "clients to partition the data into", low=1,
                             applies=_read_by("dataset", "num_clients"))
   partition: str = option("dirichlet", "how examples are split into clients",
