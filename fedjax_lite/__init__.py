@@ -103,8 +103,8 @@ _WHERE = {
 }
 # The rest of the package's modules, importable as attributes too.
 _WHERE.update({name: f"fedjax_lite.{name}" for name in (
-    "aggregation", "algorithm", "data", "experiment", "loggers", "presets", "ragged",
-    "sampling", "timing", "training")})
+    "aggregation", "algorithm", "asynchronous", "data", "experiment", "loggers", "presets",
+    "ragged", "sampling", "timing", "training")})
 __getattr__, __dir__ = _lazy.attach(__name__, _WHERE)
 
 if TYPE_CHECKING:  # what static tools see

@@ -161,11 +161,22 @@ class FederatedAlgorithm(NamedTuple):
     spec: the :class:`AlgorithmSpec` it was built from, so that
       ``build_federated_algorithm(algo, mesh=..., chunk_size=...)`` runs the
       same algorithm another way (``None`` for a hand-made pair).
+    round_from: ``round_from(state, cohort, key, versions, version_index,
+      weight_scale) -> (state, metrics)``: the round with client ``i``
+      starting from ``versions[version_index[i]]`` (``versions``: broadcast
+      values stacked ``[S, ...]``, e.g. the model versions clients
+      downloaded; each chunk gathers its clients' own, so memory holds the
+      ``S`` versions and one chunk) and its aggregation weight multiplied by
+      ``weight_scale[i]``; what asynchronous aggregation
+      (:mod:`fedjax_lite.asynchronous`) runs. With every client on the
+      state's broadcast and scales of 1 it is ``round`` (up to float
+      rounding). ``None`` for a hand-made pair.
   """
 
   init: Callable[..., ServerState]
   round: Callable[[ServerState, FederatedData, PRNGKey], tuple[ServerState, dict[str, Any]]]
   spec: AlgorithmSpec | None = None
+  round_from: Callable[..., tuple[ServerState, dict[str, Any]]] | None = None
 
 
 NONFINITE_POLICIES = ("raise", "drop")
@@ -303,7 +314,7 @@ def build_federated_algorithm(
   stacked = aggregator.combine is not None
 
   def client_sums(sent, params, agg_state, cohort: FederatedData, cohort_states, client_key,
-                  agg_client_key):
+                  agg_client_key, own=None):
     """The cohort's streamed sums ``(total, total_weight, stats)`` and per-client outputs.
 
     The per-client outputs (cohort order) are a dict: ``metrics``, ``counts``
@@ -313,12 +324,19 @@ def build_federated_algorithm(
     """
 
     def chunk_fn(sent, chunk, valid):
-      chunk_data, chunk_states = chunk
+      chunk_data, chunk_states, chunk_own = chunk
       # Slots past the cohort are empty clients (0 examples: zero delta, weight 0).
       n = jnp.where(valid, chunk_data.num_examples, 0)
       chunk_data = chunk_data._replace(num_examples=n)
-      out = jax.vmap(client.update, in_axes=(None, 0, None, 0))(sent, chunk_data, client_key,
-                                                               chunk_states)
+      if chunk_own is None:
+        out = jax.vmap(client.update, in_axes=(None, 0, None, 0))(sent, chunk_data, client_key,
+                                                                 chunk_states)
+      else:  # each client from its own version, its weight scaled (round_from)
+        index, scale = chunk_own
+        own_sent = jax.tree.map(lambda v: jnp.take(v, index, axis=0, mode="clip"), sent)
+        out = jax.vmap(client.update, in_axes=(0, 0, None, 0))(own_sent, chunk_data, client_key,
+                                                              chunk_states)
+        out = out._replace(weight=out.weight * scale)
       counts = output_counts(out, n)
       keys = jax.vmap(lambda i: jax.random.fold_in(agg_client_key, i))(chunk_data.client_ids)
 
@@ -340,23 +358,33 @@ def build_federated_algorithm(
         outputs["deltas"], outputs["weights"] = kept
       return sums, outputs
 
-    return mapreduce.map_reduce(chunk_fn, sent, (cohort, cohort_states),
+    return mapreduce.map_reduce(chunk_fn, sent, (cohort, cohort_states, own),
                                 active=cohort.num_examples > 0, chunk_size=chunk_size,
                                 mesh=mesh, axis=client_axis, model=params)
 
   def round_fn(state: ServerState, cohort: FederatedData, key) -> tuple[ServerState, dict]:
+    return round_core(state, cohort, key)
+
+  def round_from(state: ServerState, cohort: FederatedData, key, versions: Any,
+                 version_index: Any, weight_scale: Any) -> tuple[ServerState, dict]:
+    own = (jnp.asarray(version_index, jnp.int32), jnp.asarray(weight_scale, jnp.float32))
+    return round_core(state, cohort, key, own, versions)
+
+  def round_core(state, cohort, key, own=None, versions=None):
     _check_cohort(cohort)
     client_key, server_key = jax.random.split(key)
     agg_client_key, agg_key = jax.random.split(server_key)
     update_key = jax.random.fold_in(server_key, 2)
     params, agg_state = state.params, state.aggregator_state
     sent = params if server.broadcast is None else server.broadcast(state)
+    if versions is not None:  # round_from: the clients gather their versions chunk by chunk
+      sent = versions
     ids = cohort.client_ids
     population = _population(state.client_states)
     cohort_states = jax.tree.map(
         lambda x: jnp.take(x, jnp.clip(ids, 0, population - 1), axis=0), state.client_states)
     (total, total_weight, stats_sum), outputs = client_sums(
-        sent, params, agg_state, cohort, cohort_states, client_key, agg_client_key)
+        sent, params, agg_state, cohort, cohort_states, client_key, agg_client_key, own)
 
     if stacked:
       aggregate, new_agg_state, agg_metrics = aggregator.combine(
@@ -394,7 +422,7 @@ def build_federated_algorithm(
         metrics[f"aggregator/{name}"] = v
     return new_state, metrics
 
-  return FederatedAlgorithm(init, jax.jit(round_fn), spec)
+  return FederatedAlgorithm(init, jax.jit(round_fn), spec, jax.jit(round_from))
 
 
 def raise_if_nonfinite(metrics: dict[str, Any], cohort_client_ids: Any = None,
