@@ -128,3 +128,16 @@ def test_sharded_fedbuff_equals_one_device_and_robust_aggregators_run(setup):
   state, rows = _run(asynchronous.build_fedbuff(robust, devices, concurrency=6, buffer=5),
                      params, population, 3, key)
   assert all(np.isfinite(r["train_loss"]) for r in rows)
+
+
+def test_the_benchmark_reports_each_implementation(capsys):
+  import json
+
+  from benchmarks import fedbuff
+
+  fedbuff.main(["--quick"])
+  rows = {r["impl"]: r for r in map(json.loads, capsys.readouterr().out.splitlines())}
+  assert set(rows) == {"sync", "fedbuff", "event_driven"}
+  assert rows["fedbuff"]["sec_per_step_median"] > 0 and rows["event_driven"]["sec_per_step"] > 0
+  assert rows["event_driven"]["vectorized_speedup"] == pytest.approx(
+      rows["event_driven"]["sec_per_step"] / rows["fedbuff"]["sec_per_step_median"])
