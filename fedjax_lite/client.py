@@ -385,7 +385,7 @@ def build_client_update(
     work = None
     if local_work is not None:
       work = local_work_budget(local_work, client_key, n, num_epochs=num_epochs,
-                               batch_size=batch_size)
+                               batch_size=batch_size, client_id=client_data.client_ids)
     result = local_train(loss_fn, optimizer, server_params, client_data, client_key,
                          num_epochs=num_epochs, batch_size=batch_size, grad_mode=grad_mode,
                          grad_correction=correction,

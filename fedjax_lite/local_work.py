@@ -52,10 +52,14 @@ class LocalWork(NamedTuple):
       the client is a straggler this round.
     drop_stragglers: drop the clients flagged as stragglers (zero delta,
       weight 0, no steps) instead of aggregating their partial work.
+    by_client: ``budget`` also takes the client's id as a fifth argument
+      (e.g. a deadline on the client's own device,
+      :func:`fedjax_lite.timing.deadline_work`).
   """
 
-  budget: Callable[[PRNGKey, Any, Any, int], tuple[Any, Any]]
+  budget: Callable[..., tuple[Any, Any]]
   drop_stragglers: bool = False
+  by_client: bool = False
 
 
 class WorkBudget(NamedTuple):
@@ -231,7 +235,7 @@ def stragglers(fraction: float, mode: str = "drop", *, unit: str = "steps") -> L
 
 
 def local_work_budget(local_work: LocalWork | None, client_key: PRNGKey, num_examples: Any, *,
-                      num_epochs: int, batch_size: int) -> WorkBudget:
+                      num_epochs: int, batch_size: int, client_id: Any = None) -> WorkBudget:
   """One client's step budget for a round; pure and jit-safe.
 
   Args:
@@ -241,6 +245,7 @@ def local_work_budget(local_work: LocalWork | None, client_key: PRNGKey, num_exa
     num_examples: int scalar, the client's real examples.
     num_epochs: static local epochs.
     batch_size: static examples per step.
+    client_id: the client's id, for a ``local_work`` with ``by_client``.
 
   Returns:
     A :class:`WorkBudget`; ``straggler`` and ``dropped`` are false for a
@@ -252,7 +257,10 @@ def local_work_budget(local_work: LocalWork | None, client_key: PRNGKey, num_exa
   if local_work is None:
     return WorkBudget(full, jnp.bool_(False), jnp.bool_(False))
   work_key = jax.random.fold_in(client_key, LOCAL_WORK_FOLD)
-  steps, straggler = local_work.budget(work_key, n, per_epoch, num_epochs)
+  if local_work.by_client:
+    steps, straggler = local_work.budget(work_key, n, per_epoch, num_epochs, client_id)
+  else:
+    steps, straggler = local_work.budget(work_key, n, per_epoch, num_epochs)
   straggler = jnp.asarray(straggler, bool) & (n > 0)
   dropped = straggler & jnp.bool_(local_work.drop_stragglers)
   steps = jnp.clip(jnp.asarray(steps, jnp.int32), 0, full)

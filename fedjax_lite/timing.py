@@ -164,3 +164,116 @@ def available(devices: Devices, key: Any, client_ids: Any) -> Any:
   draw = jax.vmap(lambda i: jax.random.uniform(jax.random.fold_in(base, i)))(
       jnp.asarray(client_ids))
   return draw < devices.availability
+
+
+def deadline_work(devices: Devices, deadline: float, *, batch_size: int,
+                  mode: str = "partial") -> Any:
+  """A client's local work cut at a round deadline on its own device.
+
+  For :func:`fedjax_lite.build_client_update` (``local_work=``). A client
+  whose full work (``overhead + seconds_per_example * examples * epochs``)
+  ends after ``deadline`` is a straggler: with ``mode="partial"`` it
+  contributes the steps it finished by then, ``floor((deadline - overhead) /
+  (seconds_per_example * batch_size))`` (each step taken as a full batch);
+  with ``"drop"`` it contributes nothing.
+
+  Args:
+    devices: the :class:`Devices`.
+    deadline: seconds, ``> 0``.
+    batch_size: the client update's batch size.
+    mode: ``"partial"`` or ``"drop"``.
+
+  Returns:
+    A :class:`fedjax_lite.LocalWork` (``by_client``).
+
+  Raises:
+    ValueError: for a non-positive deadline or an unknown mode.
+  """
+  from fedjax_lite.local_work import LocalWork
+
+  if not (isinstance(deadline, (int, float)) and deadline > 0 and math.isfinite(deadline)):
+    raise ValueError(f"`deadline` must be a positive number of seconds; got {deadline!r}.")
+  check_int("batch_size", batch_size, minimum=1)
+  if mode not in ("partial", "drop"):
+    raise ValueError(f"`mode` must be 'partial' or 'drop'; got {mode!r}.")
+  speeds = jnp.asarray(devices.seconds_per_example)
+
+  def budget(key, num_examples, steps_per_epoch, num_epochs, client_id):
+    del key
+    speed = jnp.take(speeds, client_id, mode="clip")
+    full = steps_per_epoch * num_epochs
+    late = devices.overhead + speed * num_examples * num_epochs > deadline
+    done = jnp.floor(jnp.maximum(deadline - devices.overhead, 0.0) / (speed * batch_size))
+    steps = jnp.minimum(full, done.astype(jnp.int32))
+    return jnp.where(late, steps, full), late
+
+  return LocalWork(budget, drop_stragglers=mode == "drop", by_client=True)
+
+
+def timed(algorithm: Any, devices: Devices, *, deadline: float | None = None,
+          keep: int | None = None, partial: bool = False, num_epochs: int = 1) -> Any:
+  """Synchronous rounds on the virtual clock: availability, over-selection, a deadline.
+
+  The returned algorithm's ``round`` takes the sampled cohort (sample more
+  than ``keep`` clients to over-select, as in Bonawitz et al. 2019) and
+  turns into empty clients (no delta, weight 0) those that are unavailable
+  this round (:func:`available`), those beyond the ``keep`` fastest
+  available ones, and, with a ``deadline``, those whose full work ends after
+  it, unless ``partial``: the client update then cuts their work itself
+  (built with :func:`deadline_work`, ``mode="partial"``) and they stay with
+  the steps they finished. The round's metrics add ``round_time`` (the virtual
+  seconds the server waited: the last kept client's finish time, at most
+  the deadline), ``num_unavailable``, ``num_late`` and ``num_not_kept``.
+
+  Args:
+    algorithm: a :class:`fedjax_lite.FederatedAlgorithm`.
+    devices: the :class:`Devices`.
+    deadline: optional round deadline in seconds.
+    keep: optional number of clients to aggregate (the fastest available).
+    partial: late clients stay (their client update was built with
+      ``deadline_work(..., mode="partial")`` and the same deadline).
+    num_epochs: local epochs, for a client's work.
+
+  Returns:
+    A :class:`fedjax_lite.FederatedAlgorithm` (same ``init`` and ``spec``).
+  """
+  from fedjax_lite.algorithm import FederatedAlgorithm
+
+  if deadline is not None and not (deadline > 0 and math.isfinite(deadline)):
+    raise ValueError(f"`deadline` must be a positive number of seconds; got {deadline!r}.")
+  if keep is not None:
+    check_int("keep", keep, minimum=1)
+  check_int("num_epochs", num_epochs, minimum=1)
+  if partial and deadline is None:
+    raise ValueError("`partial` keeps the clients that miss the deadline with the work they "
+                     "finished; give the `deadline` too.")
+  spec = getattr(algorithm, "spec", None)
+
+  def round_fn(state, cohort, key):
+    n = cohort.num_examples
+    ids = cohort.client_ids
+    duration = client_durations(devices, ids, n * num_epochs)
+    has_data = n > 0
+    up = available(devices, key, ids) & has_data
+    late = up & (duration > deadline) if deadline is not None else jnp.zeros_like(up)
+    eligible = up & ~late if not partial else up
+    if keep is not None:
+      rank = jnp.argsort(jnp.where(eligible, duration, jnp.inf), stable=True)
+      position = jnp.zeros_like(rank).at[rank].set(jnp.arange(rank.shape[0]))
+      kept = eligible & (position < keep)
+    else:
+      kept = eligible
+    finish = duration if deadline is None else jnp.minimum(duration, deadline)
+    waited = jnp.max(jnp.where(kept, finish, 0.0))
+    if deadline is not None and keep is not None:
+      # The server stops at the keep-th finisher, or at the deadline without enough.
+      waited = jnp.where(jnp.sum(kept) < keep, deadline, waited)
+    new_state, metrics = algorithm.round(state, cohort._replace(num_examples=jnp.where(
+        kept, n, 0)), key)
+    metrics = dict(metrics, round_time=waited.astype(jnp.float32),
+                   num_unavailable=jnp.sum(has_data & ~up).astype(jnp.float32),
+                   num_late=jnp.sum(late).astype(jnp.float32),
+                   num_not_kept=jnp.sum(eligible & ~kept).astype(jnp.float32))
+    return new_state, metrics
+
+  return FederatedAlgorithm(algorithm.init, jax.jit(round_fn), spec)

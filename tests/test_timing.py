@@ -57,3 +57,88 @@ def test_availability_is_a_per_client_draw_with_its_probability():
 def test_bad_device_arguments_are_one_clear_error(call, match):
   with pytest.raises(ValueError, match=match):
     call()
+
+
+# -- synchronous rounds on the virtual clock -------------------------------------------------
+
+import optax  # noqa: E402
+
+import fedjax_lite as fl  # noqa: E402
+
+SIZES = [6, 3, 9, 4, 7, 2, 5, 8]
+SPEEDS = np.array([0.5, 0.1, 0.3, 1.0, 0.2, 0.05, 0.4, 0.15])
+
+
+@pytest.fixture(scope="module")
+def task():
+  rng = np.random.default_rng(0)
+  population = fl.from_clients([{"x": rng.normal(size=(n, 4)).astype(np.float32),
+                                 "y": rng.integers(0, 3, n).astype(np.int32)} for n in SIZES])
+  model = fl.models.LogisticRegression(3)
+  params = model.init(jax.random.key(0), population.arrays["x"][0, :1])
+  loss = fl.models.classification_loss(model.apply)
+  return population, params, loss
+
+
+def _close(a, b):
+  jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-6, atol=1e-7), a, b)
+
+
+def test_deadline_and_over_selection_keep_exactly_the_right_clients(task):
+  population, params, loss = task
+  devices = timing.device_trace(SPEEDS, overhead=0.5)
+  algo = fl.build_federated_algorithm(fl.build_client_update(loss, optax.sgd(0.1), batch_size=4),
+                                      fl.server.fedavg())
+  durations = 0.5 + SPEEDS * np.array(SIZES) * 2
+  key = jax.random.key(1)
+  for deadline, keep in ((3.0, None), (None, 3), (4.0, 4)):
+    timed = timing.timed(algo, devices, deadline=deadline, keep=keep, num_epochs=2)
+    state, m = timed.round(algo.init(params), population, key)
+    kept = np.ones(len(SIZES), bool) if deadline is None else durations <= deadline
+    if keep is not None:
+      order = np.argsort(np.where(kept, durations, np.inf), kind="stable")
+      kept &= np.isin(np.arange(len(SIZES)), order[:keep])
+    want, _ = algo.round(algo.init(params), population._replace(
+        num_examples=np.where(kept, population.num_examples, 0)), key)
+    _close(state.params, want.params)
+    waited = durations[kept].max() if deadline is None else min(durations[kept].max(), deadline)
+    if deadline is not None and keep is not None and kept.sum() < keep:
+      waited = deadline
+    assert float(m["round_time"]) == pytest.approx(waited, rel=1e-6)
+    assert float(m["num_late"]) == (0 if deadline is None else (durations > deadline).sum())
+
+
+def test_partial_work_finishes_the_steps_that_fit_before_the_deadline(task):
+  population, params, loss = task
+  devices = timing.device_trace(SPEEDS, overhead=0.5)
+  deadline, batch = 2.0, 2
+  update = fl.build_client_update(loss, optax.sgd(0.1), batch_size=batch, num_epochs=2,
+                                  local_work=timing.deadline_work(devices, deadline,
+                                                                  batch_size=batch))
+  algo = timing.timed(fl.build_federated_algorithm(update, fl.server.fedavg()), devices,
+                      deadline=deadline, partial=True, num_epochs=2)
+  _, m = algo.round(algo.init(params), population, jax.random.key(0))
+  n = np.array(SIZES)
+  full = 2 * -(-n // batch)
+  late = 0.5 + SPEEDS * n * 2 > deadline
+  want = np.where(late, np.minimum(full, np.floor((deadline - 0.5) / (SPEEDS * batch))), full)
+  np.testing.assert_array_equal(np.asarray(m["clients"]["num_steps"]), want)
+  assert float(m["num_late"]) == late.sum() and float(m["round_time"]) == deadline
+
+
+def test_unavailable_clients_sit_the_round_out(task):
+  population, params, loss = task
+  devices = timing.device_trace(SPEEDS, availability=0.5)
+  algo = fl.build_federated_algorithm(fl.build_client_update(loss, optax.sgd(0.1), batch_size=4),
+                                      fl.server.fedavg())
+  key = jax.random.key(4)
+  up = np.asarray(timing.available(devices, key, population.client_ids))
+  assert 0 < up.sum() < len(SIZES)
+  state, m = timing.timed(algo, devices).round(algo.init(params), population, key)
+  want, _ = algo.round(algo.init(params), population._replace(
+      num_examples=np.where(up, population.num_examples, 0)), key)
+  _close(state.params, want.params)
+  assert float(m["num_unavailable"]) == (~up).sum()
+  _, history = fl.run_rounds(timing.timed(algo, devices, keep=2), algo.init(params), population,
+                             num_rounds=2, cohort_size=5, key=key)
+  assert all(h["round_time"] > 0 for h in history)
