@@ -113,7 +113,7 @@ def main(argv=None) -> int:
   args = p.parse_args(argv)
   if args.quick:
     args.clients, args.concurrency, args.buffer, args.steps, args.reference_steps = (
-        200, 40, 8, 2, 1)
+        100, 20, 4, 1, 1)
   run(args.clients, args.concurrency, args.buffer, args.steps, args.reference_steps)
   return 0
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 
 # Several CPU devices for sharding tests; must be set before jax is imported.
 # The suite compiles hundreds of small programs, and XLA's CPU backend spends
@@ -12,6 +13,15 @@ import os
 # optimized backend, e.g. XLA_FLAGS=--xla_force_host_platform_device_count=4.
 # Runs in the tests do not write JAX's persistent compilation cache (one test turns it on).
 os.environ.setdefault("FEDJAX_LITE_COMPILE_CACHE", "0")
+# But the suite itself shares one JAX compilation cache, fresh for each session, between its
+# tests, its xdist workers and the processes they start: many tests build the same small
+# programs (the default run's round, the notebooks' models), and XLA compiles each once.
+# (The test of the main job's cache gives its runs a cache directory of their own.)
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+  _session = os.environ.get("PYTEST_XDIST_TESTRUNUID") or str(os.getpid())
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = os.path.join(
+      tempfile.gettempdir(), f"fedjax-lite-tests-{_session}")
+  os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault(
     "XLA_FLAGS",
     "--xla_force_host_platform_device_count=4 --xla_backend_optimization_level=0")

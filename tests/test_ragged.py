@@ -106,9 +106,9 @@ def test_rounds_on_ragged_equal_rounds_on_the_padded_population(populations, tas
   _, params, algo = task
   n = len(SIZES)
   sampler = fl.fixed_size_sampler(n, 4) if kind == "fixed" else fl.poisson_sampler(n, 0.3)
-  a, ha = fl.run_rounds(algo, algo.init(params), stacked, num_rounds=6, sampler=sampler,
+  a, ha = fl.run_rounds(algo, algo.init(params), stacked, num_rounds=4, sampler=sampler,
                         key=jax.random.key(3))
-  b, hb = fl.run_rounds(algo, algo.init(params), ragged, num_rounds=6, sampler=sampler,
+  b, hb = fl.run_rounds(algo, algo.init(params), ragged, num_rounds=4, sampler=sampler,
                         key=jax.random.key(3))
   jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=0, atol=1e-6), a.params,
                b.params)
@@ -284,7 +284,7 @@ def test_fixed_size_sampling_includes_every_client_with_probability_k_over_n():
 def test_w6_population_is_heavy_tailed_and_holds_only_its_bytes():
   from benchmarks import w6
 
-  row = w6.run(3000, 50, rounds=2, warmup=1, compare=1)
+  row = w6.run(1500, 20, rounds=2, warmup=1, compare=1)
   assert 17 <= row["median_client"] <= 23 and 35 < row["mean_client"] < 70
   assert row["memory_ratio"] < 1.01  # offsets and ids: 12 bytes a client
   assert row["sample_sec"] > 0 and row["gather_sec"] > 0
