@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 
 # Several CPU devices for sharding tests; must be set before jax is imported.
@@ -17,10 +18,10 @@ os.environ.setdefault("FEDJAX_LITE_COMPILE_CACHE", "0")
 # tests, its xdist workers and the processes they start: many tests build the same small
 # programs (the default run's round, the notebooks' models), and XLA compiles each once.
 # (The test of the main job's cache gives its runs a cache directory of their own.)
+_OWN_CACHE = None
 if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
-  _session = os.environ.get("PYTEST_XDIST_TESTRUNUID") or str(os.getpid())
-  os.environ["JAX_COMPILATION_CACHE_DIR"] = os.path.join(
-      tempfile.gettempdir(), f"fedjax-lite-tests-{_session}")
+  _OWN_CACHE = os.path.join(tempfile.gettempdir(), f"fedjax-lite-tests-{os.getpid()}")
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = _OWN_CACHE
   os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault(
     "XLA_FLAGS",
@@ -32,6 +33,14 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 from fedjax_lite import models  # noqa: E402
+
+
+def pytest_sessionfinish(session, exitstatus):
+  """The process that made the session's compilation cache removes it (xdist: the controller)."""
+  del session, exitstatus
+  if _OWN_CACHE is not None:
+    shutil.rmtree(_OWN_CACHE, ignore_errors=True)
+
 
 RAGGED_SIZES = (5, 0, 13, 1, 8, 21, 3)
 
