@@ -25,6 +25,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from fedjax_lite._optional import require
+
 KINDS = ("tensorboard", "wandb")
 
 
@@ -49,11 +51,9 @@ class TensorBoard:
   """
 
   def __init__(self, logdir: str | Path):
-    try:
-      from tensorboardX import SummaryWriter  # noqa: PLC0415 - optional dependency
-    except ImportError:
-      raise ImportError("TensorBoard logging needs tensorboardX: pip install "
-                        "'fedjax-lite[log]' (or pip install tensorboardX).") from None
+    SummaryWriter = require("tensorboardX", "TensorBoard logging",  # noqa: N806
+                            "pip install 'fedjax-lite[log]' (or pip install tensorboardX)."
+                            ).SummaryWriter
     self.logdir = Path(logdir)
     self._writer = SummaryWriter(logdir=str(self.logdir))
 
@@ -90,10 +90,7 @@ class WandB:
 
   def __init__(self, directory: str | Path, config: Mapping[str, Any] | None = None,
                name: str | None = None, project: str = "fedjax-lite"):
-    try:
-      import wandb  # noqa: PLC0415 - optional dependency
-    except ImportError:
-      raise ImportError("W&B logging needs wandb: pip install wandb.") from None
+    wandb = require("wandb", "W&B logging", "pip install wandb.")
     Path(directory).mkdir(parents=True, exist_ok=True)
     self._run = wandb.init(project=project, dir=str(directory), name=name,
                            config=dict(config or {}), reinit="create_new")

@@ -43,6 +43,7 @@ from typing import Any
 
 import numpy as np
 
+from fedjax_lite._optional import require
 from fedjax_lite._validate import check_choice, check_int
 from fedjax_lite.datasets.base import FederatedDataset
 from fedjax_lite.ragged import RaggedData
@@ -57,22 +58,13 @@ _CLIENT_ORDERS = ("sorted", "first")
 
 
 def _require_datasets() -> Any:
-  try:
-    import datasets  # noqa: PLC0415 - optional dependency, imported on use
-  except ImportError as e:
-    raise ImportError("Hugging Face datasets support needs the `datasets` package: "
-                      "pip install 'fedjax_lite[hf]'") from e
-  return datasets
+  return require("datasets", "Hugging Face datasets support", "pip install 'fedjax_lite[hf]'")
 
 
 def _require_flwr() -> Any:
-  try:
-    import flwr_datasets  # noqa: PLC0415 - optional dependency, imported on use
-    import flwr_datasets.partitioner  # noqa: PLC0415
-  except ImportError as e:
-    raise ImportError("Flower partitioner support needs the `flwr-datasets` package: "
-                      "pip install 'fedjax_lite[flwr]'") from e
-  return flwr_datasets
+  require("flwr_datasets.partitioner", "Flower partitioner support",
+          "pip install 'fedjax_lite[flwr]'")
+  return require("flwr_datasets", "Flower partitioner support", "pip install 'fedjax_lite[flwr]'")
 
 
 # ----------------------------------------------------------------------------------------------

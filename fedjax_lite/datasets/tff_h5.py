@@ -68,6 +68,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from fedjax_lite._optional import require
 from fedjax_lite._validate import check_choice, check_int
 from fedjax_lite.datasets.base import FederatedDataset, check_split_labels
 from fedjax_lite.ragged import RaggedData
@@ -93,12 +94,7 @@ _INSTALL = "pip install 'fedjax_lite[tff]' or h5py"
 
 
 def _h5py():
-  try:
-    import h5py  # noqa: PLC0415 - an optional dependency
-  except ImportError as e:
-    raise ImportError(f"Reading TFF's HDF5 datasets needs h5py, which is not installed: "
-                      f"{_INSTALL}") from e
-  return h5py
+  return require("h5py", "Reading TFF's HDF5 datasets", _INSTALL)
 
 
 # --- StackOverflow tokens ---------------------------------------------------------------
