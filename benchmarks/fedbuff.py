@@ -27,25 +27,20 @@ import time
 
 def run(num_clients: int, concurrency: int, buffer: int, steps: int, reference_steps: int):
   import jax
-  import jax.numpy as jnp
-  import optax
 
   import fedjax_lite as fl
-  from benchmarks import common
+  from benchmarks import common, w2
   from benchmarks.async_reference import reference_fedbuff
   from fedjax_lite import asynchronous, timing
 
-  population = fl.datasets.leaf_synthetic(num_clients, 1.0, 1.0, examples_per_client=32,
-                                          test_fraction=0.0, seed=0).train
-  model = fl.models.LogisticRegression(10)
-  params = model.init(jax.random.key(0), jnp.zeros((1, 60)))
-  update = fl.build_client_update(fl.models.classification_loss(model.apply), optax.sgd(0.05),
-                                  num_epochs=5, batch_size=8)
+  w2_args = argparse.Namespace(**{**w2.W2_DEFAULTS, "population": num_clients})
+  setup = w2.build(w2_args)
+  population, params, update = setup["population"], setup["params"], setup["update"]
   optimizer = fl.server.fedadam(1e-2)
   algo = fl.build_federated_algorithm(update, optimizer)
   devices = timing.lognormal_devices(num_clients, sigma=1.0, seed=0)
   fedbuff = asynchronous.build_fedbuff(algo, devices, concurrency=concurrency, buffer=buffer,
-                                       num_epochs=5)
+                                       num_epochs=w2_args.epochs)
   key = jax.random.key(0)
   population = jax.device_put(population)
 
@@ -79,12 +74,12 @@ def run(num_clients: int, concurrency: int, buffer: int, steps: int, reference_s
   reference_fedbuff(update, optimizer, params, population, devices, concurrency=concurrency,
                     buffer=buffer, max_staleness=fedbuff.max_staleness,
                     staleness=asynchronous.polynomial_staleness(0.5), num_steps=1, key=key,
-                    num_epochs=5)
+                    num_epochs=w2_args.epochs)
   t = time.perf_counter()
   reference_fedbuff(update, optimizer, params, population, devices, concurrency=concurrency,
                     buffer=buffer, max_staleness=fedbuff.max_staleness,
                     staleness=asynchronous.polynomial_staleness(0.5),
-                    num_steps=reference_steps, key=key, num_epochs=5)
+                    num_steps=reference_steps, key=key, num_epochs=w2_args.epochs)
   reference = (time.perf_counter() - t) / reference_steps
 
   common.emit({"benchmark": "fedbuff", "impl": "sync", "clients_per_round": buffer,
