@@ -369,16 +369,18 @@ def run_sweep(
   if not ragged:
     population = _on_device(population)
 
+  def scalars(new_state, metrics, ids):
+    # One experiment's round: its scalar metrics, and its non-finite clients' flags and ids.
+    nonfinite = metrics["clients"]["nonfinite"]
+    return new_state, {k: v for k, v in metrics.items() if k != "clients"}, (nonfinite, ids)
+
   def one_round(state, h, key, population, round_index):
-    new_state, metrics, ids = sampled_round(make_algorithm(h), sampler, key, state, population,
-                                            round_index)
-    nonfinite = metrics["clients"]["nonfinite"]
-    return new_state, {k: v for k, v in metrics.items() if k != "clients"}, (nonfinite, ids)
+    return scalars(*sampled_round(make_algorithm(h), sampler, key, state, population,
+                                  round_index))
+
   def one_cohort_round(state, h, cohort, mask, overflow, key, round_index):
-    new_state, metrics, ids = cohort_round(make_algorithm(h), state, cohort, mask, overflow,
-                                           round_keys(key, round_index)[1])
-    nonfinite = metrics["clients"]["nonfinite"]
-    return new_state, {k: v for k, v in metrics.items() if k != "clients"}, (nonfinite, ids)
+    return scalars(*cohort_round(make_algorithm(h), state, cohort, mask, overflow,
+                                 round_keys(key, round_index)[1]))
 
   population_axis = 0 if stacked_population else None
   if ragged:
