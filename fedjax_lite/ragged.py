@@ -269,19 +269,13 @@ class RaggedData:
       raise ValueError(f"`indices` must be in [0, {self.num_clients}); got min {idx.min()}, "
                        f"max {idx.max()}.")
     starts = self.offsets[idx]
-    counts = self.offsets[idx + 1] - starts
-    if mask is not None:
-      counts = np.where(np.asarray(mask, bool).reshape(-1), counts, 0)
+    counts = self.kept_counts(idx, mask)
     ids = self.client_ids[idx]
-    if max_examples_per_client is not None:
-      check_int("max_examples_per_client", max_examples_per_client, minimum=1)
-      over = np.flatnonzero(counts > max_examples_per_client)
-      if over.size and seed is None:
-        raise ValueError("`max_examples_per_client` subsamples with a `seed`; give one (e.g. the "
-                         "round's key data).")
-      kept = np.minimum(counts, max_examples_per_client)
-    else:
-      over, kept = np.zeros(0, np.int64), counts
+    kept = self.kept_counts(idx, mask, max_examples_per_client)
+    over = np.flatnonzero(kept < counts)
+    if over.size and seed is None:
+      raise ValueError("`max_examples_per_client` subsamples with a `seed`; give one (e.g. the "
+                       "round's key data).")
     longest = int(kept.max()) if kept.size else 0
     if length is None:
       length = bucket_length(longest)
@@ -339,6 +333,27 @@ class RaggedData:
 
     arrays = {k: jax.device_put(np.asarray(a), device) for k, a in self.arrays.items()}
     return dataclasses.replace(self, arrays=arrays)
+
+  def kept_counts(self, indices: Any, mask: Any = None,
+                  max_examples_per_client: int | None = None) -> np.ndarray:
+    """The example counts a cohort gathers (see :meth:`gather`): 0 on masked slots, capped.
+
+    Args:
+      indices: ``int[K]`` positions in ``[0, N)``.
+      mask: optional ``bool[K]`` (False: an empty slot).
+      max_examples_per_client: optional cap.
+
+    Returns:
+      ``int64[K]``.
+    """
+    idx = np.asarray(indices, np.int64).reshape(-1)
+    counts = self.offsets[idx + 1] - self.offsets[idx]
+    if mask is not None:
+      counts = np.where(np.asarray(mask, bool).reshape(-1), counts, 0)
+    if max_examples_per_client is not None:
+      check_int("max_examples_per_client", max_examples_per_client, minimum=1)
+      counts = np.minimum(counts, max_examples_per_client)
+    return counts
 
   def to_stacked(self, max_examples: int | None = None) -> FederatedData:
     """The whole population, padded (for small populations).
@@ -515,10 +530,7 @@ class CohortFeed:
       cohort = self.population.gather(indices, mask, max_examples_per_client=self.cap,
                                       seed=seeds)
     else:
-      longest = max(int(np.minimum(self.population.num_examples[i] * m,
-                                   self.cap or np.iinfo(np.int32).max).max(initial=0))
-                    for i, m in zip(indices, mask, strict=True))
-      length = bucket_length(longest)
+      length = bucket_length(int(self.population.kept_counts(indices, mask, self.cap).max()))
       parts = [self.population.gather(i, m, length=length, max_examples_per_client=self.cap,
                                       seed=s)
                for i, m, s in zip(indices, mask, seeds, strict=True)]
