@@ -50,6 +50,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from fedjax_lite import training
 from fedjax_lite._validate import check_int
 from fedjax_lite.algorithm import FederatedAlgorithm, ServerState
 from fedjax_lite.data import FederatedData, take
@@ -153,7 +154,11 @@ class AsyncAlgorithm(NamedTuple):
     init: ``init(params, population, key) -> AsyncState``: version 0 and the
       first ``C`` clients in flight.
     step: ``step(state, population, key) -> (state, metrics)``, jitted: one
-      server step (``key``: the run's key, the same for every step).
+      server step (``key``: the run's key, the same for every step). Its
+      metrics are the round's (``train_loss``, ``num_clients``, the
+      aggregator's...) and ``virtual_time``, ``staleness_mean`` (of the kept
+      updates), ``staleness_max``, ``num_too_stale``, ``clients_in_flight``;
+      under ``clients``, each finisher's ``client_id`` and ``staleness``.
     concurrency: ``C``.
     buffer: ``K``.
     max_staleness: ``S``.
@@ -258,7 +263,8 @@ def build_fedbuff(algorithm: FederatedAlgorithm, devices: Devices, *, concurrenc
     slot_start = state.slot_start.at[done].set(jnp.broadcast_to(new_version, (buffer,)))
     slot_finish = state.slot_finish.at[done].set(now + durations(population, new_ids))
     used = jnp.maximum(jnp.sum(kept), 1).astype(jnp.float32)
-    metrics = dict(metrics, virtual_time=now,
+    clients = dict(metrics.get("clients", {}), client_id=ids, staleness=stale)
+    metrics = dict(metrics, clients=clients, virtual_time=now,
                    staleness_mean=jnp.sum(jnp.where(kept, stale, 0)).astype(jnp.float32) / used,
                    staleness_max=jnp.max(stale).astype(jnp.float32),
                    num_too_stale=jnp.sum(~kept).astype(jnp.float32),
@@ -266,3 +272,51 @@ def build_fedbuff(algorithm: FederatedAlgorithm, devices: Devices, *, concurrenc
     return AsyncState(new_server, versions, slot_ids, slot_start, slot_finish, now), metrics
 
   return AsyncAlgorithm(init, jax.jit(step), concurrency, buffer, max_staleness)
+
+
+def run_async(algorithm: AsyncAlgorithm, state: AsyncState, population: FederatedData, *,
+              num_steps: int, key: Any, progress: bool | None = None,
+              callback: Callable[[int, AsyncState, dict[str, float]], dict[str, Any] | None]
+              | None = None) -> tuple[AsyncState, list[dict[str, float]]]:
+  """Runs ``num_steps`` server steps of FedBuff / FedAsync (the analogue of ``run_rounds``).
+
+  Step ``r`` is counted from ``state.server.round``, so a run resumed from a
+  saved :class:`AsyncState` continues exactly as the uninterrupted one.
+
+  Args:
+    algorithm: from :func:`build_fedbuff`.
+    state: from ``algorithm.init(params, population, key)`` or a checkpoint.
+    population: all clients (stacked), moved to the default device once.
+    num_steps: server steps to run (``>= 0``).
+    key: the run's PRNG key (the one ``init`` took).
+    progress: show a progress bar; ``None``: only when stderr is a terminal.
+    callback: optional ``callback(step_index, state, row)`` after each step;
+      a returned dict is shown in the progress bar.
+
+  Returns:
+    ``(state, history)``: per step a dict of Python floats, the scalar step
+    metrics (``train_loss``, ``virtual_time``, ``staleness_mean``, ...) and
+    ``round`` (the step index) and ``seconds`` (its wall time).
+
+  Raises:
+    ValueError: for a bad ``num_steps``, or when a finisher's output is
+      NaN/Inf (the step is not applied; the message names the clients).
+  """
+  check_int("num_steps", num_steps, minimum=0)
+  population = training._on_device(population)
+  first = int(jax.device_get(state.server.round))
+
+  def step_round(state, r):
+    del r
+    return algorithm.step(state, population, key)
+
+  def record(r, metrics, seconds):
+    if not bool(metrics["applied"]):
+      training.raise_if_nonfinite(metrics, metrics["clients"]["client_id"], r)
+    row = {"round": float(r)}
+    row.update({k: float(v) for k, v in metrics.items() if k != "clients"})
+    row["seconds"] = seconds
+    return row, {"loss": f"{row['train_loss']:.4f}", "t": f"{row['virtual_time']:.4g}"}
+
+  return training._loop(state, range(first, first + num_steps), step_round, record, progress,
+                        callback)

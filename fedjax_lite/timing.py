@@ -222,8 +222,9 @@ def timed(algorithm: Any, devices: Devices, *, deadline: float | None = None,
   it, unless ``partial``: the client update then cuts their work itself
   (built with :func:`deadline_work`, ``mode="partial"``) and they stay with
   the steps they finished. The round's metrics add ``round_time`` (the virtual
-  seconds the server waited: the last kept client's finish time, at most
-  the deadline), ``num_unavailable``, ``num_late`` and ``num_not_kept``.
+  seconds the server waited: the ``keep``-th kept client's finish time, or
+  the last one's without ``keep``; the deadline when a client is late and no
+  ``keep`` count was reached first), ``num_unavailable``, ``num_late`` and ``num_not_kept``.
 
   Args:
     algorithm: a :class:`fedjax_lite.FederatedAlgorithm`.
@@ -268,6 +269,10 @@ def timed(algorithm: Any, devices: Devices, *, deadline: float | None = None,
     if deadline is not None and keep is not None:
       # The server stops at the keep-th finisher, or at the deadline without enough.
       waited = jnp.where(jnp.sum(kept) < keep, deadline, waited)
+    elif deadline is not None:
+      # Without a count to stop at, the server waits for every available client
+      # it kept: until the deadline when one of them is late.
+      waited = jnp.where(jnp.any(late), deadline, waited)
     new_state, metrics = algorithm.round(state, cohort._replace(num_examples=jnp.where(
         kept, n, 0)), key)
     metrics = dict(metrics, round_time=waited.astype(jnp.float32),

@@ -141,3 +141,29 @@ def test_the_benchmark_reports_each_implementation(capsys):
   assert rows["fedbuff"]["sec_per_step_median"] > 0 and rows["event_driven"]["sec_per_step"] > 0
   assert rows["event_driven"]["vectorized_speedup"] == pytest.approx(
       rows["event_driven"]["sec_per_step"] / rows["fedbuff"]["sec_per_step_median"])
+
+
+def test_run_async_equals_stepping_and_a_resumed_run_equals_the_uninterrupted_one(setup,
+                                                                                   tmp_path):
+  from fedjax_lite import checkpoint
+
+  population, params, update = setup
+  devices = timing.lognormal_devices(len(SIZES), sigma=1.5, seed=4)
+  algo = asynchronous.build_fedbuff(fl.build_federated_algorithm(update, fl.server.fedavg()),
+                                    devices, concurrency=6, buffer=2, max_staleness=4)
+  key = jax.random.key(5)
+  stepped, rows = _run(algo, params, population, 6, key)
+  seen = []
+  state, history = asynchronous.run_async(
+      algo, algo.init(params, population, key), population, num_steps=3, key=key,
+      progress=False, callback=lambda r, s, row: seen.append(r))
+  checkpoint.save_checkpoint(tmp_path / "c.ckpt", state, {"round": 3})
+  resumed, _ = checkpoint.load_checkpoint(tmp_path / "c.ckpt", algo.init(params, population,
+                                                                         key))
+  resumed, more = asynchronous.run_async(algo, resumed, population, num_steps=3, key=key,
+                                         progress=False)
+  assert seen == [0, 1, 2] and [r["round"] for r in history + more] == list(range(6))
+  jax.tree.map(np.testing.assert_array_equal, resumed, stepped)
+  np.testing.assert_array_equal([r["virtual_time"] for r in history + more],
+                                [float(r["virtual_time"]) for r in rows])
+  assert all(np.asarray(r["clients"]["staleness"]).shape == (2,) for r in rows)
