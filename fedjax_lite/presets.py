@@ -11,7 +11,9 @@ function call:
   the algorithms of :mod:`fedjax_lite.algorithms` (``fedprox``, ``fedsgd``,
   ``fednova``, ``scaffold``, ``mime_lite``, ``ditto``, ``qffl``), whose server
   step is ``server_optimizer`` (default ``fedavg``, SGD at rate
-  ``server_lr``, default 1).
+  ``server_lr``, default 1); and :data:`ASYNC_ALGORITHMS` (``fedbuff``,
+  ``fedasync``): FedAvg's client and that server step, driven asynchronously
+  by :func:`fedjax_lite.asynchronous.build_fedbuff`.
 * :data:`AGGREGATORS`: ``mean``, ``median``, ``trimmed_mean``, ``krum``
   (:mod:`fedjax_lite.robust`), optionally wrapped by norm bounding
   (``norm_bound``) and stochastic quantization (``quantize_bits``,
@@ -31,7 +33,9 @@ from fedjax_lite.experiment.catalog import AGGREGATORS, ATTACKS
 
 SERVER_OPTIMIZERS = ("fedavg", "fedavgm", "fedadam", "fedyogi", "fedadagrad")
 CLIENT_ALGORITHMS = tuple(PRESETS)
-ALGORITHMS = SERVER_OPTIMIZERS + CLIENT_ALGORITHMS
+# FedAvg's client and server step, stepped asynchronously on the virtual clock.
+ASYNC_ALGORITHMS = ("fedbuff", "fedasync")
+ALGORITHMS = SERVER_OPTIMIZERS + CLIENT_ALGORITHMS + ASYNC_ALGORITHMS
 STRAGGLER_MODES = ("drop", "partial")
 
 # Algorithms that keep a state per client (init needs the population size).
@@ -83,12 +87,19 @@ def validate(c: dict[str, Any]) -> None:
   refusal = PRESETS[algorithm].dp_refusal if algorithm in PRESETS else None
   if dp and refusal is not None:
     raise ValueError(f"--algorithm {algorithm} with --dp: {refusal}; not supported.")
+  if dp and algorithm in ASYNC_ALGORITHMS:
+    raise ValueError(
+        f"--algorithm {algorithm} with --dp is refused: which clients take part in a server "
+        "step depends on their devices' speeds and on the other clients in flight, not on an "
+        "independent sample, so the sampled-Gaussian accounting does not cover it; use a "
+        "synchronous algorithm for DP.")
   if c["aggregator"] == "krum":
-    f, k = c["num_byzantine"], c["clients_per_round"]
+    f, k = c["num_byzantine"], cohort_size(c)
+    flag = "--buffer" if algorithm == "fedbuff" else "--clients-per-round"
     if k < 2 * f + 3:
       raise ValueError(
           f"--aggregator krum tolerates f Byzantine clients only in cohorts of more than 2f + 2 "
-          f"(Blanchard et al. 2017); --num-byzantine {f} needs --clients-per-round >= "
+          f"(Blanchard et al. 2017); --num-byzantine {f} needs {flag} >= "
           f"{2 * f + 3}, got {k}. Lower --num-byzantine to at most {max((k - 3) // 2, 0)}.")
     if c["multi_krum"] > k - f:
       raise ValueError(f"--multi-krum {c['multi_krum']} averages more clients than the "
@@ -98,6 +109,22 @@ def validate(c: dict[str, Any]) -> None:
                      "malicious clients).")
   if c["attack"] == "none" and c["attack_fraction"] > 0:
     raise ValueError("--attack-fraction needs --attack sign_flip, gaussian or scaled.")
+
+
+def cohort_size(c: dict[str, Any]) -> int:
+  """The clients a server step aggregates: ``clients_per_round``, or FedBuff's ``buffer``.
+
+  Args:
+    c: the configuration.
+
+  Returns:
+    ``buffer`` for ``fedbuff``, 1 for ``fedasync``, else ``clients_per_round``.
+  """
+  if c["algorithm"] == "fedasync":
+    return 1
+  if c["algorithm"] == "fedbuff":
+    return c["buffer"]
+  return c["clients_per_round"]
 
 
 def parse_local_work(text: str):
@@ -215,7 +242,7 @@ def _attack(c: dict[str, Any], update):
 
 
 def build_algorithm(c: dict[str, Any], loss_fn, client_optimizer, *, dp_aggregator=None,
-                    mesh=None):
+                    mesh=None, local_work=None):
   """The :class:`fedjax_lite.FederatedAlgorithm` of a configuration.
 
   Args:
@@ -225,18 +252,22 @@ def build_algorithm(c: dict[str, Any], loss_fn, client_optimizer, *, dp_aggregat
     client_optimizer: the client's optax optimizer (SGD at ``client_lr``).
     dp_aggregator: the DP aggregator, if the run is private.
     mesh: the client mesh, or ``None``.
+    local_work: a :class:`fedjax_lite.LocalWork` instead of the one
+      ``local_work``/``stragglers`` describe (e.g. a round deadline's,
+      :func:`fedjax_lite.timing.deadline_work`).
 
   Returns:
-    The algorithm; stateful ones (:data:`STATEFUL`) need ``init(params,
-    num_clients=N)``.
+    The algorithm (for :data:`ASYNC_ALGORITHMS`, the synchronous one that
+    :func:`fedjax_lite.asynchronous.build_fedbuff` steps); stateful ones
+    (:data:`STATEFUL`) need ``init(params, num_clients=N)``.
   """
   import fedjax_lite as fl
 
-  algo = _algorithm(c, loss_fn, client_optimizer, dp_aggregator)
+  algo = _algorithm(c, loss_fn, client_optimizer, dp_aggregator, local_work)
   return fl.build_federated_algorithm(algo, chunk_size=c["chunk_size"], mesh=mesh)
 
 
-def _algorithm(c: dict[str, Any], loss_fn, client_optimizer, dp_aggregator):
+def _algorithm(c: dict[str, Any], loss_fn, client_optimizer, dp_aggregator, local_work=None):
   """What the configuration's algorithm computes (run with the default execution)."""
   import fedjax_lite as fl
   from fedjax_lite import server
@@ -244,8 +275,7 @@ def _algorithm(c: dict[str, Any], loss_fn, client_optimizer, dp_aggregator):
   algorithm = c["algorithm"]
   server_kwargs = {} if c["server_lr"] is None else {"learning_rate": c["server_lr"]}
   opt_name = algorithm if algorithm in SERVER_OPTIMIZERS else (c["server_optimizer"] or "fedavg")
-  local_work = None
-  if algorithm in LOCAL_WORK:
+  if algorithm in LOCAL_WORK and local_work is None:
     local_work = parse_local_work(c["local_work"])
     if c["stragglers"] > 0:
       local_work = fl.client.stragglers(c["stragglers"], c["straggler_mode"])
@@ -254,8 +284,8 @@ def _algorithm(c: dict[str, Any], loss_fn, client_optimizer, dp_aggregator):
       num_epochs=c["local_epochs"], batch_size=c["batch_size"],
       server_optimizer=server.server_optimizer(opt_name, **server_kwargs),
       aggregator=build_aggregator(c, dp_aggregator), local_work=local_work,
-      private=dp_aggregator is not None, cohort_size=c["clients_per_round"])
-  if algorithm in SERVER_OPTIMIZERS:
+      private=dp_aggregator is not None, cohort_size=cohort_size(c))
+  if algorithm in SERVER_OPTIMIZERS + ASYNC_ALGORITHMS:
     update = fl.build_client_update(loss_fn, client_optimizer, num_epochs=context.num_epochs,
                                     batch_size=context.batch_size, local_work=local_work)
     spec = fl.build_federated_algorithm(update, context.server_optimizer,

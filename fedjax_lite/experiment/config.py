@@ -245,6 +245,7 @@ def _validate_run(c: dict[str, Any]) -> None:
       raise ConfigError("--adaptive-clip needs --dp gaussian (Andrew et al.'s method).")
   with option_errors():
     presets.validate(c)
+  _validate_timing(c)
   for sink in log_sinks(c):
     from fedjax_lite import loggers
 
@@ -274,6 +275,34 @@ def _validate_run(c: dict[str, Any]) -> None:
     raise ConfigError("model 'cnn' needs an image dataset (digits or fashion_mnist).")
 
 
+def _validate_timing(c: dict[str, Any]) -> None:
+  """The rules that tie the virtual clock's options to the rest."""
+  selective = [flag for flag, on in (
+      ("--deadline", c["deadline"] is not None), ("--over-select", c["over_select"] is not None),
+      ("--availability < 1", c["availability"] < 1)) if on]
+  if c["dp"] != "none" and selective:
+    raise ConfigError(
+        f"--dp {c['dp']} with {' and '.join(selective)} is refused: which sampled clients "
+        "contribute would then depend on their devices (and, over-selecting, on the other "
+        "clients sampled), which the sampled-mechanism accounting does not cover. Drop "
+        f"{selective[0].split()[0]}, or --dp.")
+  if c["partial_work"]:
+    if c["algorithm"] not in presets.LOCAL_WORK:
+      raise ConfigError(f"--partial-work cuts local work at the deadline; it works with "
+                        f"{', '.join(presets.LOCAL_WORK)}, not {c['algorithm']}.")
+    if c["local_work"] != "full" or c["stragglers"] > 0:
+      raise ConfigError("--partial-work sets each late client's work from its device; leave "
+                        "--local-work full and --stragglers 0.")
+  if c["algorithm"] == "fedbuff" and c["concurrency"] is not None and (
+      c["buffer"] > c["concurrency"]):
+    raise ConfigError(f"--buffer {c['buffer']} exceeds --concurrency {c['concurrency']}: the "
+                      "server waits for --buffer of the clients in flight; raise "
+                      "--concurrency.")
+  if c.get("sweep") and c["algorithm"] in presets.ASYNC_ALGORITHMS:
+    raise ConfigError(f"--sweep with --algorithm {c['algorithm']} is not supported: a sweep "
+                      "vectorizes synchronous rounds; run each experiment on its own.")
+
+
 def log_sinks(config: dict[str, Any]) -> list[str]:
   """The ``log`` option's sinks (``"tensorboard,wandb"`` -> two names; ``""`` -> none)."""
   return [part.strip() for part in str(config.get("log") or "").split(",") if part.strip()]
@@ -291,10 +320,25 @@ def _check_resume(saved: dict[str, Any], config: dict[str, Any]) -> None:
 
 
 def _check_cohort(config: dict[str, Any], ds) -> None:
-  if config["clients_per_round"] > ds.train.num_clients:
+  """Refuses a cohort (or FedBuff's clients in flight) larger than the population."""
+  from fedjax_lite.experiment.build import concurrency, sampled_cohort
+
+  n = ds.train.num_clients
+  if config["algorithm"] in presets.ASYNC_ALGORITHMS:
+    c = concurrency(config, n)
+    if c > n:
+      raise ConfigError(f"--concurrency {c} exceeds the dataset's {n} clients.")
+    if presets.cohort_size(config) > c:
+      raise ConfigError(f"--buffer {config['buffer']} exceeds the {c} clients in flight "
+                        f"(--concurrency, default min(4 x buffer, {n} clients)).")
+    return
+  if config["clients_per_round"] > n:
     raise ConfigError(
         f"clients_per_round={config['clients_per_round']} exceeds the dataset's "
-        f"{ds.train.num_clients} clients.")
+        f"{n} clients.")
+  if sampled_cohort(config) > n:
+    raise ConfigError(f"--over-select {config['over_select']} samples {sampled_cohort(config)} "
+                      f"clients, more than the dataset's {n}; lower it.")
 
 
 # The library's parameters whose values the command line sets with a flag of

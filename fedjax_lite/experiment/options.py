@@ -60,6 +60,30 @@ def _read_by(what: str, key: str, extra: Any = None, why: str = "") -> Any:
     return None
 
   return applies
+_ASYNC = presets.ASYNC_ALGORITHMS
+_SYNC = when(lambda c: c.algorithm.algorithm not in _ASYNC,
+             "fedbuff and fedasync keep --concurrency clients in flight and step the server "
+             "every --buffer finishers (fedasync: every one)")
+
+
+def uses_clock(c: Any) -> bool:
+  """Whether a configuration runs on the virtual clock (:mod:`fedjax_lite.timing`).
+
+  Args:
+    c: a :class:`Config`.
+
+  Returns:
+    True for ``--virtual-clock``, ``--deadline``, ``--over-select`` and the
+    asynchronous algorithms.
+  """
+  t = c.timing
+  return (t.virtual_clock or t.deadline is not None or t.over_select is not None
+          or c.algorithm.algorithm in _ASYNC)
+
+
+_CLOCK = when(uses_clock, "it describes the clients' devices, which only a run on the virtual "
+              "clock uses (--virtual-clock, --deadline, --over-select or --algorithm "
+              "fedbuff/fedasync)")
 _DP = when(lambda c: c.privacy.dp != "none", "it is a differential-privacy option and --dp is "
             "none")
 
@@ -131,9 +155,9 @@ class TrainingConfig:
 
   rounds: int = option(150, "total rounds", low=1)
   clients_per_round: int = option(10, "cohort size (expected size under Poisson sampling)",
-                                  low=1)
+                                  low=1, applies=_SYNC)
   sampling: str = option("fixed", "client sampling: a fixed-size cohort, or each client with "
-                         "probability K/N", choices=("fixed", "poisson"))
+                         "probability K/N", choices=("fixed", "poisson"), applies=_SYNC)
   local_epochs: int = option(2, "local epochs per round", low=1)
   batch_size: int = option(8, "local batch size", low=1)
   client_lr: float = option(0.05, "client SGD learning rate", low=0.0, low_open=True)
@@ -249,6 +273,74 @@ class PrivacyConfig:
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
+class TimingConfig:
+  """Virtual time: devices, deadlines, over-selection and asynchronous aggregation."""
+
+  virtual_clock: bool = option(False, "time every round on simulated devices and report "
+                               "round_time and virtual_time (implied by --deadline, "
+                               "--over-select, fedbuff and fedasync)")
+  device_median: float = option(0.01, "the median device's seconds per example (log-normal "
+                                "speeds)", low=0.0, low_open=True, applies=when(
+                                    lambda c: uses_clock(c) and c.timing.device_trace is None,
+                                    "it is the log-normal devices' median; --device-trace "
+                                    "gives every speed"))
+  device_sigma: float = option(1.0, "spread of log speed across devices (log-normal)",
+                               low=0.0, applies=when(
+                                   lambda c: uses_clock(c) and c.timing.device_trace is None,
+                                   "it is the log-normal devices' spread; --device-trace "
+                                   "gives every speed"))
+  device_trace: str | None = option(
+      None, "measured seconds per example, one per client in client-id order (.npy, or text "
+      "with one number per line)", kind=str, optional=True, metavar="FILE", applies=_CLOCK)
+  device_overhead: float = option(0.0, "seconds every round costs a client besides training "
+                                  "(download, upload)", low=0.0, applies=_CLOCK)
+  availability: float = option(1.0, "probability that a sampled client is available in a "
+                               "round", low=0.0, low_open=True, high=1.0, applies=_CLOCK)
+  device_seed: int | None = option(None, "seed of the devices' speeds and availability "
+                                   "(default: --seed)", kind=int, optional=True, low=0,
+                                   applies=_CLOCK)
+  deadline: float | None = option(None, "round deadline in virtual seconds: later clients are "
+                                  "dropped (or with --partial-work keep what they finished)",
+                                  kind=float, optional=True, low=0.0, low_open=True,
+                                  applies=_SYNC)
+  partial_work: bool = option(False, "clients that miss --deadline contribute the steps they "
+                              "finished by then", applies=when(
+                                  lambda c: c.timing.deadline is not None,
+                                  "it needs --deadline"))
+  over_select: float | None = option(
+      None, "sample ceil(F * --clients-per-round) clients and aggregate the "
+      "--clients-per-round that finish first (Bonawitz et al. 2019)", kind=float,
+      optional=True, low=1.0, metavar="F", applies=_SYNC)
+  concurrency: int | None = option(
+      None, "fedbuff/fedasync: clients in flight (default: 4 x --buffer, at most the "
+      "population)", kind=int, optional=True, low=1, applies=when(
+          lambda c: c.algorithm.algorithm in _ASYNC, "it is fedbuff's and fedasync's"))
+  buffer: int = option(10, "fedbuff: finished clients per server step", low=1, applies=when(
+      lambda c: c.algorithm.algorithm == "fedbuff", "it is fedbuff's (fedasync steps on every "
+      "finisher)"))
+  staleness: str = option("polynomial", "fedbuff/fedasync: weight of a delta s versions old: "
+                          "polynomial (1+s)^-a, constant, or hinge", choices=(
+                              "polynomial", "constant", "hinge"), applies=when(
+                                  lambda c: c.algorithm.algorithm in _ASYNC,
+                                  "it is fedbuff's and fedasync's"))
+  staleness_a: float | None = option(
+      None, "the staleness function's a: polynomial's exponent (default 0.5, FedBuff's "
+      "1/sqrt(1+s)), hinge's slope (default 10)", kind=float, optional=True, low=0.0,
+      applies=when(lambda c: c.algorithm.algorithm in _ASYNC
+                   and c.timing.staleness != "constant",
+                   "it is --staleness polynomial's or hinge's parameter"))
+  staleness_b: int = option(4, "hinge: staleness up to which deltas keep full weight", low=0,
+                            applies=when(lambda c: c.algorithm.algorithm in _ASYNC
+                                         and c.timing.staleness == "hinge",
+                                         "it is --staleness hinge's parameter"))
+  max_staleness: int | None = option(
+      None, "fedbuff/fedasync: model versions kept (default max(8, 4 x concurrency / buffer)); "
+      "an older update is dropped and counted in num_too_stale", kind=int, optional=True,
+      low=1, applies=when(lambda c: c.algorithm.algorithm in _ASYNC,
+                          "it is fedbuff's and fedasync's"))
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class EvaluationConfig:
   """Evaluation during and after training."""
 
@@ -302,8 +394,8 @@ class SweepConfig:
 SECTIONS: dict[str, type] = {
     "data": DataConfig, "model": ModelConfig, "training": TrainingConfig,
     "algorithm": AlgorithmConfig, "aggregation": AggregationConfig, "attack": AttackConfig,
-    "privacy": PrivacyConfig, "evaluation": EvaluationConfig, "output": OutputConfig,
-    "runtime": RuntimeConfig, "sweep": SweepConfig,
+    "privacy": PrivacyConfig, "timing": TimingConfig, "evaluation": EvaluationConfig,
+    "output": OutputConfig, "runtime": RuntimeConfig, "sweep": SweepConfig,
 }
 
 Config = dataclasses.make_dataclass(

@@ -57,7 +57,15 @@ def _round_row(config: dict[str, Any], dp: DPSetup | None, r: int,
   row.update({k: v for k, v in m.items()
               if k.startswith("num_") and k not in ("num_clients", "num_examples",
                                                      "num_nonfinite_clients")})
+  row.update({k: m[k] for k in TIME_METRICS if k in m})
   return row
+
+
+# The virtual clock's metrics of a row: a synchronous round's duration and the
+# time since the run's start (virtual seconds), FedBuff's staleness and
+# clients in flight.
+TIME_METRICS = ("round_time", "virtual_time", "staleness_mean", "staleness_max",
+                "clients_in_flight")
 
 
 def _append_row(path: Path, row: dict[str, Any]) -> None:
@@ -88,6 +96,8 @@ def _finish_run(config: dict[str, Any], out: Path, ds, dp: DPSetup | None,
          if evals else {}),
       "best_eval_accuracy": max((r["eval_accuracy"] for r in evals), default=None),
       "chance_accuracy": 1.0 / ds.num_classes,
+      **({"virtual_time_total": rows[-1]["virtual_time"]}
+         if rows and "virtual_time" in rows[-1] else {}),
       **({"epsilon": dp.epsilon(rounds_completed), "delta": config["delta"],
           "privacy": dp.describe()} if dp else {}),
       "out": str(out),
@@ -124,12 +134,18 @@ def _resume_rows(path: Path, upto_round: int, *, write: bool = True) -> list[dic
 
 
 def plot_curves(rows: list[dict[str, Any]], path: Path, title: str = "") -> None:
-  """Writes ``curves.png``: train/eval loss and eval accuracy against rounds."""
+  """Writes ``curves.png``: train/eval loss and eval accuracy against rounds.
+
+  A run on the virtual clock (rows with ``virtual_time``) gets a third panel:
+  eval accuracy against virtual seconds.
+  """
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
 
-  fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
+  timed = "virtual_time" in rows[0]
+  fig, axes = plt.subplots(1, 3 if timed else 2, figsize=(15 if timed else 10, 4))
+  ax_loss, ax_acc = axes[:2]
   rounds = [r["round"] + 1 for r in rows]
   ax_loss.plot(rounds, [r["train_loss"] for r in rows], label="train loss (cohort)", lw=1)
   ev = [r for r in rows if "eval_loss" in r]
@@ -144,12 +160,27 @@ def plot_curves(rows: list[dict[str, Any]], path: Path, title: str = "") -> None
                           label="per-client accuracy, 10th-90th pct")
     if "central_accuracy" in ev[0]:
       ax_acc.plot(er, [r["central_accuracy"] for r in ev], "s--", label="central test accuracy")
-  ax_loss.set_xlabel("round")
+  step = "server step" if "staleness_mean" in rows[0] else "round"
+  ax_loss.set_xlabel(step)
   ax_loss.set_ylabel("loss")
-  ax_acc.set_xlabel("round")
+  ax_acc.set_xlabel(step)
   ax_acc.set_ylabel("accuracy")
   ax_acc.set_ylim(0, 1)
-  for ax, where in ((ax_loss, "best"), (ax_acc, "lower right")):
+  panels = [(ax_loss, "best"), (ax_acc, "lower right")]
+  if timed:  # accuracy (or, before an evaluation, train loss) against virtual time
+    ax_time = axes[2]
+    if ev:
+      ax_time.plot([r["virtual_time"] for r in ev], [r["eval_accuracy"] for r in ev], "o-",
+                   label="eval accuracy (pooled)")
+      ax_time.set_ylabel("accuracy")
+      ax_time.set_ylim(0, 1)
+    else:
+      ax_time.plot([r["virtual_time"] for r in rows], [r["train_loss"] for r in rows], lw=1,
+                   label="train loss (cohort)")
+      ax_time.set_ylabel("loss")
+    ax_time.set_xlabel("virtual time (s)")
+    panels.append((ax_time, "lower right" if ev else "best"))
+  for ax, where in panels:
     if ax.get_legend_handles_labels()[0]:  # no evaluation yet: no accuracy curve
       ax.legend(loc=where)
   fig.suptitle(title)

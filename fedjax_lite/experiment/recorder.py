@@ -108,6 +108,10 @@ class Recorder:
     evaluated = self.due("eval_every", r)
     accuracies = []
     for i, ((d, c, dp), m) in enumerate(zip(self.experiments, metrics, strict=True)):
+      if "round_time" in m and "virtual_time" not in m:
+        # A synchronous round on the virtual clock: the time since the run began.
+        before = self.rows[i][-1]["virtual_time"] if self.rows[i] else 0.0
+        m = {**m, "virtual_time": before + float(m["round_time"])}
       row = _round_row(c, dp, r, m)
       if evaluated:
         row.update(self.evaluate(i, state))

@@ -12,15 +12,21 @@ from typing import Any
 
 import numpy as np
 
+from fedjax_lite import presets
 from fedjax_lite.experiment.build import (
   _algorithm,
   _dp_aggregator,
   _evaluator,
   _sweep_dp,
+  build_async,
+  build_devices,
   build_dp,
   build_task,
+  concurrency,
+  sampled_cohort,
+  uses_clock,
 )
-from fedjax_lite.experiment.config import _check_cohort, option_errors
+from fedjax_lite.experiment.config import ConfigError, _check_cohort, option_errors
 from fedjax_lite.experiment.outputs import _close, plot_sweep, versions
 from fedjax_lite.experiment.recorder import Recorder
 from fedjax_lite.experiment.rundir import release_output_dir
@@ -96,38 +102,56 @@ def _run_single(config: dict[str, Any], out: Path, mesh: Any, main: bool, remove
   log = (log or _stderr) if main else _quiet
   if removed:
     log(f"fedjax-lite run: --overwrite removed {', '.join(removed)} from {out}")
+  asynchronous = config["algorithm"] in presets.ASYNC_ALGORITHMS
+  key = jax.random.key(config["seed"])
   with option_errors():  # what the library refuses, named by option
     task = build_task(config)
     ds = task.dataset
     _check_cohort(config, ds)
-    dp = build_dp(config, ds.train.num_clients)
-    algo = _algorithm(config, task, dp.aggregator if dp else None, mesh=mesh)
-    state = algo.init(task.params, num_clients=ds.train.num_clients)
-  train, cap = _population(config, ds, mesh)
+    n = ds.train.num_clients
+    dp = build_dp(config, n)
+    devices = build_devices(config, n) if uses_clock(config) else None
+    algo = _algorithm(config, task, dp.aggregator if dp else None, mesh=mesh, devices=devices)
+    train, cap = _population(config, ds, mesh)
+    if asynchronous:
+      if isinstance(train, fl.RaggedData):
+        raise ConfigError(f"--algorithm {config['algorithm']} steps a stacked population, and "
+                          f"--dataset {config['dataset']} is stored ragged; use a synchronous "
+                          "algorithm (with --deadline or --over-select for time) on it.")
+      fedbuff = build_async(config, algo, devices, n)
+      state = fedbuff.init(task.params, train, key)
+    else:
+      state = algo.init(task.params, num_clients=n)
+  # The synchronous server state (params, round) of either kind of state.
+  server = (lambda s: s.server) if asynchronous else (lambda s: s)
   if config["resume"] and (out / "checkpoint.ckpt").exists():
     state = _load_state(out / "checkpoint.ckpt", state, mesh)
-  start_round = int(state.round)
+  start_round = int(server(state).round)
   eval_row = _evaluator(task, mesh, config)
   recorder = Recorder(config, out, [(out, config, dp)],
-                      evaluate=lambda i, state: eval_row(state.params, state), main=main,
-                      checkpoint_meta={"seed": config["seed"]}, received=received, sinks=sinks,
-                      log=log, verbose=verbose)
+                      evaluate=lambda i, state: eval_row(server(state).params, server(state)),
+                      main=main, checkpoint_meta={"seed": config["seed"]}, received=received,
+                      sinks=sinks, log=log, verbose=verbose)
   recorder.start(state, start_round, ds, mesh)
   remaining = _remaining(config, start_round, stop_after)
-  log(f"fedjax-lite run: {_describe_run(config, ds)}, rounds {start_round}.."
+  steps = "server steps" if asynchronous else "rounds"
+  log(f"fedjax-lite run: {_describe_run(config, ds)}, {steps} {start_round}.."
       f"{start_round + remaining} of {config['rounds']} -> {out}")
   started = time.perf_counter()
   completed, interrupted = start_round, None
+  record = lambda r, state, m: recorder.round(r, state, [m])
+  progress = config["progress"] if main else False
   try:
-    if remaining > 0:
+    if remaining > 0 and asynchronous:
+      state, _ = fl.asynchronous.run_async(fedbuff, state, train, num_steps=remaining, key=key,
+                                           progress=progress, callback=record)
+    elif remaining > 0:
       state, _ = fl.run_rounds(algo, state, train, num_rounds=remaining,
                                sampler=dp.sampler if dp else None,
-                               cohort_size=None if dp else config["clients_per_round"],
-                               key=jax.random.key(config["seed"]),
-                               progress=config["progress"] if main else False,
-                               callback=lambda r, state, m: recorder.round(r, state, [m]),
+                               cohort_size=None if dp else sampled_cohort(config),
+                               key=key, progress=progress, callback=record,
                                max_examples_per_client=cap)
-    completed = int(state.round)
+    completed = int(server(state).round)
   except Interrupted as e:
     interrupted, completed = e, e.rounds
   [summary] = recorder.finish(ds, completed, time.perf_counter() - started)
@@ -202,6 +226,7 @@ def _run_sweep(config: dict[str, Any], out: Path, mesh: Any, main: bool, removed
     ds = task.dataset
     _check_cohort(config, ds)
     dps = _sweep_dp(configs, ds.train.num_clients)
+    devices = build_devices(config, ds.train.num_clients) if uses_clock(config) else None
 
     def make(h):
       values = h if isinstance(h, dict) else {}
@@ -211,7 +236,7 @@ def _run_sweep(config: dict[str, Any], out: Path, mesh: Any, main: bool, removed
         z = values["noise_multiplier"] if "noise_multiplier" in values \
             else dps[0].spec.noise_multiplier
         aggregator = _dp_aggregator(c, z)
-      return _algorithm(c, task, aggregator, mesh=mesh)
+      return _algorithm(c, task, aggregator, mesh=mesh, devices=devices)
 
     inits: dict[int, Any] = {}
     for c in configs:
@@ -267,7 +292,7 @@ def _run_sweep(config: dict[str, Any], out: Path, mesh: Any, main: bool, removed
     if remaining > 0:
       states, _ = fl.run_sweep(make, sweep_h, params, train, num_rounds=remaining,
                                keys=keys, sampler=dps[0].sampler if dps[0] else None,
-                               cohort_size=None if dps[0] else config["clients_per_round"],
+                               cohort_size=None if dps[0] else sampled_cohort(config),
                                stacked_params=True, states=states if resumed else None,
                                callback=on_round,
                                progress=config["progress"] if main else False,
@@ -319,9 +344,16 @@ def _quiet(line: str) -> None:
 
 
 def _describe_run(config: dict[str, Any], ds) -> str:
-  return (f"{config['dataset']} ({ds.train.num_clients} clients, "
-          f"{int(np.sum(ds.train.num_examples))} train examples), model {config['model']}, "
-          f"{config['algorithm']}, {config['clients_per_round']} clients/round")
+  n = ds.train.num_clients
+  if config["algorithm"] in presets.ASYNC_ALGORITHMS:
+    cohort = (f"{concurrency(config, n)} clients in flight, a server step every "
+              f"{presets.cohort_size(config)} finished")
+  else:
+    cohort = f"{config['clients_per_round']} clients/round"
+    if config["over_select"] is not None:
+      cohort += f" (the first to finish of {sampled_cohort(config)} sampled)"
+  return (f"{config['dataset']} ({n} clients, {int(np.sum(ds.train.num_examples))} train "
+          f"examples), model {config['model']}, {config['algorithm']}, {cohort}")
 
 
 def _population(config: dict[str, Any], ds: Any, mesh: Any) -> tuple[Any, int | None]:
