@@ -286,6 +286,11 @@ def _validate_timing(c: dict[str, Any]) -> None:
         "contribute would then depend on their devices (and, over-selecting, on the other "
         "clients sampled), which the sampled-mechanism accounting does not cover. Drop "
         f"{selective[0].split()[0]}, or --dp.")
+  if (c["local_work"] != "full" or c["stragglers"] > 0) and (
+      c["virtual_clock"] or c["deadline"] is not None or c["over_select"] is not None):
+    raise ConfigError("--local-work and --stragglers set local work apart from the devices, "
+                      "and the virtual clock times a client by its examples x local epochs; "
+                      "drop them (--deadline with --partial-work cuts late clients' work).")
   if c["partial_work"]:
     if c["algorithm"] not in presets.LOCAL_WORK:
       raise ConfigError(f"--partial-work cuts local work at the deadline; it works with "
