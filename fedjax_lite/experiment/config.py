@@ -326,7 +326,7 @@ def _check_resume(saved: dict[str, Any], config: dict[str, Any]) -> None:
 
 def _check_cohort(config: dict[str, Any], ds) -> None:
   """Refuses a cohort (or FedBuff's clients in flight) larger than the population."""
-  from fedjax_lite.experiment.build import concurrency, sampled_cohort
+  from fedjax_lite.experiment.clock import concurrency, sampled_cohort
 
   n = ds.train.num_clients
   if config["algorithm"] in presets.ASYNC_ALGORITHMS:

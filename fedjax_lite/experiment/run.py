@@ -18,10 +18,12 @@ from fedjax_lite.experiment.build import (
   _dp_aggregator,
   _evaluator,
   _sweep_dp,
-  build_async,
-  build_devices,
   build_dp,
   build_task,
+)
+from fedjax_lite.experiment.clock import (
+  build_async,
+  build_devices,
   concurrency,
   sampled_cohort,
   uses_clock,
