@@ -103,7 +103,8 @@ _WHERE = {
 }
 # The rest of the package's modules, importable as attributes too.
 _WHERE.update({name: f"fedjax_lite.{name}" for name in (
-    "aggregation", "algorithm", "asynchronous", "data", "experiment", "loggers", "presets",
+    "aggregation", "algorithm", "asynchronous", "correlated", "data", "experiment", "loggers",
+    "presets",
     "ragged", "sampling", "secagg", "timing", "training")})
 __getattr__, __dir__ = _lazy.attach(__name__, _WHERE)
 

@@ -53,6 +53,7 @@ import jax.numpy as jnp
 from fedjax_lite import training
 from fedjax_lite._validate import check_int
 from fedjax_lite.algorithm import FederatedAlgorithm, ServerState
+from fedjax_lite.correlated import CorrelatedState
 from fedjax_lite.data import FederatedData, take
 from fedjax_lite.privacy import DPState
 from fedjax_lite.timing import Devices, client_durations
@@ -229,7 +230,7 @@ def build_fedbuff(algorithm: FederatedAlgorithm, devices: Devices, *, concurrenc
       raise ValueError(f"`concurrency`={concurrency} exceeds the population's "
                        f"{population.num_clients} clients.")
     server_state = algorithm.init(params, num_clients=population.num_clients)
-    if isinstance(server_state.aggregator_state, DPState):
+    if isinstance(server_state.aggregator_state, (DPState, CorrelatedState)):
       raise ValueError(
           "asynchronous aggregation with a DP aggregator is refused: which clients take part "
           "in a server step depends on their devices' speeds and on the other clients in "

@@ -92,9 +92,12 @@ class Sampler(NamedTuple):
   """A cohort sampler with a fixed output shape.
 
   Attributes:
-    sample: ``sample(key) -> (indices int32[K], mask bool[K], overflow bool)``.
+    sample: ``sample(key, round_index) -> (indices int32[K], mask bool[K],
+      overflow bool)``; ``key`` is the round's sampling key (random
+      samplers draw from it), ``round_index`` the round (a schedule such as
+      :func:`fedjax_lite.correlated.cyclic_sampler` reads it).
     cohort_size: ``K``, the (padded) number of cohort slots.
-    kind: ``"fixed"`` or ``"poisson"``.
+    kind: ``"fixed"``, ``"poisson"`` or ``"cyclic"``.
     num_clients: the population size it samples from.
     rate: expected fraction of the population per round.
   """
@@ -130,7 +133,8 @@ class _FixedSample:
   num_clients: int
   cohort_size: int
 
-  def __call__(self, key):
+  def __call__(self, key, round_index=None):
+    del round_index  # a fresh draw every round
     idx = sample_clients(key, self.num_clients, self.cohort_size)
     return idx, jnp.ones((self.cohort_size,), bool), jnp.bool_(False)
 
@@ -141,7 +145,8 @@ class _PoissonSample:
   rate: float
   bound: int
 
-  def __call__(self, key):
+  def __call__(self, key, round_index=None):
+    del round_index  # a fresh draw every round
     return poisson_sample(key, self.num_clients, self.rate, self.bound)
 
 
