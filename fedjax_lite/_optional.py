@@ -25,3 +25,17 @@ def require(module: str, purpose: str, install: str) -> ModuleType:
   except ImportError:
     package = module.split(".")[0]
     raise ImportError(f"{purpose} needs {package}, which is not installed: {install}") from None
+
+
+def jax_privacy_toeplitz() -> ModuleType:
+  """jax-privacy's banded Toeplitz strategies and their sensitivity (the ``mf`` extra).
+
+  Returns:
+    ``jax_privacy.matrix_factorization.toeplitz``.
+
+  Raises:
+    ImportError: naming the extra to install.
+  """
+  return require("jax_privacy.matrix_factorization.toeplitz",
+                 "Banded matrix factorization (its strategy and sensitivity)",
+                 "pip install 'fedjax_lite[mf]'")

@@ -52,7 +52,8 @@ class _Parser(argparse.ArgumentParser):
 _GROUPS = {
     "data": "data", "model": "model", "training": "training", "algorithm": "algorithm",
     "aggregation": "aggregation (robust, compressed)", "attack": "attack simulation",
-    "privacy": "differential privacy", "timing": "virtual time and asynchrony",
+    "privacy": "differential privacy", "secagg": "secure aggregation",
+    "timing": "virtual time and asynchrony",
     "evaluation": "evaluation", "output": "output",
     "runtime": "scale-out (devices and processes)", "sweep": "sweep",
 }

@@ -11,7 +11,8 @@ noise ``(C^{-1} z)_t``: correlated across rounds so that the noise of the
 privacy guarantee is that of one Gaussian mechanism on ``C x`` with the
 sensitivity of ``C`` under the participation pattern, which here is the
 cyclic one of :func:`cyclic_sampler`: client groups take turns, so a client
-takes part exactly once every ``b`` rounds (``b``-min-separation).
+takes part exactly once every ``b`` rounds (``b``-min-separation). The
+accounting is :func:`fedjax_lite.accounting.correlated_epsilon`.
 
 Two factorizations (``schedule``):
 
@@ -49,17 +50,15 @@ import math
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
-import dp_accounting
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from fedjax_lite._optional import jax_privacy_toeplitz
 from fedjax_lite._validate import check_int
 from fedjax_lite.aggregation import Aggregator
 from fedjax_lite.privacy import clip_scale, global_norm
 from fedjax_lite.sampling import Sampler
-
-SCHEDULES = ("tree", "bandmf")
 
 
 class NoiseSchedule(NamedTuple):
@@ -153,7 +152,7 @@ def optimal_banded_coefs(num_rounds: int, bands: int) -> np.ndarray:
   check_int("bands", bands, minimum=1)
   if bands == 1:
     return np.ones(1)
-  toeplitz = _jax_privacy_toeplitz()
+  toeplitz = jax_privacy_toeplitz()
   return np.asarray(toeplitz.optimize_banded_toeplitz(num_rounds, min(bands, num_rounds)),
                     np.float64)
 
@@ -309,156 +308,10 @@ def cyclic_sampler(num_clients: int, cohort_size: int, seed: int = 0) -> Sampler
   order = np.random.default_rng(seed).permutation(num_clients)
   groups = tuple(tuple(int(i) for i in order[g::b]) for g in range(b))
   slots = max(len(g) for g in groups)
-  return Sampler(_CyclicSample(groups, slots), slots, "cyclic", int(num_clients),
-                 1.0 / b)
+  return Sampler(_CyclicSample(groups, slots), slots, "cyclic", int(num_clients), 1.0 / b,
+                 by_round=True)
 
 
 def num_groups(num_clients: int, cohort_size: int) -> int:
   """``b``: the cyclic sampler's groups, the rounds between a client's turns."""
   return num_clients // cohort_size
-
-
-# -- accounting ----------------------------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True)
-class CorrelatedSpec:
-  """What the accounting of a correlated-noise run needs.
-
-  Attributes:
-    schedule: ``"tree"`` or ``"bandmf"``.
-    noise_multiplier: ``z``.
-    group_rounds: ``b`` (rounds between a client's participations).
-    coefs: ``bandmf``'s Toeplitz coefficients (``None`` for the tree).
-  """
-
-  schedule: str
-  noise_multiplier: float
-  group_rounds: int
-  coefs: tuple[float, ...] | None = None
-
-  def __post_init__(self):
-    if self.schedule not in SCHEDULES:
-      raise ValueError(f"unknown schedule {self.schedule!r}; choose one of {SCHEDULES}.")
-    if self.schedule == "bandmf" and not self.coefs:
-      raise ValueError("the bandmf schedule needs its `coefs`.")
-
-
-def bandmf_sensitivity(coefs: Any, group_rounds: int, rounds: int) -> float:
-  """L2 sensitivity of ``C`` (Toeplitz, ``coefs``) over ``rounds`` rounds, one turn per ``b``.
-
-  Computed by jax-privacy (``toeplitz.minsep_sensitivity_squared``;
-  Choquette-Choo et al. 2023), for non-negative non-increasing coefficients.
-
-  Args:
-    coefs: the Toeplitz coefficients.
-    group_rounds: ``b``, the minimum separation.
-    rounds: the rows released so far.
-
-  Returns:
-    The sensitivity per unit of the clip norm.
-  """
-  toeplitz = _jax_privacy_toeplitz()
-  return float(np.sqrt(toeplitz.minsep_sensitivity_squared(
-      jnp.asarray(coefs, jnp.float32), min_sep=group_rounds, n=rounds)))
-
-
-def correlated_event(spec: CorrelatedSpec, rounds: int) -> dp_accounting.DpEvent:
-  """The dp-accounting event of ``rounds`` rounds of a correlated-noise run.
-
-  Tree: one ``SingleEpochTreeAggregationDpEvent`` per tree of ``b`` rounds (a
-  client is in each tree once), composed. Banded MF: one
-  ``GaussianDpEvent`` at ``z / sensitivity``.
-
-  Args:
-    spec: the :class:`CorrelatedSpec`.
-    rounds: rounds released.
-
-  Returns:
-    The event.
-  """
-  check_int("rounds", rounds, minimum=0)
-  if rounds == 0:
-    return dp_accounting.NoOpDpEvent()
-  b = spec.group_rounds
-  if spec.schedule == "tree":
-    full, rest = divmod(rounds, b)
-    trees = [b] * full + ([rest] if rest else [])
-    return dp_accounting.ComposedDpEvent([
-        dp_accounting.SingleEpochTreeAggregationDpEvent(spec.noise_multiplier, steps)
-        for steps in trees])
-  sens = bandmf_sensitivity(spec.coefs, b, rounds)
-  return dp_accounting.GaussianDpEvent(spec.noise_multiplier / sens)
-
-
-def make_correlated_accountant(spec: CorrelatedSpec, accountant: str = "rdp"
-                               ) -> dp_accounting.PrivacyAccountant:
-  """The accountant for ``spec``: RDP (the tree needs it), or PLD for banded MF.
-
-  The tree's events use the replace-special neighbouring relation of
-  dp-accounting's tree aggregation (Kairouz et al. 2021, appendix D).
-
-  Raises:
-    ValueError: for PLD with the tree, or an unknown accountant.
-  """
-  if accountant not in ("rdp", "pld"):
-    raise ValueError(f"unknown accountant {accountant!r}; choose rdp or pld.")
-  if spec.schedule == "tree":
-    if accountant == "pld":
-      raise ValueError("accountant='pld' does not support tree aggregation; use "
-                       "accountant='rdp' (dp-accounting's tree analysis is an RDP one).")
-    return dp_accounting.rdp.RdpAccountant(
-        neighboring_relation=dp_accounting.NeighboringRelation.REPLACE_SPECIAL)
-  if accountant == "pld":
-    return dp_accounting.pld.PLDAccountant()
-  return dp_accounting.rdp.RdpAccountant()
-
-
-def correlated_epsilon(spec: CorrelatedSpec, rounds: int, delta: float,
-                       accountant: str = "rdp") -> float:
-  """Epsilon after ``rounds`` rounds of a correlated-noise run with cyclic participation.
-
-  Args:
-    spec: the :class:`CorrelatedSpec`.
-    rounds: rounds released.
-    delta: the target delta.
-    accountant: ``"rdp"`` or ``"pld"`` (banded MF only).
-
-  Returns:
-    Epsilon (0 for no rounds).
-  """
-  if rounds == 0:
-    return 0.0
-  acc = make_correlated_accountant(spec, accountant)
-  acc.compose(correlated_event(spec, rounds))
-  return float(acc.get_epsilon(delta))
-
-
-def calibrate_correlated(spec: CorrelatedSpec, rounds: int, target_epsilon: float,
-                         delta: float, accountant: str = "rdp") -> float:
-  """The noise multiplier that gives ``target_epsilon`` after ``rounds`` rounds.
-
-  Args:
-    spec: the run's :class:`CorrelatedSpec` (its multiplier is ignored).
-    rounds: the run's rounds.
-    target_epsilon: ``> 0``.
-    delta: the target delta.
-    accountant: as in :func:`correlated_epsilon`.
-
-  Returns:
-    The smallest multiplier (within dp-accounting's tolerance) reaching it.
-  """
-  if not target_epsilon > 0:
-    raise ValueError(f"`target_epsilon` must be > 0; got {target_epsilon}.")
-  return float(dp_accounting.calibrate_dp_mechanism(
-      lambda: make_correlated_accountant(spec, accountant),
-      lambda z: correlated_event(dataclasses.replace(spec, noise_multiplier=z), rounds),
-      target_epsilon, delta))
-
-
-def _jax_privacy_toeplitz():
-  from fedjax_lite._optional import require
-
-  return require("jax_privacy.matrix_factorization.toeplitz",
-                 "Banded matrix factorization (its strategy and sensitivity)",
-                 "pip install 'fedjax_lite[mf]'")

@@ -22,6 +22,8 @@ function call:
   refused, since DP's sensitivity bound is that of the clipped sum.
 * :data:`ATTACKS` (:mod:`fedjax_lite.attacks`) on a fraction of the clients,
   and top-k sparsification with error feedback (``topk_fraction``).
+* secure aggregation (``secagg_bits``, :mod:`fedjax_lite.secagg`) of the
+  aggregator's messages, the DP aggregator's included.
 """
 
 from __future__ import annotations
@@ -173,6 +175,12 @@ def build_aggregator(c: dict[str, Any], dp_aggregator=None):
       agg = fl.robust.norm_bounding(agg, max_norm=c["norm_bound"])
   if c["quantize_bits"] is not None:
     agg = fl.compression.quantization_aggregator(c["quantize_bits"], inner=agg)
+  if c.get("secagg_bits") is not None:
+    clip = c["secagg_clip"] if c["secagg_clip"] is not None else c["clip"]
+    agg = fl.secagg.secure_aggregator(agg, bits=c["secagg_bits"], clip=clip,
+                                      num_summands=c["secagg_summands"],
+                                      dropout=c["secagg_dropout"],
+                                      neighbours=c["secagg_neighbours"])
   return agg
 
 

@@ -506,7 +506,7 @@ class CohortFeed:
 
     def draw(key, r):
       sample_key = round_keys(key, r)[0]
-      return (*sampler.sample(sample_key, r), jax.random.key_data(sample_key))
+      return (*sampler.draw(sample_key, r), jax.random.key_data(sample_key))
 
     self._draw = jax.jit(jax.vmap(draw, in_axes=(0, None)) if self.stacked else draw)
     self._keys = keys

@@ -92,21 +92,35 @@ class Sampler(NamedTuple):
   """A cohort sampler with a fixed output shape.
 
   Attributes:
-    sample: ``sample(key, round_index) -> (indices int32[K], mask bool[K],
-      overflow bool)``; ``key`` is the round's sampling key (random
-      samplers draw from it), ``round_index`` the round (a schedule such as
-      :func:`fedjax_lite.correlated.cyclic_sampler` reads it).
+    sample: ``sample(key) -> (indices int32[K], mask bool[K], overflow
+      bool)`` from the round's sampling key; with ``by_round``,
+      ``sample(key, round_index)``.
     cohort_size: ``K``, the (padded) number of cohort slots.
     kind: ``"fixed"``, ``"poisson"`` or ``"cyclic"``.
     num_clients: the population size it samples from.
     rate: expected fraction of the population per round.
+    by_round: ``sample`` also takes the round index (a schedule such as
+      :func:`fedjax_lite.correlated.cyclic_sampler`).
   """
 
-  sample: Callable[[Any], tuple[Any, Any, Any]]
+  sample: Callable[..., tuple[Any, Any, Any]]
   cohort_size: int
   kind: str
   num_clients: int
   rate: float
+  by_round: bool = False
+
+  def draw(self, key: Any, round_index: Any) -> tuple[Any, Any, Any]:
+    """Round ``round_index``'s cohort from its sampling ``key`` (see ``sample``).
+
+    Args:
+      key: the round's sampling key.
+      round_index: the round.
+
+    Returns:
+      ``(indices int32[K], mask bool[K], overflow bool)``.
+    """
+    return self.sample(key, round_index) if self.by_round else self.sample(key)
 
 
 def fixed_size_sampler(num_clients: int, cohort_size: int) -> Sampler:
@@ -133,8 +147,7 @@ class _FixedSample:
   num_clients: int
   cohort_size: int
 
-  def __call__(self, key, round_index=None):
-    del round_index  # a fresh draw every round
+  def __call__(self, key):
     idx = sample_clients(key, self.num_clients, self.cohort_size)
     return idx, jnp.ones((self.cohort_size,), bool), jnp.bool_(False)
 
@@ -145,8 +158,7 @@ class _PoissonSample:
   rate: float
   bound: int
 
-  def __call__(self, key, round_index=None):
-    del round_index  # a fresh draw every round
+  def __call__(self, key):
     return poisson_sample(key, self.num_clients, self.rate, self.bound)
 
 

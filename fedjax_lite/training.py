@@ -107,7 +107,7 @@ def sampled_round(algorithm: FederatedAlgorithm, sampler: Sampler, key: Any, sta
     ``sampled_clients`` and ``sampling_overflow``.
   """
   sample_key, round_key = round_keys(key, round_index)
-  indices, mask, overflow = sampler.sample(sample_key, round_index)
+  indices, mask, overflow = sampler.draw(sample_key, round_index)
   return cohort_round(algorithm, state, take(population, indices), mask, overflow, round_key)
 
 

@@ -74,11 +74,11 @@ _WHERE = {
     "ConfigError": "fedjax_lite.experiment.config",
     "DATASETS": "fedjax_lite.experiment.config",
     "DEFAULTS": "fedjax_lite.experiment.config",
-    "DPSetup": "fedjax_lite.experiment.build",
+    "DPSetup": "fedjax_lite.experiment.dp",
     "DP_MECHANISMS": "fedjax_lite.experiment.config",
     "MODELS": "fedjax_lite.experiment.config",
     "PARTITIONS": "fedjax_lite.experiment.config",
-    "POISSON_OVERFLOW_BOUND": "fedjax_lite.experiment.build",
+    "POISSON_OVERFLOW_BOUND": "fedjax_lite.experiment.dp",
     "PROCESS_KEYS": "fedjax_lite.experiment.sweeps",
     "RESUMABLE_CHANGES": "fedjax_lite.experiment.config",
     "Recorder": "fedjax_lite.experiment.recorder",
@@ -91,7 +91,7 @@ _WHERE = {
     "_client_optimizer": "fedjax_lite.experiment.build",
     "_due": "fedjax_lite.experiment.recorder",
     "_validate_run": "fedjax_lite.experiment.config",
-    "build_dp": "fedjax_lite.experiment.build",
+    "build_dp": "fedjax_lite.experiment.dp",
     "build_task": "fedjax_lite.experiment.build",
     "check_output_dir": "fedjax_lite.experiment.rundir",
     "chunk_size_arg": "fedjax_lite.experiment.config",
@@ -113,16 +113,13 @@ _WHERE = {
     "versions": "fedjax_lite.experiment.outputs",
 }
 _WHERE.update({name: f"fedjax_lite.experiment.{name}" for name in (
-    "build", "config", "options", "outputs", "recorder", "run", "rundir", "runtime",
-    "schema", "sweeps")})
+    "build", "clock", "config", "dp", "options", "outputs", "recorder", "run", "rundir",
+    "runtime", "schema", "sweeps")})
 __getattr__, __dir__ = _lazy.attach(__name__, _WHERE)
 
 if TYPE_CHECKING:  # what static tools see
   from fedjax_lite.experiment.build import (
-    POISSON_OVERFLOW_BOUND,
-    DPSetup,
     Task,
-    build_dp,
     build_task,
     load_dataset,
   )
@@ -145,6 +142,7 @@ if TYPE_CHECKING:  # what static tools see
   )
   from fedjax_lite.experiment.config import _check_resume as _check_resume
   from fedjax_lite.experiment.config import _validate_run as _validate_run
+  from fedjax_lite.experiment.dp import POISSON_OVERFLOW_BOUND, DPSetup, build_dp
   from fedjax_lite.experiment.outputs import plot_curves, plot_sweep, versions
   from fedjax_lite.experiment.recorder import Recorder
   from fedjax_lite.experiment.recorder import _due as _due

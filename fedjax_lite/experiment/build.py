@@ -12,11 +12,6 @@ from fedjax_lite import presets
 from fedjax_lite.experiment.config import ConfigError, option_errors
 from fedjax_lite.experiment.sweeps import data_seed
 
-# Probability bound of a Poisson draw overflowing the padded cohort (such a
-# round is refused, never truncated).
-POISSON_OVERFLOW_BOUND = 1e-9
-
-
 
 @dataclasses.dataclass
 class Task:
@@ -206,15 +201,6 @@ def _algorithm(config: dict[str, Any], task: Task, aggregator, *, mesh=None, dev
                         partial=config["partial_work"], num_epochs=config["local_epochs"])
 
 
-def _sweep_dp(configs: list[dict[str, Any]], num_clients: int) -> list[DPSetup | None]:
-  """Each experiment's DP accounting (built once per noise multiplier)."""
-  cache: dict[Any, DPSetup | None] = {}
-  for c in configs:
-    if c["noise_multiplier"] not in cache:
-      cache[c["noise_multiplier"]] = build_dp(c, num_clients)
-  return [cache[c["noise_multiplier"]] for c in configs]
-
-
 def _evaluator(task: Task, mesh=None, config: dict[str, Any] | None = None
                ) -> Callable[..., dict[str, float]]:
   """``eval_row(params, state=None)``: the evaluation entries of a metrics row.
@@ -278,87 +264,11 @@ def _evaluator(task: Task, mesh=None, config: dict[str, Any] | None = None
   return eval_row
 
 
-@dataclasses.dataclass
-class DPSetup:
-  """The privacy side of a run: aggregator, sampler and accounting."""
+def model_size(params: Any) -> int:
+  """The model's number of parameters (a client update's coordinates)."""
+  import jax
 
-  spec: Any
-  aggregator: Any
-  sampler: Any
-  delta: float
-  accountant: str
-  _curve: Any = None
-
-  def epsilon(self, rounds: int) -> float:
-    # One accounting.EpsilonCurve per run: under PLD it composes each new
-    # round onto the distribution of the rounds before (one construction of
-    # the one-round distribution, one composition per round).
-    if self._curve is None:
-      from fedjax_lite import accounting
-      self._curve = accounting.EpsilonCurve(self.spec, self.delta, self.accountant)
-    return self._curve(rounds)
-
-  def describe(self) -> dict[str, Any]:
-    out = {**dataclasses.asdict(self.spec), "delta": self.delta, "accountant": self.accountant,
-           "padded_cohort": self.sampler.cohort_size, "sampling_rate": self.spec.rate}
-    if self.sampler.kind == "poisson":
-      out["overflow_probability_bound"] = POISSON_OVERFLOW_BOUND
-    return out
-
-
-def build_dp(config: dict[str, Any], num_clients: int) -> DPSetup | None:
-  """The DP aggregator, sampler and accounting a configuration asks for.
-
-  The noise multiplier is calibrated here for ``target_epsilon`` (over all
-  ``rounds``); the accounting event matches the sampler (Poisson at rate
-  ``clients_per_round / N``, or fixed-size).
-
-  Raises:
-    ConfigError: for a combination the accountant cannot account or an
-      unreachable target epsilon.
-  """
-  import fedjax_lite as fl
-  from fedjax_lite import accounting
-
-  if config["dp"] == "none":
-    return None
-  k = config["clients_per_round"]
-  if config["sampling"] == "poisson":
-    sampler = fl.poisson_sampler(num_clients, k / num_clients, POISSON_OVERFLOW_BOUND)
-  else:
-    sampler = fl.fixed_size_sampler(num_clients, k)
-  sigma_b = (k / 20.0) if config["adaptive_clip"] else None
-  with option_errors():
-    spec = accounting.DPSpec(config["dp"], config["noise_multiplier"] or 1.0,
-                             config["sampling"], num_clients, k, count_noise_std=sigma_b,
-                             local=config["local_dp"])
-    accounting.make_accountant(spec, config["accountant"])  # refuses unsupported combinations
-    if config["target_epsilon"] is not None:
-      z = accounting.calibrate_noise(spec, config["rounds"], config["target_epsilon"],
-                                     config["delta"], config["accountant"])
-      spec = dataclasses.replace(spec, noise_multiplier=z)
-    aggregator = _dp_aggregator(config, spec.noise_multiplier)
-  return DPSetup(spec, aggregator, sampler, config["delta"], config["accountant"])
-
-
-def _dp_aggregator(config: dict[str, Any], noise_multiplier: Any):
-  """The DP aggregator of a configuration.
-
-  ``noise_multiplier`` and ``config["clip"]`` may be traced (a sweep), except
-  with adaptive clipping, which needs them concrete.
-  """
-  from fedjax_lite import privacy
-
-  if config["dp"] == "laplace":
-    return privacy.laplace_aggregator(config["clip"], noise_multiplier,
-                                      float(config["clients_per_round"]),
-                                      local=config["local_dp"])
-  adaptive = privacy.AdaptiveClipping(target_quantile=config["target_quantile"],
-                                      initial_clip=config["clip"]) \
-      if config["adaptive_clip"] else None
-  return privacy.gaussian_aggregator(config["clip"], noise_multiplier,
-                                     float(config["clients_per_round"]), adaptive=adaptive,
-                                     local=config["local_dp"])
+  return int(sum(np.size(x) for x in jax.tree.leaves(params)))
 
 
 def _client_optimizer(config):

@@ -246,6 +246,7 @@ def _validate_run(c: dict[str, Any]) -> None:
   with option_errors():
     presets.validate(c)
   _validate_timing(c)
+  _validate_secure_and_correlated(c)
   for sink in log_sinks(c):
     from fedjax_lite import loggers
 
@@ -273,6 +274,33 @@ def _validate_run(c: dict[str, Any]) -> None:
     raise ConfigError("dataset 'shakespeare' needs model 'char_lstm'.")
   if c["model"] == "cnn" and c["dataset"] not in ("digits", "fashion_mnist"):
     raise ConfigError("model 'cnn' needs an image dataset (digits or fashion_mnist).")
+
+
+def _validate_secure_and_correlated(c: dict[str, Any]) -> None:
+  """The rules of secure aggregation and of the correlated-noise mechanisms."""
+  from fedjax_lite.experiment.catalog import AGGREGATORS
+
+  if c["dp"] in options.CORRELATED:
+    for flag, on in (("--adaptive-clip", c["adaptive_clip"]), ("--local-dp", c["local_dp"])):
+      if on:
+        raise ConfigError(f"{flag} with --dp {c['dp']}: the correlated-noise mechanisms are "
+                          "central with a fixed clip; drop it.")
+  if c["secagg_bits"] is None:
+    return
+  if c["dp"] == "none" and c["secagg_clip"] is None:
+    raise ConfigError("--secagg-bits without --dp needs --secagg-clip R: the bound of each "
+                      "coordinate of a client's weighted update (its examples times its "
+                      "delta), which sets the encoding's scale.")
+  if c["quantize_bits"] is not None:
+    raise ConfigError("--quantize-bits with --secagg-bits: secure aggregation already encodes "
+                      "every update in --secagg-bits bits; drop --quantize-bits.")
+  if AGGREGATORS[c["aggregator"]].with_dp is False:
+    raise ConfigError(f"--aggregator {c['aggregator']} with --secagg-bits: secure aggregation "
+                      "reveals only the sum of the updates, and a median, trimmed mean or Krum "
+                      "needs each of them; use --aggregator mean.")
+  if c["adaptive_clip"]:
+    raise ConfigError("--adaptive-clip with --secagg-bits: the clip then changes every round, "
+                      "and so does the encoding's effect on the sensitivity; use a fixed --clip.")
 
 
 def _validate_timing(c: dict[str, Any]) -> None:

@@ -39,7 +39,9 @@ DATASETS = tuple(catalog.DATASETS)
 MODELS = ("logreg", "mlp", "2nn", "cnn", "femnist_cnn", "char_lstm", "next_word_lstm")
 _WIDE_MODELS = ("mlp", "2nn", "char_lstm", "next_word_lstm")
 PARTITIONS = ("iid", "dirichlet", "shards")
-DP_MECHANISMS = ("none", "gaussian", "laplace")
+DP_MECHANISMS = ("none", "gaussian", "laplace", "ftrl-tree", "bandmf")
+# Mechanisms with noise correlated across rounds and clients in fixed turns (fl.correlated).
+CORRELATED = ("ftrl-tree", "bandmf")
 ALGORITHMS = presets.ALGORITHMS
 AGGREGATORS = tuple(catalog.AGGREGATORS)
 ATTACKS = tuple(catalog.ATTACKS)
@@ -64,6 +66,14 @@ _ASYNC = presets.ASYNC_ALGORITHMS
 _SYNC = when(lambda c: c.algorithm.algorithm not in _ASYNC,
              "fedbuff and fedasync keep --concurrency clients in flight and step the server "
              "every --buffer finishers (fedasync: every one)")
+
+
+def _sampled(c: Any) -> str | None:
+  """``--sampling`` applies to synchronous rounds whose cohorts are drawn at random."""
+  if c.privacy.dp in CORRELATED:
+    return (f"--dp {c.privacy.dp} takes the clients in fixed turns (each once every "
+            "num_clients // clients_per_round rounds), not sampled")
+  return _SYNC(c)
 
 
 def uses_clock(c: Any) -> bool:
@@ -157,7 +167,7 @@ class TrainingConfig:
   clients_per_round: int = option(10, "cohort size (expected size under Poisson sampling)",
                                   low=1, applies=_SYNC)
   sampling: str = option("fixed", "client sampling: a fixed-size cohort, or each client with "
-                         "probability K/N", choices=("fixed", "poisson"), applies=_SYNC)
+                         "probability K/N", choices=("fixed", "poisson"), applies=_sampled)
   local_epochs: int = option(2, "local epochs per round", low=1)
   batch_size: int = option(8, "local batch size", low=1)
   client_lr: float = option(0.05, "client SGD learning rate", low=0.0, low_open=True)
@@ -250,7 +260,8 @@ class AttackConfig:
 class PrivacyConfig:
   """Differential privacy and its accounting."""
 
-  dp: str = option("none", "differential privacy mechanism", choices=DP_MECHANISMS)
+  dp: str = option("none", "differential privacy mechanism (ftrl-tree, bandmf: noise correlated "
+                   "across rounds, clients in fixed turns)", choices=DP_MECHANISMS)
   clip: float = option(1.0, "clip norm C (L2 for gaussian, L1 for laplace; initial C if "
                        "adaptive)", low=0.0, low_open=True, applies=_DP)
   noise_multiplier: float | None = option(None, "noise std (gaussian) or scale (laplace) over "
@@ -262,6 +273,10 @@ class PrivacyConfig:
   delta: float = option(1e-5, "delta of the (epsilon, delta) guarantee", low=0.0,
                         low_open=True, high=1.0, high_open=True, applies=_DP)
   accountant: str = option("rdp", "privacy accountant", choices=("rdp", "pld"), applies=_DP)
+  bands: int | None = option(None, "bandmf: bands of the Toeplitz strategy (default and most: "
+                             "num_clients // clients_per_round)", kind=int, optional=True, low=1,
+                             applies=when(lambda c: c.privacy.dp == "bandmf",
+                                          "it is --dp bandmf's"))
   adaptive_clip: bool = option(False, "adaptive clipping (Andrew et al. 2021), gaussian only",
                                applies=_DP)
   target_quantile: float = option(0.5, "adaptive clipping's target quantile", low=0.0,
@@ -270,6 +285,29 @@ class PrivacyConfig:
                                       "it is --adaptive-clip's parameter"))
   local_dp: bool = option(False, "noise each client's update (local DP) instead of the sum",
                           applies=_DP)
+
+
+_SECAGG = when(lambda c: c.secagg.secagg_bits is not None, "it needs --secagg-bits")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class SecAggConfig:
+  """Secure aggregation, simulated (fixed-point encoding, masks, dropouts)."""
+
+  secagg_bits: int | None = option(None, "sum the updates by secure aggregation in a ring of "
+                                   "this many bits", kind=int, optional=True, low=2, high=32)
+  secagg_clip: float | None = option(
+      None, "per-coordinate bound of a client's weighted update (default with --dp: --clip; "
+      "needed without)", kind=float, optional=True, low=0.0, low_open=True, applies=_SECAGG)
+  secagg_dropout: float = option(0.0, "probability that a client drops out after masking",
+                                 low=0.0, high=1.0, high_open=True, applies=_SECAGG)
+  secagg_summands: int | None = option(
+      None, "clients the integer range is sized for (default: the cohort, so no sum wraps "
+      "around); fewer buy resolution at the risk of overflow", kind=int, optional=True, low=1,
+      applies=_SECAGG)
+  secagg_neighbours: int | None = option(
+      None, "masking-graph degree (default 2 ceil(log2 cohort))", kind=int, optional=True,
+      low=2, applies=_SECAGG)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -394,7 +432,8 @@ class SweepConfig:
 SECTIONS: dict[str, type] = {
     "data": DataConfig, "model": ModelConfig, "training": TrainingConfig,
     "algorithm": AlgorithmConfig, "aggregation": AggregationConfig, "attack": AttackConfig,
-    "privacy": PrivacyConfig, "timing": TimingConfig, "evaluation": EvaluationConfig,
+    "privacy": PrivacyConfig, "secagg": SecAggConfig, "timing": TimingConfig,
+    "evaluation": EvaluationConfig,
     "output": OutputConfig, "runtime": RuntimeConfig, "sweep": SweepConfig,
 }
 

@@ -15,8 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from fedjax_lite.experiment.build import DPSetup
 from fedjax_lite.experiment.config import log_sinks
+from fedjax_lite.experiment.dp import DPSetup
 
 
 def versions() -> dict[str, str]:

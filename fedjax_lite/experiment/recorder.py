@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from fedjax_lite.experiment.build import DPSetup
+from fedjax_lite.experiment.dp import DPSetup
 from fedjax_lite.experiment.outputs import (
     _append_row,
     _finish_run,

@@ -13,14 +13,7 @@ from typing import Any
 import numpy as np
 
 from fedjax_lite import presets
-from fedjax_lite.experiment.build import (
-  _algorithm,
-  _dp_aggregator,
-  _evaluator,
-  _sweep_dp,
-  build_dp,
-  build_task,
-)
+from fedjax_lite.experiment.build import _algorithm, _evaluator, build_task, model_size
 from fedjax_lite.experiment.clock import (
   build_async,
   build_devices,
@@ -29,6 +22,7 @@ from fedjax_lite.experiment.clock import (
   uses_clock,
 )
 from fedjax_lite.experiment.config import ConfigError, _check_cohort, option_errors
+from fedjax_lite.experiment.dp import _sweep_dp, build_dp
 from fedjax_lite.experiment.outputs import _close, plot_sweep, versions
 from fedjax_lite.experiment.recorder import Recorder
 from fedjax_lite.experiment.rundir import release_output_dir
@@ -111,7 +105,7 @@ def _run_single(config: dict[str, Any], out: Path, mesh: Any, main: bool, remove
     ds = task.dataset
     _check_cohort(config, ds)
     n = ds.train.num_clients
-    dp = build_dp(config, n)
+    dp = build_dp(config, n, model_size(task.params))
     devices = build_devices(config, n) if uses_clock(config) else None
     algo = _algorithm(config, task, dp.aggregator if dp else None, mesh=mesh, devices=devices)
     train, cap = _population(config, ds, mesh)
@@ -227,7 +221,7 @@ def _run_sweep(config: dict[str, Any], out: Path, mesh: Any, main: bool, removed
     task = build_task(configs[0])
     ds = task.dataset
     _check_cohort(config, ds)
-    dps = _sweep_dp(configs, ds.train.num_clients)
+    dps = _sweep_dp(configs, ds.train.num_clients, model_size(task.params))
     devices = build_devices(config, ds.train.num_clients) if uses_clock(config) else None
 
     def make(h):
@@ -236,8 +230,8 @@ def _run_sweep(config: dict[str, Any], out: Path, mesh: Any, main: bool, removed
       aggregator = None
       if dps[0]:
         z = values["noise_multiplier"] if "noise_multiplier" in values \
-            else dps[0].spec.noise_multiplier
-        aggregator = _dp_aggregator(c, z)
+            else dps[0].noise_multiplier
+        aggregator = dps[0].aggregator_for(c, z)
       return _algorithm(c, task, aggregator, mesh=mesh, devices=devices)
 
     inits: dict[int, Any] = {}
