@@ -136,8 +136,20 @@ def mask_stream(seed: Any, dim: int) -> Any:
     ``uint32[..., dim]``.
   """
   counter = jnp.arange(dim, dtype=jnp.uint32) * jnp.uint32(_MIX[2])
-  first = _mix(counter ^ seed[..., :1])
-  return _mix(first + seed[..., 1:2])
+  return _mix(counter ^ seed[..., :1]) + seed[..., 1:2]
+
+
+def uniform_stream(seed: Any, dim: int) -> Any:
+  """``float32[..., dim]`` uniform on ``[0, 1)`` (24 bits) from :func:`mask_stream`.
+
+  Args:
+    seed: ``uint32[..., 2]``.
+    dim: the stream's length.
+
+  Returns:
+    ``float32[..., dim]``.
+  """
+  return (mask_stream(seed, dim) >> 8).astype(jnp.float32) * jnp.float32(2.0 ** -24)
 
 
 def _pair_seed(keys_bits: Any, other: Any, offset: int) -> Any:
@@ -145,61 +157,53 @@ def _pair_seed(keys_bits: Any, other: Any, offset: int) -> Any:
   return _mix(keys_bits ^ other ^ jnp.uint32(offset * _MIX[2] & 0xFFFFFFFF))
 
 
-def mask_messages(encoded: Any, key_bits: Any, active: Any, num_offsets: int,
+def mask_messages(encoded: Any, key_bits: Any, active: Any, survived: Any, num_offsets: int,
                   ring_mask: Any) -> tuple[Any, Any]:
-  """Every client's masked message, and the pair masks the server may have to recover.
+  """Every client's masked message, and the pair masks the server recovers for dropouts.
 
   Client ``p`` adds ``G(p, p+o)`` and subtracts ``G(p-o, p)`` for each offset
   ``o = 1..num_offsets`` whose pair is active (both clients participate).
+  The masks a survivor shared with a dropped client are what the protocol
+  reveals to the server (from the survivors' shares of the dropped client's
+  seeds); their sum is returned separately, for :func:`unmask_sum`.
 
   Args:
     encoded: ``uint32[K, d]``, the clients' encoded messages in the ring.
     key_bits: ``uint32[K, 2]``, each client's per-round key bits.
     active: ``bool[K]``, the participants.
+    survived: ``bool[K]``, the participants whose message reaches the server.
     num_offsets: ``h``.
     ring_mask: ``2^bits - 1`` as ``uint32``.
 
   Returns:
-    ``(masked uint32[K, d], pair masks uint32[h, K, d])``: pair mask ``[o-1,
-    p]`` is ``G(p, p+o)`` (zero for an inactive pair).
+    ``(masked uint32[K, d], recovered uint32[d])``: the masked messages, and
+    the sum over survivors ``p`` of their mask terms with dropped partners
+    (``+G(p, p+o)`` or ``-G(p-o, p)``), mod ``2^32``.
   """
-  k, dim = encoded.shape
-
-  def pair_masks(o):
-    partner = jnp.roll(key_bits, -o, axis=0)
-    both = active & jnp.roll(active, -o)
-    g = mask_stream(_pair_seed(key_bits, partner, o), dim)
-    return jnp.where(both[:, None], g, jnp.uint32(0))
-
-  pairs = jnp.stack([pair_masks(o) for o in range(1, num_offsets + 1)]) if num_offsets \
-      else jnp.zeros((0, k, dim), jnp.uint32)
-  masked = encoded
-  for i in range(num_offsets):
-    masked = masked + pairs[i] - jnp.roll(pairs[i], i + 1, axis=0)
-  return masked & ring_mask, pairs
-
-
-def recovered_masks(pairs: Any, survived: Any, dropped: Any) -> Any:
-  """The masks the survivors shared with dropped clients, summed (the protocol's recovery).
-
-  Args:
-    pairs: ``uint32[h, K, d]`` from :func:`mask_messages`.
-    survived: ``bool[K]``.
-    dropped: ``bool[K]`` (participants that dropped out after masking).
-
-  Returns:
-    ``uint32[d]``: ``sum`` over survivors ``p`` of their mask terms with
-    dropped partners (``+G(p, p+o)`` or ``-G(p-o, p)``), mod ``2^32``.
-  """
-  total = jnp.zeros(pairs.shape[2:], jnp.uint32)
-  for i in range(pairs.shape[0]):
-    o = i + 1
-    plus = survived & jnp.roll(dropped, -o)       # p survives, p + o dropped
-    minus = survived & jnp.roll(dropped, o)       # p survives, p - o dropped
-    total = total + jnp.sum(jnp.where(plus[:, None], pairs[i], 0), axis=0, dtype=jnp.uint32)
-    total = total - jnp.sum(jnp.where(minus[:, None], jnp.roll(pairs[i], o, axis=0), 0),
-                            axis=0, dtype=jnp.uint32)
-  return total
+  dim = encoded.shape[1]
+  if num_offsets == 0:
+    return encoded & ring_mask, jnp.zeros((dim,), jnp.uint32)
+  dropped = active & ~survived
+  offsets = range(1, num_offsets + 1)
+  # Per offset o and client p: the seed of the pair (p, p + o) and whether it is
+  # active; the pair (p - o, p) is the same, rolled by o. Only these [h, K]
+  # tables are rolled; the streams are generated where they are used.
+  forward = jnp.stack([_pair_seed(key_bits, jnp.roll(key_bits, -o, axis=0), o)
+                       for o in offsets])
+  live = jnp.stack([active & jnp.roll(active, -o) for o in offsets])
+  backward = jnp.stack([jnp.roll(forward[i], o, axis=0) for i, o in enumerate(offsets)])
+  live_back = jnp.stack([jnp.roll(live[i], o) for i, o in enumerate(offsets)])
+  g_forward = jnp.where(live[..., None], mask_stream(forward, dim), jnp.uint32(0))
+  g_backward = jnp.where(live_back[..., None], mask_stream(backward, dim), jnp.uint32(0))
+  masked = encoded + jnp.sum(g_forward, axis=0, dtype=jnp.uint32) \
+      - jnp.sum(g_backward, axis=0, dtype=jnp.uint32)
+  # Survivor p's term +G(p, p+o) when p + o dropped; survivor p + o's term
+  # -G(p, p+o) when p dropped: one weighted sum over the pairs (weights 1, -1, 0).
+  plus = jnp.stack([survived & jnp.roll(dropped, -o) for o in offsets])
+  minus = jnp.stack([dropped & jnp.roll(survived, -o) for o in offsets])
+  weight = plus.astype(jnp.uint32) - minus.astype(jnp.uint32)  # -1 is 2^32 - 1
+  recovered = jnp.sum(weight[..., None] * g_forward, axis=(0, 1), dtype=jnp.uint32)
+  return masked & ring_mask, recovered
 
 
 def unmask_sum(masked_sum: Any, recovered: Any, ring_mask: Any, bits: int) -> Any:
@@ -207,7 +211,7 @@ def unmask_sum(masked_sum: Any, recovered: Any, ring_mask: Any, bits: int) -> An
 
   Args:
     masked_sum: ``uint32[d]``, the sum of the survivors' masked messages.
-    recovered: ``uint32[d]`` from :func:`recovered_masks`.
+    recovered: ``uint32[d]`` from :func:`mask_messages`.
     ring_mask: ``2^bits - 1``.
     bits: the ring's bits.
 
@@ -256,12 +260,11 @@ def secure_sum(encoded: Any, key_bits: Any, active: Any, survived: Any, *, bits:
   """
   ring_mask = jnp.uint32((1 << bits) - 1)
   ring = jax.lax.bitcast_convert_type(encoded, jnp.uint32) & ring_mask
-  masked, pairs = mask_messages(ring, key_bits, active, num_offsets(encoded.shape[0],
-                                                                    neighbours), ring_mask)
-  dropped = active & ~survived
+  masked, recovered = mask_messages(ring, key_bits, active, survived,
+                                    num_offsets(encoded.shape[0], neighbours), ring_mask)
   # The server's side: the survivors' masked messages, summed, and the recovered masks.
   masked_sum = jnp.sum(jnp.where(survived[:, None], masked, 0), axis=0, dtype=jnp.uint32)
-  return unmask_sum(masked_sum, recovered_masks(pairs, survived, dropped), ring_mask, bits)
+  return unmask_sum(masked_sum, recovered, ring_mask, bits)
 
 
 def secure_aggregator(inner: Aggregator | None = None, *, bits: int = 16, clip: float = 1.0,
@@ -319,10 +322,10 @@ def secure_aggregator(inner: Aggregator | None = None, *, bits: int = 16, clip: 
   # The message's flat layout, seen when per_client is traced (before combine).
   layout: dict[str, Any] = {}
 
-  def encode(message, key, levels, scale):
+  def encode(message, seed, levels, scale):
     """A client's side: clip, scale, round stochastically (unbiased) to [-L, L]."""
     clipped = jnp.clip(message, -clip, clip)
-    u = jax.random.uniform(key, message.shape)
+    u = uniform_stream(seed, message.shape[-1])
     return jnp.clip(jnp.floor(clipped * scale + u), -levels, levels).astype(jnp.int32)
 
   def per_client(delta, weight, state, key):
@@ -333,7 +336,7 @@ def secure_aggregator(inner: Aggregator | None = None, *, bits: int = 16, clip: 
     payload = {"message": message,
                # the client's per-round key bits: what its pair seeds come from
                "key": jax.random.bits(key_bits_key, (2,), jnp.uint32),
-               "round": jax.random.key_data(round_key),
+               "round": jax.random.bits(round_key, (2,), jnp.uint32),
                "drop": jax.random.uniform(drop_key) < config.dropout}
     return payload, weight, stats
 
@@ -343,8 +346,7 @@ def secure_aggregator(inner: Aggregator | None = None, *, bits: int = 16, clip: 
     active = weights > 0
     # Each client's side: encode, reduce into the ring, mask.
     message = payload["message"]
-    encoded = jax.vmap(lambda m, rk: encode(m, jax.random.wrap_key_data(rk), levels, scale))(
-        message, payload["round"])
+    encoded = encode(message, payload["round"], levels, scale)
     encoded = jnp.where(active[:, None], encoded, 0)
     dropped = active & payload["drop"]
     survived = active & ~dropped

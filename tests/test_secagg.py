@@ -51,7 +51,7 @@ def test_each_masked_message_is_uniform_whatever_the_client_sends():
   for value in (0, 5):
     ring = jnp.full((k, 1), value, jnp.uint32)
     masked, _ = jax.vmap(lambda kb: secagg.mask_messages(  # noqa: B023
-        ring, kb, jnp.ones(k, bool), 2, ring_mask))(keys)  # noqa: B023
+        ring, kb, jnp.ones(k, bool), jnp.ones(k, bool), 2, ring_mask))(keys)  # noqa: B023
     counts = np.bincount(np.asarray(masked[:, 0, 0]), minlength=1 << bits)
     assert stats.chisquare(counts).pvalue > 1e-3
 
@@ -69,8 +69,9 @@ def test_the_server_output_depends_only_on_the_sum():
   np.testing.assert_array_equal(np.asarray(run(encoded)), np.asarray(run(moved)))
   ring_mask = jnp.uint32((1 << bits) - 1)
   as_ring = lambda e: jax.lax.bitcast_convert_type(jnp.asarray(e), jnp.uint32) & ring_mask
-  a, _ = secagg.mask_messages(as_ring(encoded), key_bits, jnp.ones(k, bool), 2, ring_mask)
-  b, _ = secagg.mask_messages(as_ring(moved), key_bits, jnp.ones(k, bool), 2, ring_mask)
+  everyone = jnp.ones(k, bool)
+  a, _ = secagg.mask_messages(as_ring(encoded), key_bits, everyone, everyone, 2, ring_mask)
+  b, _ = secagg.mask_messages(as_ring(moved), key_bits, everyone, everyone, 2, ring_mask)
   assert not np.array_equal(np.asarray(a[1]), np.asarray(b[1]))
 
 
