@@ -46,6 +46,7 @@ References:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -146,15 +147,21 @@ def optimal_banded_coefs(num_rounds: int, bands: int) -> np.ndarray:
 
   Returns:
     ``float64[bands]``, non-negative, non-increasing, unit L2 norm (the
-    first column of ``C``).
+    first column of ``C``); the optimization (a few seconds) runs once per
+    ``(num_rounds, bands)`` in a process.
   """
   check_int("num_rounds", num_rounds, minimum=1)
   check_int("bands", bands, minimum=1)
+  return np.array(_optimal_banded_coefs(int(num_rounds), min(int(bands), int(num_rounds))))
+
+
+@functools.lru_cache(maxsize=64)
+def _optimal_banded_coefs(num_rounds: int, bands: int) -> tuple[float, ...]:
+  """:func:`optimal_banded_coefs`, optimized once per ``(num_rounds, bands)``."""
   if bands == 1:
-    return np.ones(1)
+    return (1.0,)
   toeplitz = jax_privacy_toeplitz()
-  return np.asarray(toeplitz.optimize_banded_toeplitz(num_rounds, min(bands, num_rounds)),
-                    np.float64)
+  return tuple(float(c) for c in toeplitz.optimize_banded_toeplitz(num_rounds, bands))
 
 
 def banded_schedule(coefs: Any, group_rounds: int) -> NoiseSchedule:
