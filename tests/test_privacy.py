@@ -12,7 +12,7 @@ import numpy as np
 import optax
 import pytest
 from dp_accounting import pld, rdp
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from scipy import stats
 
@@ -76,6 +76,16 @@ def test_adaptive_clipping_raises_delta_noise_to_keep_total_privacy():
   np.testing.assert_allclose(float(metrics["clip"]), 0.4)
 
 
+@settings(max_examples=30, deadline=None)
+@given(st.integers(1, 40_000), st.integers(0, 2**16), st.floats(-6, 6))
+def test_accurate_sum_is_within_a_few_ulps_of_the_exact_sum(n, seed, log_scale):
+  rng = np.random.default_rng(seed)
+  x = np.abs(rng.standard_normal(n) * 10.0 ** log_scale).astype(np.float32)
+  exact = np.sum(x.astype(np.float64))
+  got = float(privacy.accurate_sum(jnp.asarray(x)))
+  assert abs(got - exact) <= 4 * np.spacing(np.float32(exact))
+
+
 pytrees = st.integers(0, 2**16).flatmap(lambda seed: st.tuples(
     st.just(seed), st.floats(1e-3, 10.0), st.sampled_from([1, 2]),
     st.floats(1e-3, 1e3)))
@@ -83,6 +93,7 @@ pytrees = st.integers(0, 2**16).flatmap(lambda seed: st.tuples(
 
 @settings(max_examples=40, deadline=None)
 @given(pytrees)
+@example((295, 0.001, 1, 353.4175145839361))  # a plain float32 sum overshot by 0.1 ulp here
 def test_clipped_norm_never_exceeds_the_bound(case):
   seed, clip, order, scale = case
   rng = np.random.default_rng(seed)
@@ -97,8 +108,8 @@ def test_clipped_norm_never_exceeds_the_bound(case):
   assert np.linalg.norm(flat_c, ord=order) <= clip
   if exact <= clip:
     np.testing.assert_array_equal(flat_c, flat.astype(np.float32))
-  else:  # same direction, norm at the bound
-    np.testing.assert_allclose(flat_c, flat * clip / exact, rtol=1e-5, atol=1e-12)
+  else:  # same direction, norm at the bound less clip_scale's documented 1.5e-5 margin
+    np.testing.assert_allclose(flat_c, flat * clip / exact, rtol=2.5e-5, atol=1e-12)
 
 
 def test_dp_round_without_noise_is_the_clipped_sum_over_the_fixed_denominator():
