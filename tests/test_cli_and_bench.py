@@ -160,3 +160,18 @@ def test_accounting_benchmark_compares_three_methods_that_agree():
   assert set(rows) == {"curve", "dp_accounting_compose", "direct"}
   assert rows["direct"]["estimated"] is True and rows["curve"]["fft_floor_s"] > 0
   assert all(r["seconds"] > 0 and r["max_rel_diff_vs_direct"] < 1e-9 for r in rows.values())
+
+
+def test_roofline_counts_the_rounds_matrix_products():
+  import jax
+  import jax.numpy as jnp
+
+  import fedjax_lite as fl
+  from benchmarks import roofline
+
+  params = fl.models.MLP((5, 4), 3).init(jax.random.key(0), jnp.zeros((1, 6)))
+  layers = roofline.dense_layers(params)
+  assert layers == [(6, 5), (5, 4), (4, 3)]
+  # Forward and weight gradient at every layer, input gradient past the first.
+  assert roofline.gemm_flops(layers, 2) == 2 * 2 * (2 * 6 * 5 + 3 * 5 * 4 + 3 * 4 * 3)
+  assert roofline.gemm_seconds(layers, clients=5, chunk=2, batch=2, steps=3, repeats=1) > 0
