@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
+from fedjax_lite import hardware
 from fedjax_lite._validate import check_int
 from fedjax_lite.algorithm import FederatedAlgorithm, ServerState, raise_if_nonfinite
 from fedjax_lite.data import FederatedData, take
@@ -138,7 +139,7 @@ def cohort_round(algorithm: FederatedAlgorithm, state: ServerState, cohort: Fede
 @functools.lru_cache(maxsize=16)
 def _cohort_step(algorithm: FederatedAlgorithm):
   """The jitted round step of ``run_rounds`` on a gathered cohort (a ragged population)."""
-  return jax.jit(lambda state, cohort, mask, overflow, key, r: cohort_round(
+  return hardware.jit(lambda state, cohort, mask, overflow, key, r: cohort_round(
       algorithm, state, cohort, mask, overflow, round_keys(key, r)[1]), donate_argnums=0)
 
 
@@ -150,7 +151,7 @@ def _round_step(algorithm: FederatedAlgorithm, sampler: Sampler):
   algorithm, sampler and shapes (e.g. to continue a run from a notebook)
   reuses the compiled program instead of compiling it again.
   """
-  return jax.jit(lambda state, population, key, r: sampled_round(
+  return hardware.jit(lambda state, population, key, r: sampled_round(
       algorithm, sampler, key, state, population, r), donate_argnums=0)
 
 
@@ -384,10 +385,10 @@ def run_sweep(
 
   population_axis = 0 if stacked_population else None
   if ragged:
-    step = jax.jit(jax.vmap(one_cohort_round, in_axes=(0, 0, 0, 0, 0, 0, None)),
+    step = hardware.jit(jax.vmap(one_cohort_round, in_axes=(0, 0, 0, 0, 0, 0, None)),
                    donate_argnums=0)
   else:
-    step = jax.jit(jax.vmap(one_round, in_axes=(0, 0, 0, population_axis, None)),
+    step = hardware.jit(jax.vmap(one_round, in_axes=(0, 0, 0, population_axis, None)),
                    donate_argnums=0)
   if states is None:
     num_clients = _num_clients(first_population)

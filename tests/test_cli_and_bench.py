@@ -175,3 +175,13 @@ def test_roofline_counts_the_rounds_matrix_products():
   # Forward and weight gradient at every layer, input gradient past the first.
   assert roofline.gemm_flops(layers, 2) == 2 * 2 * (2 * 6 * 5 + 3 * 5 * 4 + 3 * 4 * 3)
   assert roofline.gemm_seconds(layers, clients=5, chunk=2, batch=2, steps=3, repeats=1) > 0
+
+
+def test_cold_start_reports_trace_and_compile_seconds(capsys):
+  from benchmarks import cold_start
+
+  cold_start.main(["--quick"])
+  [row] = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+  assert row["program"] == "default job"
+  assert row["trace_lower_sec"] > 0 and row["compile_sec"] > 0
+  assert row["compile_sec_xla_defaults"] > 0
