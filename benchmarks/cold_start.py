@@ -44,7 +44,6 @@ def step_seconds(algo, population, cohort_size: int, params) -> dict[str, float]
 
 
 def main(argv=None) -> int:
-
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
   p.add_argument("--quick", action="store_true", help="the default job and FedAvg only")
   args = p.parse_args(argv)
