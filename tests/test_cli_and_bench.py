@@ -177,11 +177,20 @@ def test_roofline_counts_the_rounds_matrix_products():
   assert roofline.gemm_seconds(layers, clients=5, chunk=2, batch=2, steps=3, repeats=1) > 0
 
 
-def test_cold_start_reports_trace_and_compile_seconds(capsys):
+def test_cold_start_times_tracing_and_both_compilations():
+  import jax
+  import jax.numpy as jnp
+  import optax
+
+  import fedjax_lite as fl
   from benchmarks import cold_start
 
-  cold_start.main(["--quick"])
-  [row] = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
-  assert row["program"] == "default job"
-  assert row["trace_lower_sec"] > 0 and row["compile_sec"] > 0
-  assert row["compile_sec_xla_defaults"] > 0
+  population = fl.datasets.synthetic_classification(6, 4, num_features=3, num_classes=2, seed=0)
+  model = fl.models.LogisticRegression(2)
+  params = model.init(jax.random.key(0), jnp.zeros((1, 3)))
+  update = fl.build_client_update(fl.models.classification_loss(model.apply), optax.sgd(0.1),
+                                  batch_size=2)
+  row = cold_start.step_seconds(fl.build_federated_algorithm(update, fl.server.fedavg()),
+                                population, 3, params)
+  assert set(row) == {"trace_lower_sec", "compile_sec", "compile_sec_xla_defaults"}
+  assert all(v > 0 for v in row.values())

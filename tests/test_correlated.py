@@ -94,7 +94,7 @@ def _analytic_gaussian_epsilon(mu, delta):
   return optimize.brentq(excess, 0.0, 500.0)
 
 
-@pytest.mark.parametrize("rounds, bands, b", [(40, 4, 8), (30, 5, 5), (12, 1, 3)])
+@pytest.mark.parametrize("rounds, bands, b", [(24, 4, 6), (20, 5, 5), (12, 1, 3)])
 def test_bandmf_sensitivity_and_epsilon_against_dense_c_and_the_analytic_gaussian(rounds, bands,
                                                                                 b):
   coefs = co.optimal_banded_coefs(rounds, bands)

@@ -34,10 +34,10 @@ def test_the_masked_sum_equals_the_plain_sum_bit_for_bit_with_dropouts(bits, k, 
   active = rng.random(k) < 0.9
   active[0] = True
   encoded[~active] = 0
+  run = jax.jit(lambda e, kb, a, s: secagg.secure_sum(e, kb, a, s, bits=bits,
+                                                      neighbours=neighbours))
   for survived in (active, active & (rng.random(k) < 0.6)):
-    got = jax.jit(lambda e, kb, a, s: secagg.secure_sum(e, kb, a, s, bits=bits,  # noqa: B023
-                                                        neighbours=neighbours))(
-        encoded, key_bits, active, survived)
+    got = run(encoded, key_bits, active, survived)
     want = _wrap(encoded[survived].astype(np.int64).sum(0), bits)
     np.testing.assert_array_equal(np.asarray(got), want)
 
