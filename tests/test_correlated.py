@@ -18,9 +18,10 @@ pytest.importorskip("jax_privacy")
 def _noise_rows(schedule, rounds, dim=40_000):
   like = {"w": jnp.zeros((dim,))}
   state = schedule.init(like, jax.random.key(0))
+  step = jax.jit(schedule.next)
   rows = []
   for t in range(rounds):
-    y, state = schedule.next(state, jax.random.key(100 + t), like)
+    y, state = step(state, jax.random.key(100 + t), like)
     rows.append(np.asarray(y["w"], np.float64))
   return np.stack(rows)
 
@@ -141,10 +142,11 @@ def test_a_correlated_run_trains_and_the_aggregator_adds_the_scheduled_noise():
     # The aggregator releases (sum + 0.7 * 0.5 * noise_t) / 4, noise_t the schedule's.
     state, mirror = agg.init(params), schedule.init(params, jax.random.key(1))
     total = jax.tree.map(lambda x: jnp.ones_like(x) * 3.0, params)
+    finalize, follow = jax.jit(agg.finalize), jax.jit(schedule.next)
     for t in range(5):
       key = jax.random.key(10 + t)
-      out, state, metrics = agg.finalize(total, 4.0, {"participants": 4.0}, state, key)
-      noise, mirror = schedule.next(mirror, key, params)
+      out, state, metrics = finalize(total, 4.0, {"participants": 4.0}, state, key)
+      noise, mirror = follow(mirror, key, params)
       jax.tree.map(lambda o, n: np.testing.assert_allclose(o, (3.0 + 0.35 * n) / 4, rtol=1e-5,
                                                            atol=1e-6), out, noise)
       assert float(metrics["noise_std"]) == pytest.approx(0.35 / 4)

@@ -216,8 +216,9 @@ def _optax_ce(logits, labels):
 
 
 @settings(max_examples=40, deadline=None)
-@given(batch=st.lists(st.integers(1, 5), min_size=1, max_size=2).map(tuple),
-       num_classes=st.integers(1, 12), seed=st.integers(0, 2**16))
+# Shapes from a small set (each new shape is a compile); labels and logits vary freely.
+@given(batch=st.sampled_from([(1,), (5,), (2, 3), (5, 5)]),
+       num_classes=st.sampled_from([1, 2, 3, 12]), seed=st.integers(0, 2**16))
 def test_cross_entropy_nan_exactly_where_labels_are_out_of_range(batch, num_classes, seed):
   rng = np.random.default_rng(seed)
   logits = jnp.asarray(rng.standard_normal(batch + (num_classes,)), jnp.float32)

@@ -157,10 +157,12 @@ def test_grad_mode_and_shuffle_follow_the_platform_table(monkeypatch):
 
 
 @settings(max_examples=25, deadline=None)
-@given(n=st.integers(0, 40), pad=st.integers(0, 30), seed=st.integers(0, 2**31 - 1))
-def test_shuffle_methods_give_the_same_permutation(n, pad, seed):
+# Padded lengths from a small set (each is a compile); every real length up to it.
+@given(max_examples=st.sampled_from([1, 8, 33, 70]), n=st.integers(0, 70),
+       seed=st.integers(0, 2**31 - 1))
+def test_shuffle_methods_give_the_same_permutation(max_examples, n, seed):
   key = jax.random.key(seed)
-  max_examples = max(n + pad, 1)
+  n = min(n, max_examples)
   rank = fl.client.shuffle_order(key, n, max_examples, method="rank")
   sort = fl.client.shuffle_order(key, n, max_examples, method="sort")
   np.testing.assert_array_equal(rank, sort)
