@@ -194,3 +194,22 @@ def test_resume_keeps_rounds_fixed_when_noise_was_calibrated(tmp_path):
                  num_clients=40, clients_per_round=20, resume=True)
   with pytest.raises(experiment.ConfigError, match="calibrated for the run's total rounds"):
     experiment.run_experiment(more, log=lambda s: None)
+
+
+def test_resume_of_a_run_saved_before_an_option_existed(tmp_path):
+  # A run saved by an earlier version has no entry for options added since; it ran with
+  # their defaults, so resuming it with the defaults is not a change.
+  experiment.run_experiment(_config(tmp_path, rounds=2), log=lambda s: None)
+  saved_path = tmp_path / "run" / "config.json"
+  saved = json.loads(saved_path.read_text())
+  for key in ("secagg_dropout", "virtual_clock", "staleness", "bands"):
+    del saved["config"][key]
+  saved_path.write_text(json.dumps(saved))
+  summary = experiment.run_experiment(_config(tmp_path, resume=True, rounds=3),
+                                      log=lambda s: None)
+  assert summary["rounds_completed"] == 3
+  with pytest.raises(experiment.ConfigError,
+                     match=r"\['secagg_bits', 'secagg_clip', 'secagg_dropout'\]"):
+    experiment.run_experiment(_config(tmp_path, resume=True, rounds=4, secagg_bits=8,
+                                      secagg_clip=1.0, secagg_dropout=0.5),
+                              log=lambda s: None)

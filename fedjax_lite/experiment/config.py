@@ -342,8 +342,9 @@ def log_sinks(config: dict[str, Any]) -> list[str]:
 
 
 def _check_resume(saved: dict[str, Any], config: dict[str, Any]) -> None:
+  # A key the saved run does not have is an option added since: the run used its default.
   changed = sorted(k for k in DEFAULTS if k not in RESUMABLE_CHANGES
-                   and saved.get(k) != config.get(k))
+                   and saved.get(k, DEFAULTS[k]) != config.get(k))
   if config["target_epsilon"] is not None and saved.get("rounds") != config["rounds"]:
     changed.append("rounds (the noise was calibrated for the run's total rounds)")
   if changed:
