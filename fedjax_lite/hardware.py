@@ -340,3 +340,66 @@ def auto_chunk_size(params: Params, cohort: Any, budget_bytes: int | None = None
       free = memory.bytes_limit - memory.bytes_in_use - reserved_bytes
       budget_bytes = int(ACCELERATOR_MEMORY_FRACTION * max(free, 0))
   return max(1, int(budget_bytes) // max(per_client, 1))
+
+
+class MemoryEstimate(NamedTuple):
+  """Predicted memory of one compiled round of :func:`fedjax_lite.run_rounds` (bytes).
+
+  Attributes:
+    arguments: what the round takes: the server state and the device-resident
+      population.
+    temporary: what it allocates while it runs: the gathered cohort and one
+      chunk of clients' working sets.
+    output: the new server state.
+    total: ``arguments + temporary + output``, the sum XLA's
+      ``memory_analysis()`` reports (donating the state may reuse some).
+  """
+
+  arguments: int
+  temporary: int
+  output: int
+  total: int
+
+
+# Model copies one client of a chunk holds while it trains, besides its data: its
+# parameters, their gradient and its new parameters or delta (XLA fuses the rest).
+# Fitted on W1 (an MLP, batch gradients) and W2 (logistic regression, per-example
+# gradients) on a CPU; benchmarks/memory_model.py checks it on W1-W3.
+CLIENT_MODEL_COPIES = 3
+
+
+def estimate_memory(state: Any, population: Any, cohort_size: int,
+                    chunk_size: int | None = None) -> MemoryEstimate:
+  """The memory one round of :func:`fedjax_lite.run_rounds` needs, from shapes alone.
+
+  The round gathers its cohort from the population (``cohort_size`` clients'
+  data) and trains it chunk by chunk; a chunk of ``C`` clients holds each
+  client's data and :data:`CLIENT_MODEL_COPIES` copies of the model. Only
+  shapes are read (arrays or ``ShapeDtypeStruct``s).
+
+  Args:
+    state: the server state (e.g. ``algorithm.init(params)``); ``state.params``
+      is the model.
+    population: the :class:`~fedjax_lite.FederatedData` on the device.
+    cohort_size: the round's cohort slots.
+    chunk_size: clients per chunk (default: :func:`auto_chunk_size`, as the
+      round chooses it, capped at the cohort).
+
+  Returns:
+    The :class:`MemoryEstimate`.
+  """
+  params = state.params
+  model = tree_bytes(params)
+  data = sum(math.prod(x.shape[1:]) * x.dtype.itemsize for x in population.arrays.values())
+  if chunk_size is None:
+    cohort = jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct((cohort_size,) + tuple(x.shape[1:]), x.dtype),
+        population)
+    chunk_size = auto_chunk_size(params, cohort)
+  chunk = min(int(chunk_size), int(cohort_size))
+  state_bytes = tree_bytes(state)
+  arguments = state_bytes + tree_bytes(population)
+  # Each cohort slot also gathers its example count and id (8 bytes).
+  temporary = cohort_size * (data + 8) + chunk * (data + CLIENT_MODEL_COPIES * model)
+  return MemoryEstimate(arguments, temporary, state_bytes,
+                        arguments + temporary + state_bytes)

@@ -169,3 +169,27 @@ def test_shuffle_methods_give_the_same_permutation(max_examples, n, seed):
   assert sorted(np.asarray(rank).tolist()) == list(range(max_examples))
   with pytest.raises(ValueError, match="`method` must be one of"):
     fl.client.shuffle_order(key, n, max_examples, method="bogus")
+
+
+def test_estimate_memory_matches_xlas_analysis_of_the_round():
+  # benchmarks/memory_model.py checks W1-W3; here a W2-shaped round at small size.
+  import optax
+
+  from fedjax_lite import training
+
+  population = fl.datasets.synthetic_classification(400, 16, num_features=20, num_classes=5,
+                                                    seed=0)
+  model = fl.models.LogisticRegression(5)
+  params = model.init(jax.random.key(0), jnp.zeros((1, 20)))
+  update = fl.build_client_update(fl.models.classification_loss(model.apply), optax.sgd(0.1),
+                                  batch_size=8)
+  algo = fl.build_federated_algorithm(update, fl.server.fedavg())
+  state = algo.init(params)
+  population = jax.device_put(population)
+  step = training._round_step(algo, fl.fixed_size_sampler(400, 300))
+  analysis = step.lower(state, population, jax.random.key(0), np.int32(0)).compile() \
+      .memory_analysis()
+  predicted = hardware.estimate_memory(state, population, 300)
+  assert 0.8 <= predicted.temporary / analysis.temp_size_in_bytes <= 1.25
+  assert predicted.arguments == hardware.tree_bytes(state) + hardware.tree_bytes(population)
+  assert predicted.total == predicted.arguments + predicted.temporary + predicted.output
