@@ -255,7 +255,8 @@ def _cmd_run(args, argv: list[str]) -> int:
     print("fedjax-lite run: interrupted; the last checkpoint in --out is intact (resume with "
           "--resume).", file=sys.stderr)
     return 130
-  except (experiment.ConfigError, CheckpointError, ValueError, OSError) as e:
+  except (experiment.ConfigError, CheckpointError, ValueError, OSError, ImportError) as e:
+    # ImportError: an optional package the options need (its install command is named).
     print(f"fedjax-lite run: error: {experiment.flag_message(e)}", file=sys.stderr)
     return 2
   _print_summary(summary, args.json)

@@ -101,3 +101,25 @@ def test_bad_privacy_options_are_one_line(tmp_path, capsys, argv, message):
   assert status != 0 and out == ""
   assert message in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
   assert not (tmp_path / "run" / "metrics.jsonl").exists()
+
+
+def test_a_missing_optional_package_is_one_line_naming_its_extra(tmp_path, capsys,
+                                                                 monkeypatch):
+  import importlib
+
+  from fedjax_lite import _optional
+
+  real = importlib.import_module
+
+  def without_jax_privacy(name, *args):
+    if name.startswith("jax_privacy"):
+      raise ImportError(f"No module named {name!r}")
+    return real(name, *args)
+
+  monkeypatch.setattr(_optional.importlib, "import_module", without_jax_privacy)
+  status = cli.main(["run", "--rounds", "7", "--num-clients", "12", "--clients-per-round", "3",
+                     "--dp", "bandmf", "--bands", "3", "--noise-multiplier", "1", "--json",
+                     "-q", "--no-progress", "--out", str(tmp_path / "run")])
+  err = capsys.readouterr().err
+  assert status == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+  assert "needs jax_privacy, which is not installed: pip install 'fedjax_lite[mf]'" in err
