@@ -285,6 +285,11 @@ def _client_bytes_estimate(params: Params, example_axis: int, data_bytes: int,
   return per_client
 
 
+def _client_data_bytes(arrays: Any) -> int:
+  """One client's padded data: the bytes of each array past its leading client axis."""
+  return sum(math.prod(x.shape[1:]) * x.dtype.itemsize for x in arrays)
+
+
 def auto_chunk_size(params: Params, cohort: Any, budget_bytes: int | None = None, *,
                     memory: DeviceMemory | None = None, client_bytes: int | None = None,
                     reserved_bytes: int = 0) -> int:
@@ -326,7 +331,7 @@ def auto_chunk_size(params: Params, cohort: Any, budget_bytes: int | None = None
     example_axis = arrays[0].shape[1] if arrays else 1
   else:  # any pytree with a leading client axis
     arrays, example_axis = jax.tree.leaves(cohort), 1
-  data = sum(math.prod(x.shape[1:]) * x.dtype.itemsize for x in arrays)
+  data = _client_data_bytes(arrays)
   per_client = _client_bytes_estimate(params, example_axis, data, memory.platform)
   chunk_bytes = tuning(memory.platform).chunk_bytes
   if chunk_bytes is None:  # an accelerator: a memory budget
@@ -390,7 +395,7 @@ def estimate_memory(state: Any, population: Any, cohort_size: int,
   """
   params = state.params
   model = tree_bytes(params)
-  data = sum(math.prod(x.shape[1:]) * x.dtype.itemsize for x in population.arrays.values())
+  data = _client_data_bytes(population.arrays.values())
   if chunk_size is None:
     cohort = jax.tree.map(
         lambda x: jax.ShapeDtypeStruct((cohort_size,) + tuple(x.shape[1:]), x.dtype),

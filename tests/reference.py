@@ -119,3 +119,20 @@ def linear_softmax_grad(params, batch):
   prob[np.arange(len(y)), y] -= 1.0
   g = prob / len(y)
   return {"params": {"Dense_0": {"kernel": x.T @ g, "bias": g.sum(0)}}}
+
+
+def logistic_task(sizes, seed: int = 0):
+  """Small clients of ``sizes`` examples (4 features, 3 classes) and a logistic regression.
+
+  Returns:
+    ``(population, params, loss)``: the stacked clients, initial parameters and the
+    classification loss.
+  """
+  import fedjax_lite as fl
+
+  rng = np.random.default_rng(seed)
+  population = fl.from_clients([{"x": rng.normal(size=(n, 4)).astype(np.float32),
+                                 "y": rng.integers(0, 3, n).astype(np.int32)} for n in sizes])
+  model = fl.models.LogisticRegression(3)
+  params = model.init(jax.random.key(0), population.arrays["x"][0, :1])
+  return population, params, fl.models.classification_loss(model.apply)

@@ -8,21 +8,15 @@ import pytest
 import fedjax_lite as fl
 from benchmarks.async_reference import reference_fedbuff
 from fedjax_lite import asynchronous, timing
+from tests.reference import logistic_task
 
 SIZES = [6, 3, 9, 4, 7, 2, 5, 8, 3, 6, 4, 7]
 
 
 @pytest.fixture(scope="module")
 def setup():
-  rng = np.random.default_rng(0)
-  clients = [{"x": rng.normal(size=(n, 4)).astype(np.float32),
-              "y": rng.integers(0, 3, n).astype(np.int32)} for n in SIZES]
-  population = fl.from_clients(clients)
-  model = fl.models.LogisticRegression(3)
-  params = model.init(jax.random.key(0), population.arrays["x"][0, :1])
-  update = fl.build_client_update(fl.models.classification_loss(model.apply), optax.sgd(0.2),
-                                  batch_size=4)
-  return population, params, update
+  population, params, loss = logistic_task(SIZES)
+  return population, params, fl.build_client_update(loss, optax.sgd(0.2), batch_size=4)
 
 
 def _run(algo, params, population, steps, key):

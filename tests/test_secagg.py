@@ -9,6 +9,7 @@ from scipy import stats
 
 import fedjax_lite as fl
 from fedjax_lite import secagg
+from tests.reference import logistic_task
 
 SIZES = [5, 3, 7, 4, 6, 2, 8, 5]
 
@@ -87,14 +88,8 @@ def test_overflow_wraps_around_and_is_counted():
 
 @pytest.fixture(scope="module")
 def task():
-  rng = np.random.default_rng(0)
-  population = fl.from_clients([{"x": rng.normal(size=(n, 4)).astype(np.float32),
-                                 "y": rng.integers(0, 3, n).astype(np.int32)} for n in SIZES])
-  model = fl.models.LogisticRegression(3)
-  params = model.init(jax.random.key(0), population.arrays["x"][0, :1])
-  update = fl.build_client_update(fl.models.classification_loss(model.apply), optax.sgd(0.1),
-                                  batch_size=4)
-  return population, params, update
+  population, params, loss = logistic_task(SIZES)
+  return population, params, fl.build_client_update(loss, optax.sgd(0.1), batch_size=4)
 
 
 def _round(update, params, population, aggregator=None, mesh=None, key=1):

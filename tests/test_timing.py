@@ -64,6 +64,7 @@ def test_bad_device_arguments_are_one_clear_error(call, match):
 import optax  # noqa: E402
 
 import fedjax_lite as fl  # noqa: E402
+from tests.reference import logistic_task  # noqa: E402
 
 SIZES = [6, 3, 9, 4, 7, 2, 5, 8]
 SPEEDS = np.array([0.5, 0.1, 0.3, 1.0, 0.2, 0.05, 0.4, 0.15])
@@ -71,13 +72,7 @@ SPEEDS = np.array([0.5, 0.1, 0.3, 1.0, 0.2, 0.05, 0.4, 0.15])
 
 @pytest.fixture(scope="module")
 def task():
-  rng = np.random.default_rng(0)
-  population = fl.from_clients([{"x": rng.normal(size=(n, 4)).astype(np.float32),
-                                 "y": rng.integers(0, 3, n).astype(np.int32)} for n in SIZES])
-  model = fl.models.LogisticRegression(3)
-  params = model.init(jax.random.key(0), population.arrays["x"][0, :1])
-  loss = fl.models.classification_loss(model.apply)
-  return population, params, loss
+  return logistic_task(SIZES)
 
 
 def _close(a, b):
