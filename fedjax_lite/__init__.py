@@ -35,7 +35,8 @@ Public API (everything here is a pure function or a NamedTuple of them):
   Laplace aggregators) and :mod:`fedjax_lite.accounting` (the epsilon a run
   spends, noise calibration; host-side, with dp-accounting)
 * the ``"auto"`` settings per platform (chunk size from device memory on an
-  accelerator, gradient mode, shuffle): :mod:`fedjax_lite.hardware`
+  accelerator, gradient mode, shuffle) and :func:`estimate_memory` (a round's
+  memory from shapes): :mod:`fedjax_lite.hardware`
 * data sets, models, evaluation, checkpoints: :mod:`fedjax_lite.datasets`,
   :mod:`fedjax_lite.models`, :mod:`fedjax_lite.evaluation`,
   :mod:`fedjax_lite.checkpoint`
@@ -68,6 +69,7 @@ _WHERE = {
     "client_mesh": "fedjax_lite.sharding",
     "compression": "fedjax_lite.compression",
     "datasets": "fedjax_lite.datasets",
+    "estimate_memory": "fedjax_lite.hardware",
     "evaluation": "fedjax_lite.evaluation",
     "example_mask": "fedjax_lite.data",
     "fixed_size_sampler": "fedjax_lite.sampling",
@@ -149,6 +151,7 @@ if TYPE_CHECKING:  # what static tools see
       local_train,
   )
   from fedjax_lite.data import FederatedData, example_mask, from_arrays, from_clients, take
+  from fedjax_lite.hardware import estimate_memory
   from fedjax_lite.local_work import LocalWork
   from fedjax_lite.ragged import RaggedData
   from fedjax_lite.sampling import (
@@ -196,6 +199,7 @@ __all__ = [
     "checkpoint",
     "client",
     "datasets",
+    "estimate_memory",
     "evaluation",
     "example_mask",
     "hardware",

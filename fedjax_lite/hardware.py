@@ -358,12 +358,14 @@ class MemoryEstimate(NamedTuple):
     output: the new server state.
     total: ``arguments + temporary + output``, the sum XLA's
       ``memory_analysis()`` reports (donating the state may reuse some).
+    chunk_size: the clients per chunk the estimate assumed.
   """
 
   arguments: int
   temporary: int
   output: int
   total: int
+  chunk_size: int = 0
 
 
 # Model copies one client of a chunk holds while it trains, besides its data: its
@@ -407,4 +409,4 @@ def estimate_memory(state: Any, population: Any, cohort_size: int,
   # Each cohort slot also gathers its example count and id (8 bytes).
   temporary = cohort_size * (data + 8) + chunk * (data + CLIENT_MODEL_COPIES * model)
   return MemoryEstimate(arguments, temporary, state_bytes,
-                        arguments + temporary + state_bytes)
+                        arguments + temporary + state_bytes, chunk)

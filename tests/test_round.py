@@ -93,10 +93,12 @@ def test_padding_is_exact_against_unpadded_clients():
   padded, m2 = algo.round(algo.init(params), fl.from_clients(clients, max_examples=64), key)
   _assert_tree_close(tight.params, padded.params, 1e-6)
   np.testing.assert_allclose(m1["train_loss"], m2["train_loss"], rtol=1e-6)
-  # Each client alone (unpadded, a cohort of one) reproduces its own delta.
+  # Each client alone (unpadded, a cohort of one) reproduces its own delta: one client
+  # smaller than a batch, one of a whole number of batches, two with a partial last batch
+  # (each distinct size is a compile; the other sizes repeat these cases).
   one = fl.build_federated_algorithm(update, fl.server.fedavg())
   for i, c in enumerate(clients):
-    if len(c["y"]) == 0:
+    if len(c["y"]) not in (1, 5, 8, 21):
       continue
     alone = fl.from_clients([c], client_ids=[i])
     s, _ = one.round(one.init(params), alone, key)
