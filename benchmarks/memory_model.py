@@ -6,10 +6,10 @@ round's temporary memory as ``fl.hardware.estimate_memory`` predicts it, as XLA'
 memory over one round, once the state and population are on the device and the round is
 compiled (each configuration in a fresh process; the kernel's high-water mark is reset just
 before the round, so an earlier peak, e.g. while the data was generated, cannot count).
-``temp_ratio`` is predicted over XLA's temporary bytes, ``measured_ratio`` predicted over the measured growth,
-``total_ratio`` the predicted total over XLA's (arguments, temporary and output, less what
-donation aliases), ``peak_ratio`` the predicted total over the measured peak (the exact bytes
-of the state and population the round is handed plus its measured growth). A second round's
+``temp_ratio`` is predicted over XLA's temporary bytes, ``measured_ratio`` predicted over the
+measured growth, ``total_ratio`` the predicted total over XLA's (arguments, temporary and output,
+less what donation aliases), ``peak_ratio`` the predicted total over the measured peak (the exact
+bytes of the state and population the round is handed plus its measured growth). A second round's
 growth is reported too: the first execution also makes the runtime's one-time allocations.
 """
 
