@@ -7,7 +7,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 ARGS   ?=
 
-.PHONY: run test bench bench-gpu gpu-wheels lint docs clean
+.PHONY: run test bench bench-peers bench-gpu gpu-wheels lint docs clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,15 @@ test: $(VENV)/.installed-dev
 # ARGS="--all --report DIR" for all of them with a report.
 bench: $(VENV)/.installed
 	$(BIN)/python -m benchmarks $(ARGS)
+
+# fedjax_lite beside its peers on W1 and W2, round-robin in one run (docs/performance.md,
+# "Against other simulators"): FedJAX, Flower, pfl-research (1 and 2 processes), a PyTorch
+# loop and torch.func.vmap, each in its own venv under .peers/ made from
+# benchmarks/peers/requirements/*.txt (a peer that fails to install is reported and
+# skipped); results check first. Writes docs/benchmarks/peers/ and the README's table.
+# ARGS="--passes 1 --cases w2-1000" for less.
+bench-peers: $(VENV)/.installed
+	$(BIN)/python -m benchmarks.peers --install --readme README.md $(ARGS)
 
 # The accelerator suite (benchmarks/gpu.py) on a GPU/TPU machine, in one process:
 # W1 and W2 at up to 10,000 / 100,000 clients per round, a 1,000,000-client
@@ -73,4 +82,4 @@ lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check fedjax_lite benchmarks tests notebooks docs
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis
+	rm -rf $(VENV) .peers build *.egg-info .pytest_cache .hypothesis
