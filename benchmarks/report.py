@@ -21,9 +21,9 @@ from pathlib import Path
 WORKLOADS = ("w1", "w2", "w3", "w4", "w5")
 COLUMNS = {
     "w1": ("impl", "clients_per_round", "sec_per_round_median", "speedup_vs_baseline",
-           "achieved_gflops", "peak_gflops", "compile_sec"),
+           "achieved_gflops", "peak_gflops", "fraction_of_gemm_bound", "compile_sec"),
     "w2": ("impl", "clients_per_round", "sec_per_round_median", "speedup_vs_baseline",
-           "achieved_gflops", "peak_gflops", "compile_sec"),
+           "achieved_gflops", "peak_gflops", "fraction_of_gemm_bound", "compile_sec"),
     "w3": ("clients_per_round", "sec_per_round_median", "sec_per_client", "peak_rss_mib",
            "population_data_mib", "compile_sec"),
     "w4": ("shape", "impl", "sec_per_round_median", "overhead_vs_no_dp", "compile_sec"),

@@ -31,7 +31,7 @@ import numpy as np
 import optax
 
 import fedjax_lite as fl
-from benchmarks import common
+from benchmarks import common, roofline
 from fedjax_lite.experiment.schema import int_or_word_arg
 
 
@@ -160,8 +160,11 @@ def compare(workload: str, setup: dict[str, Any], args) -> None:
 
   All four are timed round-robin (one round of each in turn) so the shared
   machine's drift hits them alike; ``speedup_vs_baseline`` is relative to
-  ``loop``. The results check runs two rounds through every implementation
-  and asserts equal parameters (1e-5).
+  ``loop``. On one device, ``vmap_chunked``'s row also carries the round's
+  roofline (:func:`benchmarks.roofline.round_bound`, measured in the same run):
+  its matrix products' seconds alone and their fraction of the round's. The
+  results check runs two rounds through every implementation and asserts
+  equal parameters (1e-5).
   """
   impls = {
       "loop": loop_impl(setup, args, on_device=False),
@@ -184,6 +187,11 @@ def compare(workload: str, setup: dict[str, Any], args) -> None:
   runners = {name: common.round_runner(step, init, setup["params"])
              for name, (step, init) in impls.items()}
   timings = common.time_interleaved(runners, warmup=args.warmup, rounds=args.rounds)
+  # The roofline: the chunked round's matrix products alone, in the same run (one device).
+  bound = None
+  if (args.devices or 1) == 1:
+    bound = roofline.round_bound(setup["params"], clients=args.clients_per_round, chunk=chunk,
+                                 batch=args.batch_size, steps=steps_per_epoch * args.epochs)
   for name, stats in timings.items():
     common.emit({
         "workload": workload, "impl": name, "clients_per_round": args.clients_per_round,
@@ -197,6 +205,9 @@ def compare(workload: str, setup: dict[str, Any], args) -> None:
                                 / stats["sec_per_round_median"]),
         "speedup_vs_loop_device": (timings["loop_device"]["sec_per_round_median"]
                                    / stats["sec_per_round_median"]),
+        **({"gemm_bound_sec": bound["gemm_sec"], "grad_mode": bound["grad_mode"],
+            "fraction_of_gemm_bound": bound["gemm_sec"] / stats["sec_per_round_median"]}
+           if name == "vmap_chunked" and bound else {}),
     })
 
   finals = {}

@@ -48,6 +48,14 @@ def check_round_rows(rows, workload, devices):
     assert r["sec_per_round_min"] <= r["sec_per_round_median"] <= r["sec_per_round_max"]
   assert impls["loop"]["speedup_vs_baseline"] == 1.0
   assert impls["vmap_chunked"]["devices"] == devices  # the results check covers sharding
+  if devices == 1:  # the roofline, measured in the same run
+    chunked = impls["vmap_chunked"]
+    assert chunked["gemm_bound_sec"] > 0
+    assert chunked["fraction_of_gemm_bound"] == pytest.approx(
+        chunked["gemm_bound_sec"] / chunked["sec_per_round_median"])
+    assert chunked["grad_mode"] == ("batch" if workload == "w1" else "per_example")
+  else:
+    assert "gemm_bound_sec" not in impls["vmap_chunked"]
   assert rows[-1] == {"workload": workload, "check": "params_match_loop",
                       "impls": sorted(impls), "rounds": 2, "atol": 1e-5, "ok": True}
 
@@ -165,6 +173,7 @@ def test_accounting_benchmark_compares_three_methods_that_agree():
 def test_roofline_counts_the_rounds_matrix_products():
   import jax
   import jax.numpy as jnp
+  import numpy as np
 
   import fedjax_lite as fl
   from benchmarks import roofline
@@ -174,7 +183,29 @@ def test_roofline_counts_the_rounds_matrix_products():
   assert layers == [(6, 5), (5, 4), (4, 3)]
   # Forward and weight gradient at every layer, input gradient past the first.
   assert roofline.gemm_flops(layers, 2) == 2 * 2 * (2 * 6 * 5 + 3 * 5 * 4 + 3 * 4 * 3)
-  assert roofline.gemm_seconds(layers, clients=5, chunk=2, batch=2, steps=3, repeats=1) > 0
+  for wgrad in ("dot", "outer"):
+    assert roofline.gemm_seconds(layers, clients=5, chunk=2, batch=2, steps=3, repeats=1,
+                                 wgrad=wgrad) > 0
+  with pytest.raises(ValueError, match="wgrad"):
+    roofline.gemm_seconds(layers, clients=5, chunk=2, batch=2, steps=3, wgrad="batch")
+  # One step's products against a NumPy loop over the chunk's clients.
+  rng = np.random.default_rng(0)
+  ws = [rng.normal(size=(2, i, o)).astype(np.float32) for i, o in layers]
+  xb = rng.normal(size=(2, 3, 6)).astype(np.float32)
+  expected = []
+  for c in range(2):
+    acts = [xb[c]]
+    for w in ws:
+      acts.append(acts[-1] @ w[c])
+    g, new = acts[-1], [None] * len(ws)
+    for i in reversed(range(len(ws))):
+      new[i] = ws[i][c] - 0.5 * acts[i].T @ g
+      g = g @ ws[i][c].T
+    expected.append(new)
+  for wgrad in ("dot", "outer"):
+    got = roofline.products_step([jnp.asarray(w) for w in ws], jnp.asarray(xb), wgrad, lr=0.5)
+    for i, w in enumerate(got):
+      np.testing.assert_allclose(w, np.stack([e[i] for e in expected]), rtol=1e-4, atol=1e-3)
 
 
 def test_cold_start_times_tracing_and_both_compilations():

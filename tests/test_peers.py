@@ -28,6 +28,8 @@ def _rows(times: dict[tuple[str, int], float]) -> list[dict]:
   for (impl, p), sec in times.items():
     rows.append({"event": "done", "impl": impl, "case": "w1-100", "pass": p,
                  "sec_per_round_median": sec})
+    if impl == "fedjax_lite":
+      rows[-1]["gemm_sec"] = 0.9 * sec
   rows.append({"event": "error", "impl": "pfl_2proc", "case": "w1-100", "pass": 0,
                "error": "boom"})
   rows.append({"event": "machine_after", "peak_gflops_after": 190.0, "load_1m_after": 1.0})
@@ -43,7 +45,12 @@ def test_summary_ratio_is_the_median_of_same_pass_ratios():
   assert (by["fedjax"]["sec_min"], by["fedjax"]["sec_max"]) == (0.3, 0.3)
   assert (by["fedjax_lite"]["sec_min"], by["fedjax_lite"]["sec_max"]) == (0.1, 0.2)
   assert by["pfl_2proc"] == {"case": "w1-100", "impl": "pfl_2proc", "error": "boom"}
+  # The roofline row: fedjax_lite's products alone, as a fraction of its round in each pass.
+  assert by["roofline"]["ratio"] == pytest.approx(0.9)
+  assert by["roofline"]["sec_min"] == pytest.approx(0.09)
   text = peers.render(rows)
+  assert "| fedjax_lite's matrix products alone (roofline) | 0.09-0.18 s (0.90x) | - |" in text
+  assert "The roofline row:" in text
   assert "| FedJAX 0.0.17 | 0.3 s (2.2x) | max diff 3e-08 |" in text
   assert "| fedjax_lite (chunked vmap) | 0.1-0.2 s | max diff 0e+00 |" in text
   assert "| pfl-research, 2 processes | failed | - |" in text
@@ -99,6 +106,7 @@ def test_smoke_run_checks_and_times_every_installed_implementation(tmp_path):
   timed = {r["impl"]: r for r in rows if r["event"] == "done"}
   assert set(timed) == set(installed)
   assert all(r["sec_per_round_median"] > 0 and r["rounds_timed"] == 2 for r in timed.values())
+  assert timed["fedjax_lite"]["gemm_sec"] > 0  # the roofline, in the same run
   skipped = {r["impl"] for r in rows if r["event"] == "skipped"}
   assert skipped == set(peers.IMPLS) - set(installed)
   assert "fedjax_lite (chunked vmap)" in (out / "table.md").read_text()

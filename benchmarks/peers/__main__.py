@@ -62,7 +62,10 @@ LABELS = {
     "pytorch_loop": "PyTorch loop",
     "torch_vmap": "torch.func.vmap + compile",
     "flower": "Flower simulation",
+    "roofline": "fedjax_lite's matrix products alone (roofline)",
 }
+# Table rows: the roofline (measured in fedjax_lite's run) under fedjax_lite.
+ROWS = ["fedjax_lite", "roofline", *list(IMPLS)[1:]]
 CASES = {"w1-100": ("w1", 100), "w1-1000": ("w1", 1000), "w2-1000": ("w2", 1000)}
 
 
@@ -158,15 +161,20 @@ def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
   """Per case and implementation: the range of per-pass medians and the ratio to fedjax_lite.
 
   The ratio is the median over passes of (this pass's median / fedjax_lite's
-  median in the same pass): both measured minutes apart, not days.
+  median in the same pass): both measured minutes apart, not days. The
+  ``roofline`` row is fedjax_lite's ``gemm_sec`` (its round's matrix products
+  alone, timed in the same process): its ratio is the fraction of the round
+  they take.
   """
   timed = [r for r in rows if r.get("event") == "done" and "sec_per_round_median" in r]
+  timed += [{**r, "impl": "roofline", "sec_per_round_median": r["gemm_sec"]}
+            for r in timed if r["impl"] == "fedjax_lite" and r.get("gemm_sec")]
   errors = {(r["case"], r["impl"]): r["error"] for r in rows if r.get("event") == "error"}
   out = []
   for case in dict.fromkeys(r["case"] for r in rows if "case" in r):
     base = {r["pass"]: r["sec_per_round_median"] for r in timed
             if r["case"] == case and r["impl"] == "fedjax_lite"}
-    for impl in IMPLS:
+    for impl in ROWS:
       meds = {r["pass"]: r["sec_per_round_median"] for r in timed
               if r["case"] == case and r["impl"] == impl}
       if not meds:
@@ -187,7 +195,7 @@ def table(summary: list[dict[str, Any]], checks: dict[str, dict], header: dict[s
   lines = ["| implementation | " + " | ".join(
       f"{w.upper()}, {k:,} clients/round" for w, k in cases.values()) + " | results check |",
            "|---|" + "---|" * len(cases) + "---|"]
-  for impl in IMPLS:
+  for impl in ROWS:
     if not any((c, impl) in by for c in cases) and impl not in checks:
       continue
     cells = []
@@ -200,7 +208,9 @@ def table(summary: list[dict[str, Any]], checks: dict[str, dict], header: dict[s
       else:
         rng = (f"{s['sec_min']:.3g}" if s["sec_min"] == s["sec_max"]
                else f"{s['sec_min']:.3g}-{s['sec_max']:.3g}")
-        ratio = "" if impl == "fedjax_lite" or s["ratio"] is None else f" ({s['ratio']:.1f}x)"
+        digits = 2 if impl == "roofline" else 1
+        ratio = ("" if impl == "fedjax_lite" or s["ratio"] is None
+                 else f" ({s['ratio']:.{digits}f}x)")
         cells.append(f"{rng} s{ratio}")
     chk = checks.get(impl)
     if chk is None:
@@ -218,6 +228,10 @@ def table(summary: list[dict[str, Any]], checks: dict[str, dict], header: dict[s
           f"{header['load_1m_before']:.1f} before the run; fedjax_lite at {header['commit']}. "
           f"Results check: parameters after two full-batch rounds of 16 clients, largest "
           f"absolute difference from fedjax_lite's (tolerance {CHECK_TOL:g}).")
+  if any(s["impl"] == "roofline" for s in summary):
+    note += (" The roofline row: fedjax_lite's round's matrix products alone, at its chunks' "
+             "shapes, timed in the same process after its rounds (`benchmarks/roofline.py`); "
+             "in brackets, the fraction of the round's time they take.")
   return "\n".join(lines) + "\n\n" + note + "\n"
 
 
@@ -234,7 +248,8 @@ def plot(summary: list[dict[str, Any]], path: Path, cases: dict[str, tuple[str, 
     names = [LABELS[s["impl"]] for s in rows]
     mid = [(s["sec_min"] + s["sec_max"]) / 2 for s in rows]
     err = [(s["sec_max"] - s["sec_min"]) / 2 for s in rows]
-    colors = ["tab:blue" if s["impl"] == "fedjax_lite" else "tab:gray" for s in rows]
+    colors = [{"fedjax_lite": "tab:blue", "roofline": "lightsteelblue"}.get(s["impl"], "tab:gray")
+              for s in rows]
     ax.barh(names, mid, xerr=err, color=colors)
     ax.set_xscale("log")
     ax.invert_yaxis()

@@ -2,17 +2,22 @@
 
 ``build_client_update`` + ``build_federated_algorithm(chunk_size="auto")`` and
 one jitted step that samples the cohort on the device and runs the round.
+After the timed rounds, the round's roofline in the same process: its matrix
+products alone (:func:`benchmarks.roofline.round_bound`), as ``gemm_sec``.
 Run as ``python -m benchmarks.peers.fedjax_lite_peer --data FILE`` in
 fedjax_lite's own environment.
 """
 
 from __future__ import annotations
 
+import math
+
 import jax
 import numpy as np
 import optax
 
 import fedjax_lite as fl
+from benchmarks import roofline
 from benchmarks.peers import protocol, workloads
 
 
@@ -54,7 +59,12 @@ def main(argv=None) -> int:
 
     stats = protocol.timed_rounds(run_round, warmup=args.warmup, rounds=args.rounds,
                                   budget_sec=args.budget_sec, sync=jax.block_until_ready)
-    return {**info, **stats}
+    chunk = min(fl.hardware.auto_chunk_size(params, population), data["clients_per_round"])
+    bound = roofline.round_bound(
+        params, clients=data["clients_per_round"], chunk=chunk, batch=data["batch_size"],
+        steps=math.ceil(data["examples"] / data["batch_size"]) * data["epochs"])
+    return {**info, **stats, "chunk_size": chunk, "grad_mode": bound["grad_mode"],
+            "gemm_sec": bound["gemm_sec"]}
 
   return protocol.main_guard(run)
 
