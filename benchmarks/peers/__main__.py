@@ -242,20 +242,31 @@ def plot(summary: list[dict[str, Any]], path: Path, cases: dict[str, tuple[str, 
     import matplotlib.pyplot as plt
   except ImportError:
     return
-  fig, axes = plt.subplots(1, len(cases), figsize=(4.2 * len(cases), 3.6), squeeze=False)
+  order = [LABELS[i] for i in ROWS]
+  names = [n for n in order if any(LABELS[s["impl"]] == n and "sec_min" in s for s in summary)]
+  fig, axes = plt.subplots(1, len(cases), figsize=(3.2 * len(cases) + 3.2, 0.42 * len(names) + 1.4),
+                           sharey=True, squeeze=False)
   for ax, case in zip(axes[0], cases, strict=True):
-    rows = [s for s in summary if s["case"] == case and "sec_min" in s]
-    names = [LABELS[s["impl"]] for s in rows]
-    mid = [(s["sec_min"] + s["sec_max"]) / 2 for s in rows]
-    err = [(s["sec_max"] - s["sec_min"]) / 2 for s in rows]
-    colors = [{"fedjax_lite": "tab:blue", "roofline": "lightsteelblue"}.get(s["impl"], "tab:gray")
-              for s in rows]
-    ax.barh(names, mid, xerr=err, color=colors)
+    rows = {LABELS[s["impl"]]: s for s in summary if s["case"] == case and "sec_min" in s}
+    for y, name in enumerate(names):
+      s = rows.get(name)
+      if s is None:
+        continue
+      color = {"fedjax_lite": "tab:blue", "roofline": "lightsteelblue"}.get(s["impl"], "tab:gray")
+      ax.plot([s["sec_min"], s["sec_max"]], [y, y], color=color, linewidth=6,
+              solid_capstyle="round")
+      if s.get("ratio") is not None and s["impl"] != "fedjax_lite":
+        r = s["ratio"]
+        ax.annotate(f"{r:.2f}x" if r < 10 else f"{r:.0f}x", (s["sec_max"], y), xytext=(6, 0),
+                    textcoords="offset points", va="center", fontsize=8)
+    ax.set_yticks(range(len(names)), names)
     ax.set_xscale("log")
-    ax.invert_yaxis()
+    ax.margins(x=0.25)
+    ax.grid(axis="x", alpha=0.3)
     wl, k = cases[case]
     ax.set_title(f"{wl.upper()}, {k:,} clients/round")
     ax.set_xlabel("seconds per round (log)")
+  axes[0][0].invert_yaxis()
   fig.tight_layout()
   fig.savefig(path, dpi=110)
   plt.close(fig)
