@@ -13,13 +13,21 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
-# Stamp files re-install whenever pyproject.toml changes.
+# Stamp files re-install whenever pyproject.toml changes. pip byte-compiles what it installs
+# on one core; compileall does it on all of them (about 8 s less on two cores), and a file
+# that does not compile is left to Python at import, as pip leaves it.
+PIP_INSTALL := $(BIN)/python -m pip install --quiet --no-compile
+BYTE_COMPILE = $(BIN)/python -m compileall -q -j 0 \
+  "$$($(BIN)/python -c 'import sysconfig; print(sysconfig.get_path("purelib"))')" >/dev/null || true
+
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e .
+	$(PIP_INSTALL) -e .
+	$(BYTE_COMPILE)
 	touch $@
 
 $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	$(PIP_INSTALL) -e ".[dev]"
+	$(BYTE_COMPILE)
 	touch $@ $(VENV)/.installed
 
 run: $(VENV)/.installed

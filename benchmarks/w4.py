@@ -50,7 +50,8 @@ def build(shape: dict, quick: bool) -> dict:
 
 def main(argv=None) -> int:
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-  p.add_argument("--shapes", default="w2,w1", help="comma-separated: w2, w1")
+  p.add_argument("--shapes", default=None,
+                 help="comma-separated: w2, w1 (default both; with --quick, w2)")
   p.add_argument("--rounds", type=int, default=10)
   p.add_argument("--warmup", type=int, default=2)
   p.add_argument("--noise-multiplier", type=float, default=1.0)
@@ -60,7 +61,11 @@ def main(argv=None) -> int:
   if args.quick:
     args.rounds, args.warmup = 3, 1
   peak = common.matmul_peak_gflops()
-  for name in args.shapes.split(","):
+  shapes = (args.shapes or ("w2" if args.quick else "w2,w1")).split(",")
+  unknown = [s for s in shapes if s not in SHAPES]
+  if unknown:
+    p.error(f"--shapes: unknown shape(s) {', '.join(unknown)}; choose from {', '.join(SHAPES)}")
+  for name in shapes:
     shape, setup = build(SHAPES[name], args.quick)
     k = shape["clients_per_round"]
     aggregators = {

@@ -76,9 +76,9 @@ def test_round_benchmark_sharded_over_devices_checks_results():
 
 @pytest.mark.slow
 def test_dp_benchmark_prints_overheads(report):
-  rows = report[1]["w4"]
+  rows = report[1]["w4"]  # --quick: the W2 shape only
   assert {(r["shape"], r["impl"]) for r in rows} == {
-      (s, i) for s in ("w2", "w1") for i in ("no_dp", "gaussian", "laplace")}
+      ("w2", i) for i in ("no_dp", "gaussian", "laplace")}
   for r in rows:
     assert r["sec_per_round_median"] > 0 and r["overhead_vs_no_dp"] > 0
     assert r["achieved_gflops"] > 0 and r["peak_gflops"] > 0
