@@ -17,7 +17,7 @@ $(BIN)/python:
 # on one core; compileall does it on all of them (about 8 s less on two cores), and a file
 # that does not compile is left to Python at import, as pip leaves it.
 PIP_INSTALL := $(BIN)/python -m pip install --quiet --no-compile
-BYTE_COMPILE = $(BIN)/python -m compileall -q -j 0 \
+BYTE_COMPILE = $(BIN)/python -m compileall -q -j 0 -x '/tests?/' \
   "$$($(BIN)/python -c 'import sysconfig; print(sysconfig.get_path("purelib"))')" >/dev/null || true
 
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
