@@ -14,8 +14,9 @@ $(BIN)/python:
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
 # Stamp files re-install whenever pyproject.toml changes. pip byte-compiles what it installs
-# on one core; compileall does it on all of them (about 8 s less on two cores), and a file
-# that does not compile is left to Python at import, as pip leaves it.
+# on one core; compileall does it on all of them and skips the packages' own test suites
+# (the dev install: 44 s -> 30 s on two cores); a file that does not compile is left to
+# Python at import, as pip leaves it.
 PIP_INSTALL := $(BIN)/python -m pip install --quiet --no-compile
 BYTE_COMPILE = $(BIN)/python -m compileall -q -j 0 -x '/tests?/' \
   "$$($(BIN)/python -c 'import sysconfig; print(sysconfig.get_path("purelib"))')" >/dev/null || true

@@ -386,7 +386,8 @@ def main(argv=None) -> int:
           record({**row, "case": case, "pass": p})
   record({"event": "machine_after", "peak_gflops_after": common.matmul_peak_gflops(),
           "load_1m_after": os.getloadavg()[0]})
-  for s in summarize(rows):
+  summary = summarize(rows)
+  for s in summary:
     record({"event": "summary", **s})
   results.close()
   text = render(rows)
@@ -394,7 +395,7 @@ def main(argv=None) -> int:
                                                             else sys.argv[1:]))
   (out / "table.md").write_text("# fedjax_lite and its peers, side by side\n\n" + text
                                 + f"\nCommand: `{command}` (`make bench-peers`).\n")
-  plot(summarize(rows), out / "peers.png", {k: tuple(v) for k, v in cases.items()})
+  plot(summary, out / "peers.png", cases)
   if args.readme:
     update_readme(Path(args.readme), text, "make bench-peers")
   failed = [c["impl"] for c in checks.values() if not c["passed"]]
